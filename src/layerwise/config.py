@@ -1,0 +1,269 @@
+"""Typed run configuration: TOML in, validated dataclasses, TOML out.
+
+A recipe has the sections ``[data]``, ``[model]``, ``[pretrain]``, ``[finetune]`` and the
+top-level keys ``name``, ``seed`` and ``threads``. Unknown keys and wrong types raise
+``ValueError`` naming the key (``pretrain.learning_rat``) and, for typos, the nearest
+valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class DataConfig:
+    source: str = "mnist"  # "mnist" | "digits" | "npz"
+    train: str | None = None  # .npz with x (and y) when source = "npz"
+    validation: str | None = None  # optional .npz; else validation_fraction of train is held out
+    test: str | None = None  # optional .npz
+    validation_fraction: float = 0.1
+    n_labels: int | None = None  # default: inferred from the training labels (max + 1)
+    train_limit: int | None = None  # use only the first N training samples (quick trials)
+
+
+@dataclass
+class ModelConfig:
+    unit: str = "rbm"  # "rbm" | "autoencoder"
+    visible: str = "bernoulli"  # "bernoulli" (inputs in [0, 1]) | "gaussian" (standardized)
+    hidden: list[int] | None = None  # default: the guide's rule, 784 -> [500, 250]
+    init_std: float = 0.01
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = 30  # per layer (Hinton & Salakhutdinov 2006)
+    batch_size: int = 100
+    learning_rate: float = 0.01
+    momentum: float = 0.5  # for the first momentum_switch_epoch epochs ...
+    final_momentum: float = 0.9  # ... then this (Hinton's practical guide)
+    momentum_switch_epoch: int = 5
+    weight_decay: float = 2e-4
+    cd_k: int = 1
+    persistent: bool = False
+    sparsity_target: float | None = None
+    sparsity_cost: float = 0.0
+    noise: float = 0.25  # masking noise of denoising autoencoders
+    monitor_samples: int = 5000  # samples used for the per-epoch metrics
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 50
+    batch_size: int = 100
+    optimizer: str = "sgd"  # "sgd" | "adam"
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # "constant" | "exponential" | "cosine"
+    lr_decay: float = 0.98  # per-epoch factor of the exponential schedule
+    dropout_input: float = 0.0
+    dropout_hidden: float = 0.0
+    patience: int | None = 10  # early stopping on validation loss; none = run all epochs
+    train_on_validation: bool = False  # fit on train + validation for a fixed epoch count
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None
+    seed: int = 0
+    threads: int | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.source": ("mnist", "digits", "npz"),
+    "model.unit": ("rbm", "autoencoder"),
+    "model.visible": ("bernoulli", "gaussian"),
+    "finetune.optimizer": ("sgd", "adam"),
+    "finetune.lr_schedule": ("constant", "exponential", "cosine"),
+}
+
+# key -> interval "[low, high]"; "(" or ")" marks an open end, "inf" no upper bound
+_BOUNDS = {
+    "seed": "[0, inf)", "threads": "[1, inf)",
+    "data.validation_fraction": "(0, 1)", "data.n_labels": "[2, inf)", "data.train_limit": "[1, inf)",
+    "model.init_std": "[0, inf)",
+    "pretrain.epochs": "[0, inf)", "pretrain.batch_size": "[1, inf)", "pretrain.learning_rate": "(0, inf)",
+    "pretrain.momentum": "[0, 1)", "pretrain.final_momentum": "[0, 1)",
+    "pretrain.momentum_switch_epoch": "[0, inf)", "pretrain.weight_decay": "[0, inf)",
+    "pretrain.cd_k": "[1, inf)", "pretrain.sparsity_target": "(0, 1)", "pretrain.sparsity_cost": "[0, inf)",
+    "pretrain.noise": "[0, 1)", "pretrain.monitor_samples": "[1, inf)",
+    "finetune.epochs": "[0, inf)", "finetune.batch_size": "[1, inf)", "finetune.learning_rate": "(0, inf)",
+    "finetune.momentum": "[0, 1)", "finetune.weight_decay": "[0, inf)", "finetune.lr_decay": "(0, 1]",
+    "finetune.dropout_input": "[0, 1)", "finetune.dropout_hidden": "[0, 1)", "finetune.patience": "[1, inf)",
+}
+
+
+def _in_interval(value, interval: str) -> bool:
+    lo_s, hi_s = interval[1:-1].split(", ")
+    lo, hi = float(lo_s), float(hi_s)
+    above = value > lo if interval[0] == "(" else value >= lo
+    below = value < hi if interval[-1] == ")" else value <= hi
+    return above and below
+
+
+def _type_name(tp) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(key: str, value, tp):
+    """Check ``value`` against the annotation ``tp``; return it converted."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        inner = [a for a in args if a is not type(None)][0]
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        return _coerce(key, value, inner)
+    if origin is list:
+        (inner,) = args
+        if not isinstance(value, list):
+            raise ValueError(f"config key '{key}' must be a list of {_type_name(inner)}s; got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config key '{key}' must be true or false; got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key '{key}' must be an integer; got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"config key '{key}' must be a finite number; got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config key '{key}' must be a string; got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} for '{key}'")  # pragma: no cover
+
+
+def _check_value(key: str, value) -> None:
+    if value is None:
+        return
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ValueError(f"config key '{key}' must be one of {', '.join(map(repr, CHOICES[key]))}; got {value!r}")
+    if key == "model.hidden":
+        if not value:
+            raise ValueError("config key 'model.hidden' must list at least one hidden layer size")
+        for i, n in enumerate(value):
+            if n < 1:
+                raise ValueError(f"config key 'model.hidden[{i}]' must be at least 1; got {n}")
+        return
+    if key in _BOUNDS and not _in_interval(value, _BOUNDS[key]):
+        raise ValueError(f"config key '{key}' must be in the range {_BOUNDS[key]}; got {value!r}")
+
+
+def _build(cls, section: dict, prefix: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in section.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ValueError(f"unknown config key '{full}'{hint} (valid keys: {', '.join(fields)})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key '{full}' must be a table [{full}]; got {value!r}")
+            kwargs[key] = _build(tp, value, f"{full}.")
+            continue
+        value = _coerce(full, value, tp)
+        _check_value(full, value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def from_dict(d: dict) -> RunConfig:
+    """Validate a nested dict (as TOML gives) into a RunConfig."""
+    cfg = _build(RunConfig, d, "")
+    p = cfg.pretrain
+    if p.sparsity_cost and p.sparsity_target is None:
+        raise ValueError("config key 'pretrain.sparsity_cost' is set but 'pretrain.sparsity_target' is not")
+    if cfg.data.source == "npz" and not cfg.data.train:
+        raise ValueError("config key 'data.train' must name a .npz file when data.source = \"npz\"")
+    if cfg.data.source != "npz":
+        for key in ("train", "validation", "test"):
+            if getattr(cfg.data, key):
+                raise ValueError(
+                    f"config key 'data.{key}' is only used with data.source = \"npz\"; "
+                    f"data.source is {cfg.data.source!r}"
+                )
+    if cfg.model.unit == "autoencoder" and cfg.model.visible != "bernoulli":
+        raise ValueError("config key 'model.visible' must be \"bernoulli\" for model.unit = \"autoencoder\"")
+    return cfg
+
+
+def load(path: str | Path) -> RunConfig:
+    """Read and validate a TOML recipe. The run name defaults to the file stem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe '{path}' does not exist")
+    try:
+        d = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"recipe '{path}' is not valid TOML: {e}") from None
+    try:
+        cfg = from_dict(d)
+    except ValueError as e:
+        raise ValueError(f"recipe '{path}': {e}") from None
+    if cfg.name is None:
+        cfg.name = path.stem
+    if cfg.data.source == "npz":  # file paths in a recipe are relative to the recipe
+        for key in ("train", "validation", "test"):
+            value = getattr(cfg.data, key)
+            if value and not Path(value).is_absolute():
+                setattr(cfg.data, key, str((path.parent / value)))
+    return cfg
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} to TOML")  # pragma: no cover
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """The resolved config as TOML (keys whose value is None are left out)."""
+    d, defaults = cfg.to_dict(), RunConfig().to_dict()
+
+    def entries(values: dict, dflt: dict) -> list[str]:
+        # TOML has no null: a None whose default is not None is written as "none"
+        return [
+            f"{k} = {_toml_value('none' if v is None else v)}"
+            for k, v in values.items()
+            if not isinstance(v, dict) and (v is not None or dflt[k] is not None)
+        ]
+
+    lines = entries(d, defaults)
+    for section, values in d.items():
+        if isinstance(values, dict):
+            lines += [f"\n[{section}]"] + entries(values, defaults[section])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,64 @@
+"""PNG plots of a run: learning curves and the first layer's filters. Needs matplotlib
+(extra ``plots``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def learning_curves(records: list[dict], path: Path) -> None:
+    pre = [r for r in records if r.get("phase") == "pretrain"]
+    fin = [r for r in records if r.get("phase") == "finetune"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for layer in sorted({r["layer"] for r in pre}):
+        rs = [r for r in pre if r["layer"] == layer]
+        axes[0].plot([r["epoch"] for r in rs], [r["recon_ce_train"] for r in rs], label=f"layer {layer + 1} train")
+        if "recon_ce_heldout" in rs[0]:
+            axes[0].plot([r["epoch"] for r in rs], [r["recon_ce_heldout"] for r in rs], "--", label=f"layer {layer + 1} held-out")
+    axes[0].set(title="pretraining: reconstruction cross-entropy", xlabel="epoch", ylabel="nats / example")
+    axes[0].legend(fontsize=7)
+    if fin:
+        ep = [r["epoch"] for r in fin]
+        axes[1].plot(ep, [r["train_loss"] for r in fin], label="train")
+        if "val_loss" in fin[0]:
+            axes[1].plot(ep, [r["val_loss"] for r in fin], label="validation")
+            axes[2].plot(ep, [100 * r["val_accuracy"] for r in fin])
+        axes[1].set(title="fine-tuning: cross-entropy", xlabel="epoch", yscale="log")
+        axes[1].legend()
+        axes[2].set(title="fine-tuning: validation accuracy (%)", xlabel="epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def filters(weight: torch.Tensor, path: Path, max_filters: int = 100) -> None:
+    """First-layer weights (n_hidden, n_visible) as a grid of square images (28x28 for
+    MNIST); n_visible must be a perfect square, otherwise nothing is drawn."""
+    n_vis = weight.shape[1]
+    side = int(round(math.sqrt(n_vis)))
+    if side * side != n_vis:
+        return
+    w = weight[:max_filters].detach().float()
+    cols = int(math.ceil(math.sqrt(len(w))))
+    rows = int(math.ceil(len(w) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols, rows))
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, f in zip(axes.flat, w):
+        ax.imshow(f.reshape(side, side).numpy(), cmap="gray")
+    fig.suptitle(f"first-layer filters ({side}x{side})")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def write_run_plots(folder: Path, records: list[dict], first_weight: torch.Tensor) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    learning_curves(records, folder / "learning_curves.png")
+    filters(first_weight, folder / "filters.png")

@@ -1,0 +1,100 @@
+"""Greedy layer-wise pretraining: for each layer, run the shared loop with that unit's
+step, on the mean activations of the layers below.
+
+Per epoch each layer reports the reconstruction cross-entropy on (a fixed subset of)
+the training data and on held-out data; RBMs also report the free-energy gap
+``mean F(held-out) - mean F(train)``, which grows when the RBM overfits (Hinton's
+practical guide, section 6).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from layerwise.config import PretrainConfig
+from layerwise.loop import Reporter, run_loop
+from layerwise.stack import DeepBeliefNet
+from layerwise.units import DenoisingAutoencoder
+
+
+def momentum_at(cfg: PretrainConfig, epoch: int) -> float:
+    return cfg.momentum if epoch < cfg.momentum_switch_epoch else cfg.final_momentum
+
+
+def _step_kwargs(unit, cfg: PretrainConfig) -> dict:
+    if isinstance(unit, DenoisingAutoencoder):
+        return {"weight_decay": cfg.weight_decay, "noise": cfg.noise}
+    return {
+        "weight_decay": cfg.weight_decay,
+        "k": cfg.cd_k,
+        "persistent": cfg.persistent,
+        "sparsity_target": cfg.sparsity_target,
+        "sparsity_cost": cfg.sparsity_cost,
+    }
+
+
+@torch.no_grad()
+def layer_metrics(unit, train_x: torch.Tensor, held_x: torch.Tensor | None) -> dict:
+    """Reconstruction cross-entropy (nats per example) on train and held-out inputs, and
+    for RBMs the free-energy gap. Both inputs should be subsets of equal size."""
+    m = {"recon_ce_train": float(unit.reconstruction_cross_entropy(train_x))}
+    if held_x is not None:
+        m["recon_ce_heldout"] = float(unit.reconstruction_cross_entropy(held_x))
+        if hasattr(unit, "free_energy"):
+            n = min(len(train_x), len(held_x))
+            gap = unit.free_energy(held_x[:n]).mean() - unit.free_energy(train_x[:n]).mean()
+            m["free_energy_gap"] = float(gap)
+    return m
+
+
+def pretrain(
+    dbn: DeepBeliefNet,
+    x_train: torch.Tensor,
+    x_heldout: torch.Tensor | None,
+    cfg: PretrainConfig,
+    *,
+    seed: int = 0,
+    reporter: Reporter | None = None,
+) -> list[dict]:
+    """Pretrain every layer of ``dbn`` in turn for ``cfg.epochs`` epochs.
+
+    ``x_train`` (n, n_visible) and ``x_heldout`` are float32 tensors already validated.
+    Returns the per-epoch metric records (also sent to ``reporter``).
+    """
+    reporter = reporter or Reporter()
+    generator = torch.Generator().manual_seed(seed)
+    records: list[dict] = []
+    inp, held = x_train, x_heldout
+    n_mon = min(cfg.monitor_samples, len(x_train))
+    for i, unit in enumerate(dbn.layers):
+        kwargs = _step_kwargs(unit, cfg)
+        lr = cfg.learning_rate
+
+        def step(xb, _yb, epoch, unit=unit, kwargs=kwargs):
+            unit.step(xb, lr=lr, momentum=momentum_at(cfg, epoch), **kwargs)
+
+        mon_train = inp[:n_mon]
+        mon_held = None if held is None else held[:n_mon]
+
+        def end_epoch(epoch, seconds, i=i, unit=unit, mon_train=mon_train, mon_held=mon_held):
+            rec = {"phase": "pretrain", "layer": i, "epoch": epoch + 1, "seconds": round(seconds, 3)}
+            rec.update(layer_metrics(unit, mon_train, mon_held))
+            records.append(rec)
+            reporter.log(rec)
+            return False
+
+        run_loop(
+            x=inp, y=None, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=generator,
+            step=step, end_epoch=end_epoch, reporter=reporter,
+            desc=f"pretrain layer {i + 1}/{len(dbn.layers)} ({unit.n_visible}->{unit.n_hidden})",
+        )
+        if i + 1 < len(dbn.layers):
+            # the next layer trains on this layer's mean activations
+            inp = _chunked(unit, inp)
+            held = None if held is None else _chunked(unit, held)
+    return records
+
+
+@torch.no_grad()
+def _chunked(unit, x: torch.Tensor, chunk: int = 10000) -> torch.Tensor:
+    return torch.cat([unit.transform(x[s : s + chunk]) for s in range(0, len(x), chunk)])

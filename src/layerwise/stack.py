@@ -1,0 +1,162 @@
+"""DeepBeliefNet: a stack of pretraining units trained greedily, then unrolled into a
+plain ``torch.nn.Sequential`` classifier for fine-tuning.
+
+Layer i is trained on the mean activations (hidden probabilities) of the layers below
+it (Hinton, Osindero & Teh 2006; Bengio et al. 2007 for autoencoders).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from layerwise._checks import check_int, check_range
+from layerwise.units import BernoulliRBM, DenoisingAutoencoder, GaussianBernoulliRBM
+
+UNITS = ("rbm", "autoencoder")
+VISIBLE = ("bernoulli", "gaussian")
+
+
+class DeepBeliefNet(nn.Module):
+    """A stack of RBMs or denoising autoencoders, ``n_visible -> hidden[0] -> ...``.
+
+    ``unit``: "rbm" or "autoencoder". ``visible``: "bernoulli" (inputs in [0, 1]) or
+    "gaussian" (standardized inputs; RBM only, for the first layer). Layer i draws its
+    initial weights from a generator seeded with ``seed + i``.
+    """
+
+    def __init__(
+        self,
+        n_visible: int,
+        hidden: list[int],
+        *,
+        unit: str = "rbm",
+        visible: str = "bernoulli",
+        seed: int = 0,
+        init_std: float = 0.01,
+    ) -> None:
+        super().__init__()
+        check_int("DeepBeliefNet", "n_visible", n_visible, low=1)
+        if not isinstance(hidden, (list, tuple)) or not hidden:
+            raise ValueError(f"The 'hidden' parameter of DeepBeliefNet must be a non-empty list of ints. Got {hidden!r} instead.")
+        for n in hidden:
+            check_int("DeepBeliefNet", "hidden", n, low=1)
+        if unit not in UNITS:
+            raise ValueError(f"The 'unit' parameter of DeepBeliefNet must be one of {UNITS}. Got {unit!r} instead.")
+        if visible not in VISIBLE:
+            raise ValueError(f"The 'visible' parameter of DeepBeliefNet must be one of {VISIBLE}. Got {visible!r} instead.")
+        if unit == "autoencoder" and visible != "bernoulli":
+            raise ValueError("The 'visible' parameter of DeepBeliefNet must be 'bernoulli' for autoencoder units.")
+        check_range("DeepBeliefNet", "init_std", init_std, low=0.0)
+        self.n_visible = n_visible
+        self.hidden = list(hidden)
+        self.unit = unit
+        self.visible = visible
+        sizes = [n_visible] + self.hidden
+        layers = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            if unit == "autoencoder":
+                layers.append(DenoisingAutoencoder(n_in, n_out, seed=seed + i))
+            elif i == 0 and visible == "gaussian":
+                layers.append(GaussianBernoulliRBM(n_in, n_out, seed=seed + i, init_std=init_std))
+            else:
+                # upper layers see hidden probabilities in [0, 1]: binary visibles
+                layers.append(BernoulliRBM(n_in, n_out, seed=seed + i, init_std=init_std))
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.n_visible] + self.hidden
+
+    def architecture(self) -> dict:
+        """Everything needed to rebuild the net (weights aside)."""
+        return {
+            "type": "DeepBeliefNet",
+            "n_visible": self.n_visible,
+            "hidden": list(self.hidden),
+            "unit": self.unit,
+            "visible": self.visible,
+            "layers": [type(layer).__name__ for layer in self.layers],
+        }
+
+    @classmethod
+    def from_architecture(cls, arch: dict) -> "DeepBeliefNet":
+        return cls(arch["n_visible"], list(arch["hidden"]), unit=arch["unit"], visible=arch["visible"])
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """The learned parameters only (no momentum, chains or statistics): what a
+        pretrained artifact stores."""
+        return {k: v.detach().clone().contiguous() for k, v in self.named_parameters()}
+
+    @torch.no_grad()
+    def transform(self, x: torch.Tensor, upto: int | None = None, chunk: int = 10000) -> torch.Tensor:
+        """Mean activations of layer ``upto`` (default: the top), computed in chunks.
+        Shape (batch, sizes[upto])."""
+        upto = len(self.layers) if upto is None else upto
+        if upto == 0:
+            return x
+        outs = []
+        for start in range(0, x.shape[0], chunk):
+            h = x[start : start + chunk]
+            for layer in self.layers[:upto]:
+                h = layer.transform(h)
+            outs.append(h)
+        return torch.cat(outs)
+
+    def to_classifier(
+        self,
+        n_labels: int,
+        *,
+        dropout_input: float = 0.0,
+        dropout_hidden: float = 0.0,
+        seed: int = 0,
+    ) -> nn.Sequential:
+        """Unroll into a plain ``nn.Sequential``: ``[Dropout] Linear Sigmoid [Dropout] ...
+        Linear(n_labels)``, the Linear layers copying the pretrained weights and hidden
+        biases, the head initialised N(0, 0.01^2) from a generator seeded with ``seed``.
+        Dropout modules appear only where the rate is above 0."""
+        check_int("DeepBeliefNet.to_classifier", "n_labels", n_labels, low=1)
+        return build_classifier(
+            self.sizes, n_labels, dropout_input=dropout_input, dropout_hidden=dropout_hidden,
+            layers=list(self.layers), seed=seed,
+        )
+
+
+def build_classifier(
+    sizes: list[int],
+    n_labels: int,
+    *,
+    dropout_input: float = 0.0,
+    dropout_hidden: float = 0.0,
+    layers: list[nn.Module] | None = None,
+    seed: int = 0,
+) -> nn.Sequential:
+    """The classifier shape shared by ``to_classifier`` and by loading a fine-tuned net.
+    Without ``layers`` the hidden Linear layers get PyTorch's default initialisation
+    drawn from a generator seeded with ``seed`` (the random-initialisation baseline)."""
+    check_range("build_classifier", "dropout_input", dropout_input, low=0.0, high=1.0, high_open=True)
+    check_range("build_classifier", "dropout_hidden", dropout_hidden, low=0.0, high=1.0, high_open=True)
+    gen = torch.Generator().manual_seed(seed)
+    mods: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        p = dropout_input if i == 0 else dropout_hidden
+        if p > 0:
+            mods.append(nn.Dropout(p))
+        linear = nn.Linear(n_in, n_out)
+        with torch.no_grad():
+            if layers is not None:
+                linear.weight.copy_(layers[i].weight)
+                linear.bias.copy_(layers[i].hidden_bias)
+            else:
+                bound = 1.0 / n_in**0.5
+                linear.weight.copy_(torch.rand(n_out, n_in, generator=gen) * 2 * bound - bound)
+                linear.bias.copy_(torch.rand(n_out, generator=gen) * 2 * bound - bound)
+        mods += [linear, nn.Sigmoid()]
+    if dropout_hidden > 0 and len(sizes) > 1:
+        mods.append(nn.Dropout(dropout_hidden))
+    head = nn.Linear(sizes[-1], n_labels)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(n_labels, sizes[-1], generator=gen) * 0.01)
+        head.bias.zero_()
+    mods.append(head)
+    return nn.Sequential(*mods)

@@ -1,0 +1,111 @@
+"""Denoising autoencoder with tied weights (Vincent et al. 2008).
+
+    x~ = x * m,  m_i ~ Bernoulli(1 - noise)        masking noise: zero a fraction of inputs
+    h  = sigmoid(c + x~ W^T)                       W: (n_hidden, n_visible)
+    z  = b + h W                                   reconstruction logits
+    L  = -sum_i [x_i log sigmoid(z_i) + (1 - x_i) log(1 - sigmoid(z_i))]
+
+The loss is computed from the logits (``binary_cross_entropy_with_logits``), never as
+``log(sigmoid(.))``. Training is a gradient step with momentum and L2 weight decay on the
+weights; the velocities are buffers so they land in ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from layerwise._checks import check_int, check_range
+
+
+class DenoisingAutoencoder(nn.Module):
+    """Tied-weight sigmoid autoencoder trained on masked inputs in [0, 1]."""
+
+    visible_kind = "bernoulli"
+
+    def __init__(
+        self,
+        n_visible: int,
+        n_hidden: int,
+        *,
+        seed: int = 0,
+        init_std: float | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_int(name, "n_visible", n_visible, low=1)
+        check_int(name, "n_hidden", n_hidden, low=1)
+        self.n_visible = n_visible
+        self.n_hidden = n_hidden
+        self.generator = torch.Generator().manual_seed(seed)
+        # Glorot-uniform range for sigmoid units (4 * sqrt(6 / (fan_in + fan_out))) unless given
+        if init_std is None:
+            bound = 4.0 * (6.0 / (n_visible + n_hidden)) ** 0.5
+            weight = (torch.rand(n_hidden, n_visible, generator=self.generator, dtype=dtype) * 2 - 1) * bound
+        else:
+            check_range(name, "init_std", init_std, low=0.0)
+            weight = torch.randn(n_hidden, n_visible, generator=self.generator, dtype=dtype) * init_std
+        self.weight = nn.Parameter(weight)
+        self.visible_bias = nn.Parameter(torch.zeros(n_visible, dtype=dtype))
+        self.hidden_bias = nn.Parameter(torch.zeros(n_hidden, dtype=dtype))
+        self.register_buffer("weight_velocity", torch.zeros_like(weight))
+        self.register_buffer("visible_bias_velocity", torch.zeros(n_visible, dtype=dtype))
+        self.register_buffer("hidden_bias_velocity", torch.zeros(n_hidden, dtype=dtype))
+
+    def extra_repr(self) -> str:
+        return f"n_visible={self.n_visible}, n_hidden={self.n_hidden}"
+
+    def mean_hiddens(self, v: torch.Tensor) -> torch.Tensor:
+        """h = sigmoid(c + v W^T), shape (batch, n_hidden)."""
+        return torch.sigmoid(torch.addmm(self.hidden_bias, v, self.weight.t()))
+
+    def transform(self, v: torch.Tensor) -> torch.Tensor:
+        return self.mean_hiddens(v)
+
+    def corrupt(self, v: torch.Tensor, noise: float) -> torch.Tensor:
+        """Masking noise: each input is set to 0 with probability ``noise``."""
+        if noise <= 0:
+            return v
+        keep = torch.rand(v.shape, generator=self.generator, dtype=v.dtype) >= noise
+        return v * keep
+
+    def reconstruction_logits(self, v: torch.Tensor) -> torch.Tensor:
+        """z = b + h(v) W, shape (batch, n_visible)."""
+        return torch.addmm(self.visible_bias, self.mean_hiddens(v), self.weight)
+
+    def loss(self, v: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
+        """Reconstruction cross-entropy of clean ``v`` from its corrupted copy, in nats
+        per example."""
+        logits = self.reconstruction_logits(self.corrupt(v, noise))
+        return F.binary_cross_entropy_with_logits(logits, v, reduction="sum") / v.shape[0]
+
+    def reconstruction_cross_entropy(self, v: torch.Tensor) -> torch.Tensor:
+        """The loss with no corruption: what the unit reports per epoch."""
+        return self.loss(v, 0.0)
+
+    def step(
+        self,
+        v: torch.Tensor,
+        *,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        noise: float = 0.25,
+    ) -> None:
+        """One gradient step with momentum on the minibatch ``v`` (batch, n_visible)."""
+        params = (self.weight, self.visible_bias, self.hidden_bias)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(self.loss(v, noise), params)
+        with torch.no_grad():
+            velocities = (self.weight_velocity, self.visible_bias_velocity, self.hidden_bias_velocity)
+            for i, (p, g, vel) in enumerate(zip(params, grads, velocities)):
+                if weight_decay and i == 0:
+                    g = g + weight_decay * p
+                vel.mul_(momentum).add_(g, alpha=-lr)
+                p.add_(vel)
+
+    def reset_training_state(self) -> None:
+        for name in ("weight_velocity", "visible_bias_velocity", "hidden_bias_velocity"):
+            getattr(self, name).zero_()

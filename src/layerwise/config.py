@@ -136,7 +136,7 @@ def _coerce(key: str, value, tp):
     if origin is list:
         (inner,) = args
         if not isinstance(value, list):
-            raise ValueError(f"config key '{key}' must be a list of {_type_name(inner)}s; got {value!r}")
+            raise ValueError(f"config key '{key}' must be a list of integers; got {value!r}")
         return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):

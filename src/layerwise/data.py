@@ -91,6 +91,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how protocol-2 pickles from Python 3 spell array bytes
     }
 
     def __init__(self, file, source: str):
@@ -104,6 +105,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
                 f"{self.source}: refusing to unpickle '{module}.{name}'; only numpy arrays "
                 "are allowed in a data file"
             )
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
         if name == "_reconstruct":
             from numpy.core import multiarray  # numpy 1 and 2 (numpy 2 re-exports numpy._core)
 
@@ -222,6 +227,8 @@ def load_npz(path: str | os.PathLike, *, require_labels: bool = False) -> Datase
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file '{path}' does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"data file '{path}' is not a readable .npz file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             names = list(z.files)
@@ -233,7 +240,7 @@ def load_npz(path: str | os.PathLike, *, require_labels: bool = False) -> Datase
             x = z["x"]
             y = z["y"] if "y" in names else None
     except ValueError as e:
-        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+        if "Object arrays" in str(e):
             raise ValueError(f"data file '{path}': object arrays (pickle) are not accepted") from None
         raise
     except (zipfile.BadZipFile, OSError, EOFError) as e:

@@ -100,7 +100,7 @@ def finetune(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        state["loss_sum"] += float(loss) * len(xb)
+        state["loss_sum"] += float(loss.detach()) * len(xb)
         state["count"] += len(xb)
 
     def end_epoch(epoch, seconds):

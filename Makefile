@@ -9,7 +9,6 @@ export OMP_WAIT_POLICY ?= PASSIVE
 
 $(BIN)/layerwise: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
 	$(PIP) -e '.[all]'
 	touch $@

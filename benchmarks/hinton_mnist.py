@@ -43,7 +43,10 @@ def main() -> None:
     print(f"recipe: {args.recipe}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads")
     print(f"test accuracy: {100 * res.test_accuracy:.2f}%  (target >= 98.80%)")
-    print(f"validation accuracy: {100 * res.validation_accuracy:.2f}%")
+    if res.validation_accuracy is not None:
+        print(f"validation accuracy: {100 * res.validation_accuracy:.2f}%")
+    else:
+        print("validation accuracy: n/a (the validation split joined the fine-tuning data)")
     print(f"wall time: {wall:.0f} s (pretraining {res.seconds_pretrain:.0f} s, fine-tuning {res.seconds_finetune:.0f} s; "
           f"rest: data loading, saving, plots)")
     print(f"peak memory (max RSS): {peak_mib:.0f} MiB")

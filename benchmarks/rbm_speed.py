@@ -6,6 +6,8 @@ Contenders, all in this one process and on the same data:
 - layerwise: BernoulliRBM.step driven by the shared training loop (shuffle + batches);
 - scikit-learn: BernoulliRBM.fit with n_iter=1 (same batch size, learning rate), its BLAS
   limited to the same thread count with threadpoolctl;
+- learnergy (if installed: pip install learnergy --no-deps): its BernoulliRBM.fit, one
+  epoch, which builds the CD update by autograd of an energy difference;
 - roofline: the same five matmuls per batch as bare torch.mm calls into preallocated
   outputs (2*B*V*H flops each: v->h, h->v, v'->h', and the two gradient products).
 The best of the repeats is reported, with ratios. Ratios are what to compare: the machine
@@ -54,6 +56,18 @@ def time_sklearn(x: np.ndarray, threads: int) -> float | None:
         return time.perf_counter() - t
 
 
+def time_learnergy(x: torch.Tensor) -> float | None:
+    try:
+        from learnergy.models.bernoulli import RBM
+    except ImportError:
+        return None
+    rbm = RBM(n_visible=V, n_hidden=H, steps=1, learning_rate=0.1, momentum=0.5, decay=2e-4)
+    data = torch.utils.data.TensorDataset(x, torch.zeros(len(x)))
+    t = time.perf_counter()
+    rbm.fit(data, batch_size=B, epochs=1)
+    return time.perf_counter() - t
+
+
 def time_roofline(n: int) -> float:
     g = torch.Generator().manual_seed(0)
     v = torch.rand(B, V, generator=g)
@@ -83,7 +97,7 @@ def main() -> None:
     results = {}
     for _ in range(args.repeats):  # interleaved, so a noisy moment hits every contender
         for name, fn in (("layerwise", lambda: time_layerwise(x)), ("scikit-learn", lambda: time_sklearn(xs, args.threads)),
-                         ("torch.mm roofline", lambda: time_roofline(n))):
+                         ("learnergy", lambda: time_learnergy(x)), ("torch.mm roofline", lambda: time_roofline(n))):
             t = fn()
             if t is not None:
                 results[name] = min(results.get(name, float("inf")), t)
@@ -92,6 +106,8 @@ def main() -> None:
     for name, t in results.items():
         print(f"{name:<20}{t:>9.2f}{gflop / t:>9.1f}")
     ours = results["layerwise"]
+    if "learnergy" in results:
+        print(f"layerwise is {results['learnergy'] / ours:.2f}x faster than learnergy")
     if "scikit-learn" in results:
         print(f"layerwise is {results['scikit-learn'] / ours:.2f}x faster than scikit-learn (target >= 1.2x)")
     print(f"layerwise reaches {100 * results['torch.mm roofline'] / ours:.0f}% of the roofline's GFLOP/s (target >= 65%)")

@@ -104,3 +104,15 @@ def test_early_stopping_keeps_the_best_weights():
     assert res.epochs_run == res.best_epoch + 3
     loss, _ = evaluate(res.model, xv, yv)
     assert abs(loss - min(val_losses)) < 1e-6
+
+
+@pytest.mark.parametrize("unit", ["autoencoder", "rbm"])
+def test_every_layer_of_a_stack_learns(unit):
+    (x, _), (xv, _), _ = _digits()
+    dbn = DeepBeliefNet(64, [32, 16], unit=unit, seed=0)
+    cfg = PretrainConfig(epochs=6, batch_size=20, learning_rate=0.05 if unit == "rbm" else 0.01, persistent=unit == "rbm")
+    recs = pretrain(dbn, x, xv, cfg, seed=0)
+    for layer in (0, 1):
+        rs = [r for r in recs if r["layer"] == layer]
+        assert rs[-1]["recon_ce_heldout"] < 0.9 * rs[0]["recon_ce_heldout"], (layer, rs[0], rs[-1])
+        assert ("free_energy_gap" in rs[0]) == (unit == "rbm")

@@ -135,7 +135,9 @@ def train(
     seconds_finetune = time.perf_counter() - t1
     metrics = {"seconds": round(seconds_finetune, 2), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
     val_acc = None
-    if x_va is not None:
+    if ft.train_on_validation:
+        metrics["validation"] = "joined the training data (train_on_validation)"
+    elif x_va is not None:
         metrics["validation_loss"], val_acc = evaluate(clf, x_va, y_va)
         metrics["validation_accuracy"] = val_acc
     test_acc = None

@@ -47,7 +47,7 @@ def test_reconstruction_falls_on_digits_and_input_untouched():
     x = _digits()
     before = x.clone()
     dae = DenoisingAutoencoder(64, 32, seed=0)
-    start = float(dae.reconstruction_cross_entropy(x))
+    start = float(dae.reconstruction_cross_entropy(x).detach())
     for epoch in range(10):
         for s in range(0, len(x), 20):
             dae.step(x[s : s + 20], lr=0.01, momentum=0.9, noise=0.2)

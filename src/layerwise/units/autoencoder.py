@@ -81,8 +81,9 @@ class DenoisingAutoencoder(nn.Module):
         logits = self.reconstruction_logits(self.corrupt(v, noise))
         return F.binary_cross_entropy_with_logits(logits, v, reduction="sum") / v.shape[0]
 
+    @torch.no_grad()
     def reconstruction_cross_entropy(self, v: torch.Tensor) -> torch.Tensor:
-        """The loss with no corruption: what the unit reports per epoch."""
+        """The loss with no corruption: what the unit reports per epoch (no graph)."""
         return self.loss(v, 0.0)
 
     def step(

@@ -194,3 +194,45 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, dict]:
     model.load_state_dict(tensors, strict=False)
     model.eval()
     return model, manifest
+
+
+# -- resumable training state -----------------------------------------------------------
+CHECKPOINT = "state.safetensors"
+
+
+def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
+    """Atomically replace ``folder/state.safetensors`` with these tensors and JSON ``meta``
+    (kept in the safetensors header). Written to a temporary file, fsynced, renamed over
+    the old one, and the folder fsynced: a crash at any point leaves the previous
+    checkpoint or the new one, never a torn file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".state.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
+                  metadata={"layerwise": json.dumps(meta)})
+        _fsync_file(Path(tmp))
+        os.replace(tmp, folder / CHECKPOINT)
+        _fsync_dir(folder)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return folder / CHECKPOINT
+
+
+def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read (tensors, meta) of a checkpoint folder; a clear error if it is missing or torn."""
+    from safetensors import safe_open
+
+    path = Path(folder) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at '{path}'")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["layerwise"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, ValueError) as e:
+        raise ValueError(f"checkpoint '{path}' is unreadable ({type(e).__name__}: {e})") from None
+    return tensors, meta

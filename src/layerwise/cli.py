@@ -33,16 +33,25 @@ def _err(msg: str) -> int:
 
 def cmd_train(args) -> int:
     from layerwise import config
-    from layerwise.pipeline import train
+    from layerwise.pipeline import resume, train
 
-    cfg = config.load(args.recipe)
-    if args.name:
-        cfg.name = args.name
-    if args.threads:
-        cfg.threads = args.threads
-    _set_threads(cfg.threads)
     echo = None if args.quiet else (lambda s: print(s, flush=True))
-    result = train(cfg, runs_dir=args.runs_dir, progress=not args.quiet and sys.stderr.isatty(), echo=echo)
+    bars = not args.quiet and sys.stderr.isatty()
+    if args.resume:
+        if args.recipe or args.name:
+            return _err("--resume takes the run folder alone: its config.toml is the recipe")
+        _set_threads(args.threads)
+        result = resume(args.resume, progress=bars, echo=echo)
+    else:
+        if not args.recipe:
+            return _err("train needs a RECIPE (or --resume RUN_FOLDER)")
+        cfg = config.load(args.recipe)
+        if args.name:
+            cfg.name = args.name
+        if args.threads:
+            cfg.threads = args.threads
+        _set_threads(cfg.threads)
+        result = train(cfg, runs_dir=args.runs_dir, progress=bars, echo=echo)
     print(f"pretraining {result.seconds_pretrain:.1f} s, fine-tuning {result.seconds_finetune:.1f} s")
     if result.validation_accuracy is not None:
         print(f"validation accuracy: {100 * result.validation_accuracy:.2f}%")
@@ -128,7 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="pretrain, save the pretrained net, fine-tune, evaluate")
-    t.add_argument("recipe", help="TOML recipe, e.g. recipes/quick-mnist.toml")
+    t.add_argument("recipe", nargs="?", help="TOML recipe, e.g. recipes/quick-mnist.toml")
+    t.add_argument("--resume", metavar="RUN_FOLDER",
+                   help="continue an interrupted run (e.g. runs/NAME) from its last checkpoint")
     t.add_argument("--name", help="run name (default: the recipe's name, else its file stem)")
     t.add_argument("--runs-dir", default="runs", help="folder that holds run folders (default: runs)")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's, else min(2, cores))")
@@ -163,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as e:
         return _err(str(e))
     except KeyboardInterrupt:
-        print("layerwise: interrupted", file=sys.stderr)
+        print("layerwise: interrupted; continue with `layerwise train --resume RUN_FOLDER` "
+              "(the run folder was printed at the start)", file=sys.stderr)
         return 130
 
 

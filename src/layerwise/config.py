@@ -75,6 +75,13 @@ class FinetuneConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_epochs: int | None = 1  # a resumable checkpoint after every N epochs
+    every_minutes: float | None = 5.0  # and whenever this much time has passed (checked per batch)
+    every_batches: int | None = None  # and every N batches (fine-grained; mostly for tests)
+
+
+@dataclass
 class RunConfig:
     name: str | None = None
     seed: int = 0
@@ -83,6 +90,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -108,6 +116,8 @@ _BOUNDS = {
     "pretrain.noise": "[0, 1)", "pretrain.monitor_samples": "[1, inf)",
     "finetune.epochs": "[0, inf)", "finetune.batch_size": "[1, inf)", "finetune.learning_rate": "(0, inf)",
     "finetune.momentum": "[0, 1)", "finetune.weight_decay": "[0, inf)", "finetune.lr_decay": "(0, 1]",
+    "checkpoint.every_epochs": "[1, inf)", "checkpoint.every_minutes": "(0, inf)",
+    "checkpoint.every_batches": "[1, inf)",
     "finetune.dropout_input": "[0, 1)", "finetune.dropout_hidden": "[0, 1)", "finetune.patience": "[1, inf)",
 }
 

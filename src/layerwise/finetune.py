@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.config import FinetuneConfig
-from layerwise.loop import Reporter, run_loop
+from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
 
 
 @dataclass
@@ -69,6 +69,25 @@ def make_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimiz
     )
 
 
+@dataclass
+class FinetuneState:
+    """Everything fine-tuning carries between batches besides the model and optimizer:
+    the loop position and data-order generator, the epoch's loss accumulators, the
+    early-stopping state and the records. A checkpoint saves it with the global RNG
+    state (dropout draws from it)."""
+
+    position: LoopPosition = field(default_factory=LoopPosition)
+    generator: torch.Generator | None = None
+    loss_sum: float = 0.0
+    count: int = 0
+    best: float = math.inf
+    best_epoch: int | None = None
+    since_best: int = 0
+    best_state: dict | None = None
+    records: list = field(default_factory=list)
+    rng_state: torch.Tensor | None = None  # global RNG to restore on resume
+
+
 def finetune(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -79,63 +98,73 @@ def finetune(
     *,
     seed: int = 0,
     reporter: Reporter | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: FinetuneState | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` (modified in place) and return it with its history.
 
     With validation data and ``cfg.patience`` set, training stops after ``patience``
     epochs without a lower validation loss, and the best weights are restored.
+    To resume, pass the restored ``optimizer`` and ``state``; ``state`` is updated in
+    place so a ``checkpointer`` can save it.
     """
     reporter = reporter or Reporter()
     has_val = x_val is not None and y_val is not None
     if cfg.train_on_validation and has_val:
         x_train, y_train = torch.cat([x_train, x_val]), torch.cat([y_train, y_val])
         has_val = False  # the validation data is training data now
-    result = FinetuneResult(model)
-    optimizer = make_optimizer(model, cfg)
-    generator = torch.Generator().manual_seed(seed)
-    state = {"loss_sum": 0.0, "count": 0, "best": math.inf, "best_state": None, "since_best": 0}
+    optimizer = optimizer if optimizer is not None else make_optimizer(model, cfg)
+    st = state if state is not None else FinetuneState()
+    if st.generator is None:
+        st.generator = torch.Generator().manual_seed(seed)
 
     def step(xb, yb, epoch):
         loss = F.cross_entropy(model(xb), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        state["loss_sum"] += float(loss.detach()) * len(xb)
-        state["count"] += len(xb)
+        st.loss_sum += float(loss.detach()) * len(xb)
+        st.count += len(xb)
 
     def end_epoch(epoch, seconds):
         rec = {
             "phase": "finetune", "epoch": epoch + 1, "lr": lr_at(cfg, epoch),
-            "train_loss": state["loss_sum"] / max(state["count"], 1), "seconds": round(seconds, 3),
+            "train_loss": st.loss_sum / max(st.count, 1), "seconds": round(seconds, 3),
         }
-        state["loss_sum"], state["count"] = 0.0, 0
+        st.loss_sum, st.count = 0.0, 0
         stop = False
         if has_val:
             val_loss, val_acc = evaluate(model, x_val, y_val)
             rec.update(val_loss=val_loss, val_accuracy=val_acc)
-            if val_loss < state["best"]:
-                state.update(best=val_loss, best_state=copy.deepcopy(model.state_dict()), since_best=0)
-                result.best_epoch, result.best_validation_loss = epoch + 1, val_loss
+            if val_loss < st.best:
+                st.best, st.best_epoch, st.since_best = val_loss, epoch + 1, 0
+                st.best_state = copy.deepcopy(model.state_dict())
             else:
-                state["since_best"] += 1
-                stop = cfg.patience is not None and state["since_best"] >= cfg.patience
-        result.records.append(rec)
+                st.since_best += 1
+                stop = cfg.patience is not None and st.since_best >= cfg.patience
+        st.records.append(rec)
         reporter.log(rec)
         for group in optimizer.param_groups:  # schedule for the next epoch
             group["lr"] = lr_at(cfg, epoch + 1)
         return stop
 
     for group in optimizer.param_groups:
-        group["lr"] = lr_at(cfg, 0)
+        group["lr"] = lr_at(cfg, st.position.epoch)
     model.train()
-    # nn.Dropout draws from the global generator: seed it here and restore it afterwards
+    # nn.Dropout draws from the global generator: seed it here (or restore it on resume)
+    # and give the caller's generator state back afterwards
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        result.epochs_run = run_loop(
-            x=x_train, y=y_train, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=generator,
-            step=step, end_epoch=end_epoch, reporter=reporter, desc="finetune",
+        if st.rng_state is not None:
+            torch.set_rng_state(st.rng_state)
+        else:
+            torch.manual_seed(seed)
+        epochs_run = run_loop(
+            x=x_train, y=y_train, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=st.generator,
+            step=step, end_epoch=end_epoch, reporter=reporter, desc="finetune", position=st.position,
+            checkpointer=checkpointer,
         )
-    if state["best_state"] is not None:
-        model.load_state_dict(state["best_state"])
+    if st.best_state is not None:
+        model.load_state_dict(st.best_state)
     model.eval()
-    return result
+    return FinetuneResult(model, st.records, st.best_epoch, None if st.best_epoch is None else st.best, epochs_run)

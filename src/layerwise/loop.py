@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -40,9 +41,11 @@ class Reporter:
         self.progress = progress
         self.echo = echo
         self.records: list[dict] = []
+        self.lines = 0  # lines in metrics_path, counting those of an earlier (resumed) process
 
     def log(self, record: dict) -> None:
         self.records.append(record)
+        self.lines += 1
         if self.metrics_path is not None:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -67,6 +70,47 @@ def format_record(record: dict) -> str:
     return " ".join(parts)
 
 
+@dataclass
+class LoopPosition:
+    """Where a loop stands: the epoch under way, how many of its batches are done, and
+    that epoch's data order (None between epochs). Saved in checkpoints."""
+
+    epoch: int = 0
+    batch: int = 0
+    order: torch.Tensor | None = None
+    stopped: bool = False  # end_epoch asked to stop (early stopping)
+
+
+class Checkpointer:
+    """When to checkpoint: after every ``every_epochs`` epochs and/or when
+    ``every_seconds`` have passed (checked after each batch), or every ``every_batches``
+    batches. ``save(position)`` writes the state; the owner of the loop supplies it."""
+
+    def __init__(self, save: Callable[[LoopPosition], None], *, every_epochs: int | None = 1,
+                 every_seconds: float | None = None, every_batches: int | None = None):
+        self.save = save
+        self.every_epochs = every_epochs
+        self.every_seconds = every_seconds
+        self.every_batches = every_batches
+        self._last = time.monotonic()
+        self._batches = 0
+
+    def _save(self, pos: LoopPosition) -> None:
+        self.save(pos)
+        self._last = time.monotonic()
+
+    def after_batch(self, pos: LoopPosition) -> None:
+        self._batches += 1
+        if (self.every_batches and self._batches % self.every_batches == 0) or (
+            self.every_seconds and time.monotonic() - self._last >= self.every_seconds
+        ):
+            self._save(pos)
+
+    def after_epoch(self, pos: LoopPosition) -> None:
+        if self.every_epochs and (pos.epoch % self.every_epochs == 0 or pos.stopped):
+            self._save(pos)
+
+
 def run_loop(
     *,
     x: torch.Tensor,
@@ -78,27 +122,40 @@ def run_loop(
     end_epoch: Callable[[int, float], bool],
     reporter: Reporter,
     desc: str,
+    position: LoopPosition | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> int:
-    """Train for up to ``epochs`` epochs; return the number of epochs run.
+    """Train until ``epochs`` epochs are done; return the number of epochs run.
 
     ``step(xb, yb, epoch)`` is called per minibatch; ``end_epoch(epoch, seconds)`` after
-    each epoch returns True to stop early.
+    each epoch returns True to stop early. ``position`` (updated in place) resumes a loop
+    where a checkpoint left it: same epoch, same data order, next batch.
     """
+    pos = position if position is not None else LoopPosition()
     n = x.shape[0]
     n_batches = (n + batch_size - 1) // batch_size
-    for epoch in range(epochs):
+    while pos.epoch < epochs and not pos.stopped:
+        epoch = pos.epoch
         t0 = time.perf_counter()
-        order = torch.randperm(n, generator=generator)
+        if pos.order is None:
+            pos.order, pos.batch = torch.randperm(n, generator=generator), 0
         # one gather per epoch, then contiguous slices: no per-batch copies
-        xs = x.index_select(0, order)
-        ys = None if y is None else y.index_select(0, order)
+        xs = x.index_select(0, pos.order)
+        ys = None if y is None else y.index_select(0, pos.order)
         bar = reporter.bar(n_batches, f"{desc} epoch {epoch + 1}/{epochs}")
+        bar.update(pos.batch)
         try:
-            for start in range(0, n, batch_size):
+            while pos.batch < n_batches:
+                start = pos.batch * batch_size
                 step(xs[start : start + batch_size], None if ys is None else ys[start : start + batch_size], epoch)
+                pos.batch += 1
                 bar.update()
+                if checkpointer is not None and pos.batch < n_batches:
+                    checkpointer.after_batch(pos)
         finally:
             bar.close()
-        if end_epoch(epoch, time.perf_counter() - t0):
-            return epoch + 1
-    return epochs
+        stop = end_epoch(epoch, time.perf_counter() - t0)
+        pos.epoch, pos.batch, pos.order, pos.stopped = epoch + 1, 0, None, bool(stop)
+        if checkpointer is not None:
+            checkpointer.after_epoch(pos)
+    return pos.epoch

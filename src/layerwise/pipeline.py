@@ -8,6 +8,11 @@ and plots/. An existing run folder is never reused: the next free ``NAME-2``, ``
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +22,18 @@ import torch
 
 from layerwise import config as config_mod
 from layerwise.advice import suggest_layers
-from layerwise.artifacts import classifier_architecture, write_artifact
+from layerwise.artifacts import (
+    classifier_architecture,
+    load_checkpoint,
+    read_artifact,
+    save_checkpoint,
+    write_artifact,
+)
 from layerwise.config import DataConfig, RunConfig
 from layerwise.data import Dataset, Splits, load_digits, load_mnist, load_npz, split_validation, validate
-from layerwise.finetune import evaluate, finetune
-from layerwise.loop import Reporter
-from layerwise.pretrain import pretrain
+from layerwise.finetune import FinetuneState, evaluate, finetune, make_optimizer
+from layerwise.loop import Checkpointer, LoopPosition, Reporter
+from layerwise.pretrain import PretrainProgress, pretrain
 from layerwise.stack import DeepBeliefNet
 
 
@@ -81,6 +92,61 @@ def _tensors(ds: Dataset | None):
     return torch.from_numpy(np.ascontiguousarray(ds.x)), torch.from_numpy(ds.y)
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold an exclusive lock on a run folder; a second writer is refused at once."""
+    path = run_dir / ".lock"
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise RuntimeError(
+            f"run folder '{run_dir}' is in use by another layerwise process (pid {holder}); "
+            "wait for it to finish or use another run folder"
+        ) from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f.close()
+
+
+def _optimizer_to_checkpoint(optimizer, tensors: dict) -> dict:
+    sd = optimizer.state_dict()
+    scalars = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{idx}.{k}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    return {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_checkpoint(optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("opt."):
+            _, idx, k = key.split(".", 2)
+            state.setdefault(int(idx), {})[k] = v
+    for idx, kv in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(kv)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _generator(state: torch.Tensor) -> torch.Generator:
+    g = torch.Generator()
+    g.set_state(state)
+    return g
+
+
 def train(
     cfg: RunConfig,
     *,
@@ -88,52 +154,170 @@ def train(
     progress: bool = False,
     echo=None,
 ) -> RunResult:
-    """Run a whole recipe; returns where it went and what it reached."""
+    """Run a whole recipe in a new run folder; returns where it went and what it reached."""
+    # validate the data before creating anything on disk
+    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or (lambda s: None))
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    while True:  # mkdir is the atomic claim: two runs started at once get different folders
+        run_dir = unique_run_dir(runs_dir, cfg.name or "run")
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            continue
+    resolved = config_mod.from_dict(cfg.to_dict())
+    resolved.model.hidden = cfg.model.hidden or suggest_layers(splits.n_inputs)
+    (run_dir / "config.toml").write_text(config_mod.to_toml(resolved))
+    with run_lock(run_dir):
+        return _run(run_dir, resolved, splits, None, progress=progress, echo=echo)
+
+
+def resume(run_dir: str | Path, *, progress: bool = False, echo=None) -> RunResult:
+    """Continue an interrupted ``train`` run from its last checkpoint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise FileNotFoundError(f"'{run_dir}' is not a run folder: it has no config.toml")
+    with run_lock(run_dir):
+        if (run_dir / "finetuned").exists():
+            raise ValueError(f"run '{run_dir}' is complete (finetuned/ exists); nothing to resume")
+        cfg = config_mod.load(run_dir / "config.toml")
+        cfg.name = run_dir.name
+        splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or (lambda s: None))
+        ckpt = load_checkpoint(run_dir / "checkpoint") if (run_dir / "checkpoint" / "state.safetensors").exists() else None
+        return _run(run_dir, cfg, splits, ckpt, progress=progress, echo=echo)
+
+
+def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool, echo) -> RunResult:
     say = echo or (lambda s: None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=say)
-    hidden = cfg.model.hidden or suggest_layers(splits.n_inputs)
+    hidden = cfg.model.hidden
     dbn = DeepBeliefNet(
         splits.n_inputs, hidden, unit=cfg.model.unit, visible=cfg.model.visible, seed=cfg.seed,
         init_std=cfg.model.init_std,
     )
-    run_dir = unique_run_dir(Path(runs_dir), cfg.name or "run")
-    run_dir.mkdir(parents=True)
-    resolved = config_mod.from_dict(cfg.to_dict())
-    resolved.model.hidden = hidden
-    (run_dir / "config.toml").write_text(config_mod.to_toml(resolved))
-    config_dict = resolved.to_dict()
-    reporter = Reporter(run_dir / "metrics.jsonl", progress=progress, echo=echo)
-    reporter.log({
-        "phase": "start", "name": run_dir.name, "architecture": "-".join(map(str, dbn.sizes + [splits.n_labels])),
-        "unit": cfg.model.unit, "train": len(splits.train), "validation": len(splits.validation or []),
-        "test": len(splits.test or []), "threads": torch.get_num_threads(),
-    })
+    config_dict = cfg.to_dict()
+    tensors, meta = ckpt if ckpt is not None else ({}, {"phase": "pretrain"})
+    metrics_path = run_dir / "metrics.jsonl"
+    if ckpt is not None:  # drop the lines written after the checkpoint: they will be written again
+        lines = metrics_path.read_text().splitlines(keepends=True)[: meta["metrics_lines"]]
+        metrics_path.write_text("".join(lines))
+    elif metrics_path.exists():
+        metrics_path.unlink()  # a run that died before its first checkpoint starts over
+    reporter = Reporter(metrics_path, progress=progress, echo=echo)
+    reporter.lines = len(metrics_path.read_text().splitlines()) if metrics_path.exists() else 0
+    if ckpt is None:
+        reporter.log({
+            "phase": "start", "folder": str(run_dir), "architecture": "-".join(map(str, dbn.sizes + [splits.n_labels])),
+            "unit": cfg.model.unit, "train": len(splits.train), "validation": len(splits.validation or []),
+            "test": len(splits.test or []), "threads": torch.get_num_threads(),
+        })
+    else:
+        reporter.log({"phase": "resume", "from": meta["phase"], "layer": meta.get("layer"),
+                      "epoch": meta["epoch"], "batch": meta["batch"]})
     x_tr, y_tr = _tensors(splits.train)
     x_va, y_va = _tensors(splits.validation)
     x_te, y_te = _tensors(splits.test)
-
-    t0 = time.perf_counter()
-    pre_records = pretrain(dbn, x_tr, x_va, cfg.pretrain, seed=cfg.seed, reporter=reporter)
-    seconds_pretrain = time.perf_counter() - t0
+    cc = cfg.checkpoint
+    every = {"every_epochs": cc.every_epochs, "every_batches": cc.every_batches,
+             "every_seconds": None if cc.every_minutes is None else 60 * cc.every_minutes}
     stages = [{
         "data": splits.train.name, "fingerprint": splits.train.fingerprint,
         "samples": len(splits.train), "epochs_per_layer": cfg.pretrain.epochs,
     }]
-    last = {f"layer{r['layer']}_{k}": v for r in pre_records for k, v in r.items() if k.startswith(("recon", "free"))}
-    pretrained = write_artifact(
-        run_dir / "pretrained", dbn.model_state(), kind="pretrained", architecture=dbn.architecture(),
-        config=config_dict, stages=stages, metrics={**last, "seconds": round(seconds_pretrain, 2)}, read_only=True,
-    )
-    reporter.log({"phase": "saved", "artifact": "pretrained", "sha256": pretrained["weights_sha256"][:16]})
+    seconds = dict(meta.get("seconds", {"pretrain": 0.0, "finetune": 0.0}))
 
+    # -- pretraining ----------------------------------------------------------------
+    pretrained_dir = run_dir / "pretrained"
+    if meta["phase"] == "pretrain":
+        prog = PretrainProgress()
+        generator = torch.Generator().manual_seed(cfg.seed)
+        records: list[dict] = []
+        if ckpt is not None:
+            dbn.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("dbn.")})
+            for i, layer in enumerate(dbn.layers):
+                layer.generator.set_state(tensors[f"rng.unit{i}"])
+            generator.set_state(tensors["rng.loop"])
+            prog.layer = meta["layer"]
+            prog.position = LoopPosition(meta["epoch"], meta["batch"], tensors.get("order"), meta["stopped"])
+            records = meta["records"]
+        t_start = time.perf_counter()
+
+        def save_pretrain(pos):
+            t = {f"dbn.{k}": v for k, v in dbn.state_dict().items()}
+            t.update({f"rng.unit{i}": layer.generator.get_state() for i, layer in enumerate(dbn.layers)})
+            t["rng.loop"] = generator.get_state()
+            if pos.order is not None:
+                t["order"] = pos.order
+            elapsed = {"pretrain": seconds["pretrain"] + time.perf_counter() - t_start, "finetune": 0.0}
+            save_checkpoint(run_dir / "checkpoint", t, {
+                "phase": "pretrain", "layer": prog.layer, "epoch": pos.epoch, "batch": pos.batch,
+                "stopped": pos.stopped, "records": records, "metrics_lines": reporter.lines, "seconds": elapsed,
+            })
+
+        pretrain(dbn, x_tr, x_va, cfg.pretrain, seed=cfg.seed, reporter=reporter, progress=prog,
+                 generator=generator, records=records, checkpointer=Checkpointer(save_pretrain, **every))
+        seconds["pretrain"] += time.perf_counter() - t_start
+        last = {f"layer{r['layer']}_{k}": v for r in records for k, v in r.items() if k.startswith(("recon", "free"))}
+        if pretrained_dir.exists():
+            # died after writing it and before the next checkpoint: the replay is exact,
+            # so the weights must be the ones on disk
+            on_disk, pre_manifest = read_artifact(pretrained_dir)
+            if any(not torch.equal(on_disk[k], v) for k, v in dbn.model_state().items()):
+                raise RuntimeError(f"'{pretrained_dir}' differs from the resumed pretraining; not overwriting it")
+        else:
+            pre_manifest = write_artifact(
+                pretrained_dir, dbn.model_state(), kind="pretrained", architecture=dbn.architecture(),
+                config=config_dict, stages=stages, metrics={**last, "seconds": round(seconds["pretrain"], 2)},
+                read_only=True,
+            )
+        reporter.log({"phase": "saved", "artifact": "pretrained", "sha256": pre_manifest["weights_sha256"][:16]})
+    else:
+        pre_tensors, pre_manifest = read_artifact(pretrained_dir)
+        dbn.load_state_dict(pre_tensors, strict=False)
+
+    # -- fine-tuning ----------------------------------------------------------------
     ft = cfg.finetune
     clf = dbn.to_classifier(splits.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden, seed=cfg.seed)
-    t1 = time.perf_counter()
-    result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter)
-    seconds_finetune = time.perf_counter() - t1
-    metrics = {"seconds": round(seconds_finetune, 2), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
+    optimizer = make_optimizer(clf, ft)
+    fstate = FinetuneState()
+    if meta["phase"] == "finetune":
+        clf.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("clf.")})
+        _optimizer_from_checkpoint(optimizer, tensors, meta["optimizer"])
+        fstate = FinetuneState(
+            position=LoopPosition(meta["epoch"], meta["batch"], tensors.get("order"), meta["stopped"]),
+            generator=_generator(tensors["rng.loop"]), loss_sum=meta["loss_sum"], count=meta["count"],
+            best=math.inf if meta["best"] is None else meta["best"], best_epoch=meta["best_epoch"],
+            since_best=meta["since_best"], records=meta["records"], rng_state=tensors["rng.global"],
+            best_state={k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None,
+        )
+    else:
+        fstate.generator = torch.Generator().manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+
+    def save_finetune(pos):
+        t = {f"clf.{k}": v for k, v in clf.state_dict().items()}
+        opt_meta = _optimizer_to_checkpoint(optimizer, t)
+        if fstate.best_state is not None:
+            t.update({f"best.{k}": v for k, v in fstate.best_state.items()})
+        t["rng.loop"] = fstate.generator.get_state()
+        t["rng.global"] = torch.get_rng_state()  # dropout masks: called inside fine-tuning
+        if pos.order is not None:
+            t["order"] = pos.order
+        elapsed = {"pretrain": seconds["pretrain"], "finetune": seconds["finetune"] + time.perf_counter() - t_start}
+        save_checkpoint(run_dir / "checkpoint", t, {
+            "phase": "finetune", "epoch": pos.epoch, "batch": pos.batch, "stopped": pos.stopped,
+            "loss_sum": fstate.loss_sum, "count": fstate.count,
+            "best": None if math.isinf(fstate.best) else fstate.best, "best_epoch": fstate.best_epoch,
+            "since_best": fstate.since_best, "records": fstate.records, "optimizer": opt_meta,
+            "metrics_lines": reporter.lines, "seconds": elapsed,
+        })
+
+    result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter, optimizer=optimizer,
+                      state=fstate, checkpointer=Checkpointer(save_finetune, **every))
+    seconds["finetune"] += time.perf_counter() - t_start
+    metrics = {"seconds": round(seconds["finetune"], 2), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
     val_acc = None
     if ft.train_on_validation:
         metrics["validation"] = "joined the training data (train_on_validation)"
@@ -147,13 +331,14 @@ def train(
     finetuned = write_artifact(
         run_dir / "finetuned", clf.state_dict(), kind="finetuned",
         architecture=classifier_architecture(dbn.sizes, splits.n_labels, ft.dropout_input, ft.dropout_hidden),
-        config=config_dict, stages=stages, metrics=metrics, parent=pretrained["weights_sha256"],
+        config=config_dict, stages=stages, metrics=metrics, parent=pre_manifest["weights_sha256"],
     )
-    reporter.log({"phase": "test", **metrics, "seconds_pretrain": round(seconds_pretrain, 2)})
+    reporter.log({"phase": "test", **metrics, "seconds_pretrain": round(seconds["pretrain"], 2)})
     try:
         from layerwise import plots
 
-        plots.write_run_plots(run_dir / "plots", reporter.records, dbn.layers[0].weight)
+        every_record = [json.loads(line) for line in metrics_path.read_text().splitlines()]  # resumed runs too
+        plots.write_run_plots(run_dir / "plots", every_record, dbn.layers[0].weight)
     except ImportError:
         say("plots skipped: matplotlib is not installed (pip install 'layerwise[plots]')")
-    return RunResult(run_dir, test_acc, val_acc, pretrained, finetuned, seconds_pretrain, seconds_finetune)
+    return RunResult(run_dir, test_acc, val_acc, pre_manifest, finetuned, seconds["pretrain"], seconds["finetune"])

@@ -9,10 +9,12 @@ practical guide, section 6).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 from layerwise.config import PretrainConfig
-from layerwise.loop import Reporter, run_loop
+from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
 from layerwise.stack import DeepBeliefNet
 from layerwise.units import DenoisingAutoencoder
 
@@ -47,6 +49,14 @@ def layer_metrics(unit, train_x: torch.Tensor, held_x: torch.Tensor | None) -> d
     return m
 
 
+@dataclass
+class PretrainProgress:
+    """The greedy state: which layer is training and where its loop stands."""
+
+    layer: int = 0
+    position: LoopPosition = field(default_factory=LoopPosition)
+
+
 def pretrain(
     dbn: DeepBeliefNet,
     x_train: torch.Tensor,
@@ -55,18 +65,32 @@ def pretrain(
     *,
     seed: int = 0,
     reporter: Reporter | None = None,
+    progress: PretrainProgress | None = None,
+    generator: torch.Generator | None = None,
+    records: list[dict] | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> list[dict]:
     """Pretrain every layer of ``dbn`` in turn for ``cfg.epochs`` epochs.
 
     ``x_train`` (n, n_visible) and ``x_heldout`` are float32 tensors already validated.
     Returns the per-epoch metric records (also sent to ``reporter``).
+
+    To resume, pass the ``progress``, the data-order ``generator`` and the ``records``
+    of the interrupted run (a checkpoint holds them); ``progress`` is updated in place,
+    so a ``checkpointer`` can save it.
     """
     reporter = reporter or Reporter()
-    generator = torch.Generator().manual_seed(seed)
-    records: list[dict] = []
-    inp, held = x_train, x_heldout
+    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+    progress = progress if progress is not None else PretrainProgress()
+    records = records if records is not None else []
+    # the layers below the one in progress are trained: start from their activations
+    inp = dbn.transform(x_train, upto=progress.layer)
+    held = None if x_heldout is None else dbn.transform(x_heldout, upto=progress.layer)
     n_mon = min(cfg.monitor_samples, len(x_train))
-    for i, unit in enumerate(dbn.layers):
+    for i in range(progress.layer, len(dbn.layers)):
+        unit = dbn.layers[i]
+        if progress.layer != i:
+            progress.layer, progress.position = i, LoopPosition()
         kwargs = _step_kwargs(unit, cfg)
         lr = cfg.learning_rate
 
@@ -85,13 +109,16 @@ def pretrain(
 
         run_loop(
             x=inp, y=None, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=generator,
-            step=step, end_epoch=end_epoch, reporter=reporter,
+            step=step, end_epoch=end_epoch, reporter=reporter, position=progress.position,
+            checkpointer=checkpointer,
             desc=f"pretrain layer {i + 1}/{len(dbn.layers)} ({unit.n_visible}->{unit.n_hidden})",
         )
         if i + 1 < len(dbn.layers):
             # the next layer trains on this layer's mean activations
             inp = _chunked(unit, inp)
             held = None if held is None else _chunked(unit, held)
+    progress.layer = len(dbn.layers)
+    progress.position = LoopPosition()
     return records
 
 

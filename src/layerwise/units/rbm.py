@@ -84,6 +84,13 @@ class _RBM(nn.Module):
     def extra_repr(self) -> str:
         return f"n_visible={self.n_visible}, n_hidden={self.n_hidden}"
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # the number of persistent chains is the batch size they were started with
+        chains = state_dict.get(prefix + "persistent_chains")
+        if chains is not None:
+            self.persistent_chains = torch.empty_like(chains)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # -- hidden side (shared) ---------------------------------------------------------
     def hidden_logits(self, v: torch.Tensor) -> torch.Tensor:
         """c + v W^T, shape (batch, n_hidden)."""

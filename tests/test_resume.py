@@ -1,0 +1,172 @@
+"""Exact resume: a run SIGKILLed at a random batch and resumed ends bitwise equal to an
+uninterrupted run (CPU, one thread, fixed seed)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_patterns
+from layerwise.artifacts import load_checkpoint, read_artifact, save_checkpoint
+
+RECIPE = """
+seed = 3
+threads = 1
+[data]
+source = "npz"
+train = "train.npz"
+test = "test.npz"
+[model]
+hidden = [48, 24]
+[pretrain]
+epochs = 3
+batch_size = 10
+learning_rate = 0.05
+persistent = true
+momentum_switch_epoch = 1
+[finetune]
+epochs = 4
+batch_size = 10
+learning_rate = 0.2
+dropout_hidden = 0.2
+patience = 2
+lr_schedule = "cosine"
+[checkpoint]
+every_epochs = 1
+every_batches = 7
+"""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    x, y = make_patterns(n=1500, n_features=36, n_classes=4, flip=0.15, seed=5)
+    np.savez(tmp_path / "train.npz", x=x[:1200], y=y[:1200])
+    np.savez(tmp_path / "test.npz", x=x[1200:], y=y[1200:])
+    r = tmp_path / "r.toml"
+    r.write_text(RECIPE)
+    return r
+
+
+def _cmd(*args):
+    return [sys.executable, "-m", "layerwise", "train", *args, "--quiet"]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _phases(run: Path):
+    p = run / "metrics.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(l)["phase"] for l in p.read_text().splitlines() if l.endswith("}")]
+
+
+def _weights(folder: Path):
+    tensors, _ = read_artifact(folder)
+    return tensors
+
+
+def _kill_when(cmd, cwd, run: Path, ready, rng):
+    """Start cmd, wait until ready(phases) holds, sleep a random moment, SIGKILL it."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not ready(_phases(run)):
+        assert proc.poll() is None, f"finished before it could be killed: {proc.communicate()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0.0, 0.15))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc.returncode
+
+
+@pytest.mark.parametrize("where", ["pretrain", "finetune"])
+def test_sigkill_then_resume_matches_uninterrupted_run(recipe, tmp_path, where):
+    ref = subprocess.run(_cmd(str(recipe), "--name", "ref"), cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    rng = random.Random(f"{where}-resume")
+    run = tmp_path / "runs" / "killed"
+    if where == "pretrain":  # somewhere in the second layer's pretraining
+        ready = lambda ph: ph.count("pretrain") >= 3 + rng.randrange(0, 2)  # noqa: E731
+    else:  # somewhere in fine-tuning, after at least one fine-tuning epoch
+        ready = lambda ph: ph.count("finetune") >= 1  # noqa: E731
+    rc = _kill_when(_cmd(str(recipe), "--name", "killed"), tmp_path, run, ready, rng)
+    assert rc == -signal.SIGKILL
+    assert not (run / "finetuned").exists(), "the run finished before the kill; the test proves nothing"
+    _, meta = load_checkpoint(run / "checkpoint")
+    assert meta["phase"] == where
+    res = subprocess.run(_cmd("--resume", str(run)), cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    ref_dir = tmp_path / "runs" / "ref"
+    for artifact in ("pretrained", "finetuned"):
+        a, b = _weights(ref_dir / artifact), _weights(run / artifact)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{artifact}/{k} differs after resume"
+    # the metrics log reads as one run: same epochs, no duplicates
+    strip = lambda p: [(r["phase"], r.get("layer"), r.get("epoch")) for r in map(json.loads, p.read_text().splitlines())  # noqa: E731
+                       if r["phase"] in ("pretrain", "finetune")]
+    assert strip(run / "metrics.jsonl") == strip(ref_dir / "metrics.jsonl")
+    assert res.stdout.splitlines()[-2] == ref.stdout.splitlines()[-2]  # "test accuracy: NN.NN%"
+
+
+def test_a_completed_run_is_not_resumed(recipe, tmp_path):
+    subprocess.run(_cmd(str(recipe), "--name", "done"), cwd=tmp_path, env=_env(), check=True, capture_output=True)
+    res = subprocess.run(_cmd("--resume", "runs/done"), cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert res.returncode == 2
+    assert "run 'runs/done' is complete (finetuned/ exists); nothing to resume" in res.stderr
+
+
+def test_second_writer_to_a_run_folder_is_refused(recipe, tmp_path):
+    run = tmp_path / "runs" / "busy"
+    first = subprocess.Popen(_cmd(str(recipe), "--name", "busy"), cwd=tmp_path, env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while "pretrain" not in _phases(run):
+        assert first.poll() is None
+        time.sleep(0.005)
+    second = subprocess.run(_cmd("--resume", str(run)), cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert second.returncode == 2
+    assert f"run folder '{run}' is in use by another layerwise process (pid {first.pid})" in second.stderr
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    _weights(run / "finetuned")  # the first run finished and its artifacts load
+
+
+KILL_DURING_SAVE = """
+import os, sys, time, torch
+import layerwise.artifacts as A
+real_replace = os.replace
+def slow_replace(src, dst):
+    print("writing", flush=True)
+    time.sleep(30)  # killed here: the new file is complete but not yet in place
+    real_replace(src, dst)
+A.os.replace = slow_replace
+A.save_checkpoint(sys.argv[1], {"w": torch.full((1000,), 2.0)}, {"step": 2})
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
+    save_checkpoint(tmp_path / "ck", {"w": torch.full((1000,), 1.0)}, {"step": 1})
+    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path / "ck")],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.kill()
+    proc.wait()
+    tensors, meta = load_checkpoint(tmp_path / "ck")
+    assert meta == {"step": 1} and torch.equal(tensors["w"], torch.full((1000,), 1.0))
+
+
+def test_torn_checkpoint_is_reported(tmp_path):
+    path = save_checkpoint(tmp_path / "ck", {"w": torch.zeros(100)}, {"step": 1})
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ValueError, match="checkpoint '.*state.safetensors' is unreadable"):
+        load_checkpoint(tmp_path / "ck")

@@ -122,6 +122,64 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_pretrain(args) -> int:
+    from layerwise import config
+    from layerwise.pipeline import pretrain_stage
+
+    echo = None if args.quiet else (lambda s: print(s, flush=True))
+    bars = not args.quiet and sys.stderr.isatty()
+    if args.resume:
+        if args.recipe or args.out:
+            return _err("--resume takes the pretraining folder alone (plus --data/--epochs)")
+        _set_threads(args.threads)
+        res = pretrain_stage(args.resume, data=args.data, epochs=args.epochs, progress=bars, echo=echo)
+    else:
+        if not (args.recipe and args.data and args.out):
+            return _err("pretrain needs RECIPE --data FILE.npz --out FOLDER (or --resume FOLDER)")
+        cfg = config.load(args.recipe)
+        if args.threads:
+            cfg.threads = args.threads
+        _set_threads(cfg.threads)
+        res = pretrain_stage(args.out, cfg=cfg, data=args.data, epochs=args.epochs, progress=bars, echo=echo)
+    print(f"stage {res.stage}: {res.seconds:.1f} s, {len(res.manifest['stages'])} stage(s) recorded")
+    print(f"pretrained net: {res.artifact}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from layerwise import config
+    from layerwise.pipeline import finetune_pretrained
+
+    cfg = config.load(args.recipe)
+    if args.threads:
+        cfg.threads = args.threads
+    _set_threads(cfg.threads)
+    echo = None if args.quiet else (lambda s: print(s, flush=True))
+    res = finetune_pretrained(args.pretrained, cfg, args.out, progress=not args.quiet and sys.stderr.isatty(), echo=echo)
+    print(f"fine-tuning {res.seconds_finetune:.1f} s")
+    if res.test_accuracy is not None:
+        print(f"test accuracy: {100 * res.test_accuracy:.2f}%")
+    print(f"finetuned net: {res.run_dir} (parent {res.pretrained['weights_sha256'][:16]})")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from layerwise.catalog import find_artifacts, table
+
+    if not Path(args.dir).is_dir():
+        return _err(f"'{args.dir}' is not a folder")
+    rows = find_artifacts(args.dir)
+    if args.format == "json":
+        import json
+
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no layerwise models under '{args.dir}'")
+    else:
+        print(table(rows))
+    return 0
+
+
 def cmd_data_fetch(args) -> int:
     from layerwise.data import fetch_mnist
 
@@ -145,6 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's, else min(2, cores))")
     t.add_argument("--quiet", action="store_true", help="print only the final summary")
     t.set_defaults(func=cmd_train)
+
+    pt = sub.add_parser("pretrain", help="staged pretraining: feed data, pause, resume when more arrives")
+    pt.add_argument("recipe", nargs="?", help="recipe for the first stage ([model], [pretrain])")
+    pt.add_argument("--data", help=".npz with an array x: the data of this stage")
+    pt.add_argument("--out", help="pretraining folder to create (first stage)")
+    pt.add_argument("--resume", metavar="FOLDER", help="go on in a pretraining folder: finish an interrupted stage, or a new stage with --data")
+    pt.add_argument("--epochs", type=int, help="epochs per layer for this stage (default: the recipe's)")
+    pt.add_argument("--threads", type=int, help="torch CPU threads")
+    pt.add_argument("--quiet", action="store_true", help="print only the final summary")
+    pt.set_defaults(func=cmd_pretrain)
+
+    ft = sub.add_parser("finetune", help="fine-tune a copy of a saved pretrained net into a new artifact")
+    ft.add_argument("pretrained", help="a pretrained artifact folder, e.g. runs/NAME/pretrained")
+    ft.add_argument("--recipe", required=True, help="recipe whose [data] and [finetune] are used")
+    ft.add_argument("--out", required=True, help="new artifact folder (must not exist)")
+    ft.add_argument("--threads", type=int, help="torch CPU threads")
+    ft.add_argument("--quiet", action="store_true", help="print only the final summary")
+    ft.set_defaults(func=cmd_finetune)
+
+    mo = sub.add_parser("models", help="list the saved nets under a folder, with their lineage")
+    mo.add_argument("dir", nargs="?", default="runs", help="folder to search (default: runs)")
+    mo.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    mo.set_defaults(func=cmd_models)
 
     e = sub.add_parser("evaluate", help="accuracy of a finetuned net on its test data or a .npz file")
     e.add_argument("model", help="a finetuned artifact folder, e.g. runs/NAME/finetuned")

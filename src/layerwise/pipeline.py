@@ -9,6 +9,7 @@ and plots/. An existing run folder is never reused: the next free ``NAME-2``, ``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import math
@@ -30,7 +31,7 @@ from layerwise.artifacts import (
     write_artifact,
 )
 from layerwise.config import DataConfig, RunConfig
-from layerwise.data import Dataset, Splits, load_digits, load_mnist, load_npz, split_validation, validate
+from layerwise.data import Dataset, Splits, load_digits, load_mnist, load_npz, split_validation, validate  # noqa: F401
 from layerwise.finetune import FinetuneState, evaluate, finetune, make_optimizer
 from layerwise.loop import Checkpointer, LoopPosition, Reporter
 from layerwise.pretrain import PretrainProgress, pretrain
@@ -141,6 +142,25 @@ def _optimizer_from_checkpoint(optimizer, tensors: dict, meta: dict) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _pretrain_tensors(dbn: DeepBeliefNet, generator: torch.Generator, pos: LoopPosition) -> dict:
+    """Everything pretraining needs to go on exactly: every buffer of every unit
+    (momentum, PCD chains, sparsity statistics), every generator, the data order."""
+    t = {f"dbn.{k}": v for k, v in dbn.state_dict().items()}
+    t.update({f"rng.unit{i}": layer.generator.get_state() for i, layer in enumerate(dbn.layers)})
+    t["rng.loop"] = generator.get_state()
+    if pos.order is not None:
+        t["order"] = pos.order
+    return t
+
+
+def _restore_pretrain(dbn: DeepBeliefNet, generator: torch.Generator, tensors: dict, meta: dict) -> PretrainProgress:
+    dbn.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("dbn.")})
+    for i, layer in enumerate(dbn.layers):
+        layer.generator.set_state(tensors[f"rng.unit{i}"])
+    generator.set_state(tensors["rng.loop"])
+    return PretrainProgress(meta["layer"], LoopPosition(meta["epoch"], meta["batch"], tensors.get("order"), meta["stopped"]))
+
+
 def _generator(state: torch.Tensor) -> torch.Generator:
     g = torch.Generator()
     g.set_state(state)
@@ -235,21 +255,12 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
         generator = torch.Generator().manual_seed(cfg.seed)
         records: list[dict] = []
         if ckpt is not None:
-            dbn.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("dbn.")})
-            for i, layer in enumerate(dbn.layers):
-                layer.generator.set_state(tensors[f"rng.unit{i}"])
-            generator.set_state(tensors["rng.loop"])
-            prog.layer = meta["layer"]
-            prog.position = LoopPosition(meta["epoch"], meta["batch"], tensors.get("order"), meta["stopped"])
+            prog = _restore_pretrain(dbn, generator, tensors, meta)
             records = meta["records"]
         t_start = time.perf_counter()
 
         def save_pretrain(pos):
-            t = {f"dbn.{k}": v for k, v in dbn.state_dict().items()}
-            t.update({f"rng.unit{i}": layer.generator.get_state() for i, layer in enumerate(dbn.layers)})
-            t["rng.loop"] = generator.get_state()
-            if pos.order is not None:
-                t["order"] = pos.order
+            t = _pretrain_tensors(dbn, generator, pos)
             elapsed = {"pretrain": seconds["pretrain"] + time.perf_counter() - t_start, "finetune": 0.0}
             save_checkpoint(run_dir / "checkpoint", t, {
                 "phase": "pretrain", "layer": prog.layer, "epoch": pos.epoch, "batch": pos.batch,
@@ -342,3 +353,181 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
     except ImportError:
         say("plots skipped: matplotlib is not installed (pip install 'layerwise[plots]')")
     return RunResult(run_dir, test_acc, val_acc, pre_manifest, finetuned, seconds["pretrain"], seconds["finetune"])
+
+
+def finetune_pretrained(
+    pretrained_dir: str | Path, cfg: RunConfig, out_dir: str | Path, *, progress: bool = False, echo=None
+) -> RunResult:
+    """Fine-tune a copy of a saved pretrained net with a recipe's data and [finetune]
+    settings into a new artifact at ``out_dir`` whose manifest names the pretrained net
+    as its parent. The pretrained files are only read."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"output folder '{out_dir}' already exists; it is never overwritten")
+    from layerwise.artifacts import load_model
+
+    dbn, pre_manifest = load_model(pretrained_dir)
+    if pre_manifest["kind"] != "pretrained":
+        raise ValueError(f"'{pretrained_dir}' holds a {pre_manifest['kind']} net; finetune needs a pretrained one")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    splits = load_splits(cfg.data, visible=dbn.visible, seed=cfg.seed, report=echo or (lambda s: None))
+    if splits.n_inputs != dbn.n_visible:
+        raise ValueError(
+            f"{splits.train.name}: the data has {splits.n_inputs} features per sample; "
+            f"the pretrained net '{pretrained_dir}' expects {dbn.n_visible}"
+        )
+    reporter = Reporter(None, progress=progress, echo=echo)
+    ft = cfg.finetune
+    clf = dbn.to_classifier(splits.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden, seed=cfg.seed)
+    x_tr, y_tr = _tensors(splits.train)
+    x_va, y_va = _tensors(splits.validation)
+    x_te, y_te = _tensors(splits.test)
+    t0 = time.perf_counter()
+    result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter)
+    seconds = time.perf_counter() - t0
+    metrics = {"seconds": round(seconds, 2), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
+    val_acc = test_acc = None
+    if x_va is not None and not ft.train_on_validation:
+        metrics["validation_loss"], val_acc = evaluate(clf, x_va, y_va)
+        metrics["validation_accuracy"] = val_acc
+    if x_te is not None:
+        metrics["test_loss"], test_acc = evaluate(clf, x_te, y_te)
+        metrics["test_accuracy"] = test_acc
+    config_dict = cfg.to_dict()
+    config_dict["model"]["hidden"] = dbn.hidden
+    manifest = write_artifact(
+        out_dir, clf.state_dict(), kind="finetuned",
+        architecture=classifier_architecture(dbn.sizes, splits.n_labels, ft.dropout_input, ft.dropout_hidden),
+        config=config_dict, stages=pre_manifest.get("stages", []), metrics=metrics,
+        parent=pre_manifest["weights_sha256"],
+    )
+    return RunResult(out_dir, test_acc, val_acc, pre_manifest, manifest, 0.0, seconds)
+
+
+@dataclass
+class StageResult:
+    out_dir: Path
+    stage: int
+    artifact: Path
+    manifest: dict
+    seconds: float
+
+
+def _stage_data(path: str | Path, visible: str, n_inputs: int | None) -> Dataset:
+    return validate(load_npz(path), visible=visible, n_inputs=n_inputs)
+
+
+def pretrain_stage(
+    out_dir: str | Path,
+    *,
+    cfg: RunConfig | None = None,
+    data: str | Path | None = None,
+    epochs: int | None = None,
+    progress: bool = False,
+    echo=None,
+) -> StageResult:
+    """One stage of staged pretraining: feed data, pause, resume when more arrives.
+
+    With ``cfg`` (a recipe), start ``out_dir`` and run stage 1 on ``data``. Without it,
+    go on in ``out_dir``: finish an interrupted stage (``data`` may be omitted), or run a
+    new stage on new ``data``. Each stage runs the greedy pass over every layer for
+    ``epochs`` (default: the recipe's) and continues from the weights, momentum and
+    generators where the previous stage left them. Each finished stage writes an
+    immutable artifact ``stage-K/`` whose manifest lists every stage so far and names the
+    previous stage as its parent. Data of the wrong width is refused before any change.
+    """
+    out_dir = Path(out_dir)
+    if cfg is not None:
+        if data is None:
+            raise ValueError("the first pretraining stage needs --data FILE.npz")
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise FileExistsError(f"output folder '{out_dir}' already exists; continue it with --resume {out_dir}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.toml").write_text(config_mod.to_toml(cfg))
+    elif not (out_dir / "config.toml").is_file():
+        raise FileNotFoundError(f"'{out_dir}' is not a staged pretraining folder: it has no config.toml")
+    with run_lock(out_dir):
+        cfg = config_mod.load(out_dir / "config.toml")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        ckpt_dir = out_dir / "checkpoint"
+        ckpt = load_checkpoint(ckpt_dir) if (ckpt_dir / "state.safetensors").exists() else None
+        meta = ckpt[1] if ckpt else {"stages": [], "stage_done": True}
+        if ckpt is None:
+            # first stage: the input width comes from the data
+            ds = _stage_data(data, cfg.model.visible, None)
+            n_inputs = ds.x.shape[1]
+        else:
+            n_inputs = ckpt[0]["dbn.layers.0.weight"].shape[1]
+        hidden = cfg.model.hidden or suggest_layers(n_inputs)
+        dbn = DeepBeliefNet(n_inputs, hidden, unit=cfg.model.unit, visible=cfg.model.visible, seed=cfg.seed,
+                            init_std=cfg.model.init_std)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        if meta["stage_done"]:  # a new stage
+            if data is None:
+                raise ValueError(
+                    f"'{out_dir}': stage {len(meta['stages'])} is finished; a new stage needs --data FILE.npz"
+                )
+            ds = _stage_data(data, cfg.model.visible, n_inputs)  # wrong width: refused here, nothing touched
+            stage = {"data": str(data), "fingerprint": ds.fingerprint, "samples": len(ds),
+                     "epochs_per_layer": epochs or cfg.pretrain.epochs}
+            prog = PretrainProgress()
+            records: list[dict] = []
+            if ckpt is not None:  # weights, momentum, PCD chains and generators go on
+                _restore_pretrain(dbn, generator, ckpt[0], meta)
+        else:  # an interrupted stage
+            stage = meta["stage"]
+            if data is not None and Path(data).resolve() != Path(stage["data"]).resolve():
+                raise ValueError(
+                    f"'{out_dir}': stage {len(meta['stages']) + 1} on '{stage['data']}' was interrupted; "
+                    "finish it with --resume alone before feeding new data"
+                )
+            ds = _stage_data(stage["data"], cfg.model.visible, n_inputs)
+            if ds.fingerprint != stage["fingerprint"]:
+                raise ValueError(f"'{stage['data']}' changed since its stage started (fingerprint differs)")
+            prog = _restore_pretrain(dbn, generator, ckpt[0], meta)
+            records = meta["records"]
+        number = len(meta["stages"]) + 1
+        pcfg = dataclasses.replace(cfg.pretrain, epochs=stage["epochs_per_layer"])
+        metrics_path = out_dir / "metrics.jsonl"
+        if not meta["stage_done"]:  # drop what was logged after the checkpoint: it is replayed
+            lines = metrics_path.read_text().splitlines(keepends=True)[: meta["metrics_lines"]]
+            metrics_path.write_text("".join(lines))
+        reporter = Reporter(metrics_path, progress=progress, echo=echo)
+        reporter.lines = len(metrics_path.read_text().splitlines()) if metrics_path.exists() else 0
+        reporter.log({"phase": "stage", "stage": number, "data": stage["data"], "samples": stage["samples"],
+                      "epochs_per_layer": stage["epochs_per_layer"], "resumed": not meta["stage_done"]})
+        cc = cfg.checkpoint
+        every = {"every_epochs": cc.every_epochs, "every_batches": cc.every_batches,
+                 "every_seconds": None if cc.every_minutes is None else 60 * cc.every_minutes}
+
+        def save(pos, done=False):
+            save_checkpoint(ckpt_dir, _pretrain_tensors(dbn, generator, pos), {
+                "phase": "pretrain", "stage_done": done, "stage": stage,
+                "stages": meta["stages"] + ([stage] if done else []),
+                "layer": prog.layer, "epoch": pos.epoch, "batch": pos.batch, "stopped": pos.stopped,
+                "records": records, "metrics_lines": reporter.lines,
+            })
+
+        t0 = time.perf_counter()
+        x = torch.from_numpy(np.ascontiguousarray(ds.x))
+        pretrain(dbn, x, None, pcfg, seed=cfg.seed, reporter=reporter, progress=prog, generator=generator,
+                 records=records, checkpointer=Checkpointer(save, **every))
+        seconds = time.perf_counter() - t0
+        stages = meta["stages"] + [stage]
+        parent = None
+        if number > 1:
+            parent = read_artifact(out_dir / f"stage-{number - 1}")[1]["weights_sha256"]
+        last = {f"layer{r['layer']}_{k}": v for r in records for k, v in r.items() if k.startswith("recon")}
+        artifact = out_dir / f"stage-{number}"
+        config_dict = cfg.to_dict()
+        config_dict["model"]["hidden"] = hidden
+        manifest = write_artifact(
+            artifact, dbn.model_state(), kind="pretrained", architecture=dbn.architecture(), config=config_dict,
+            stages=stages, metrics={**last, "seconds": round(seconds, 2)}, parent=parent, read_only=True,
+        )
+        prog.layer, prog.position = 0, LoopPosition()
+        save(LoopPosition(), done=True)  # the state the next stage starts from
+        reporter.log({"phase": "saved", "artifact": artifact.name, "sha256": manifest["weights_sha256"][:16]})
+        return StageResult(out_dir, number, artifact, manifest, seconds)

@@ -75,7 +75,7 @@ def _weights(folder: Path):
     return tensors
 
 
-def _kill_when(cmd, cwd, run: Path, ready, rng):
+def _kill_when(cmd, cwd, run: Path, ready, rng, sig=signal.SIGKILL):
     """Start cmd, wait until ready(phases) holds, sleep a random moment, SIGKILL it."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -84,13 +84,13 @@ def _kill_when(cmd, cwd, run: Path, ready, rng):
         assert time.monotonic() < deadline
         time.sleep(0.005)
     time.sleep(rng.uniform(0.0, 0.15))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return proc.returncode
+    proc.send_signal(sig)
+    out, err = proc.communicate()
+    return proc.returncode, err.decode()
 
 
-@pytest.mark.parametrize("where", ["pretrain", "finetune"])
-def test_sigkill_then_resume_matches_uninterrupted_run(recipe, tmp_path, where):
+@pytest.mark.parametrize("where, sig", [("pretrain", signal.SIGKILL), ("finetune", signal.SIGKILL), ("finetune", signal.SIGINT)])
+def test_sigkill_then_resume_matches_uninterrupted_run(recipe, tmp_path, where, sig):
     ref = subprocess.run(_cmd(str(recipe), "--name", "ref"), cwd=tmp_path, env=_env(), capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     rng = random.Random(f"{where}-resume")
@@ -99,8 +99,13 @@ def test_sigkill_then_resume_matches_uninterrupted_run(recipe, tmp_path, where):
         ready = lambda ph: ph.count("pretrain") >= 3 + rng.randrange(0, 2)  # noqa: E731
     else:  # somewhere in fine-tuning, after at least one fine-tuning epoch
         ready = lambda ph: ph.count("finetune") >= 1  # noqa: E731
-    rc = _kill_when(_cmd(str(recipe), "--name", "killed"), tmp_path, run, ready, rng)
-    assert rc == -signal.SIGKILL
+    rc, err = _kill_when(_cmd(str(recipe), "--name", "killed"), tmp_path, run, ready, rng, sig)
+    if sig == signal.SIGKILL:
+        assert rc == -signal.SIGKILL
+    else:  # Ctrl-C: the loop checkpoints at the next batch boundary and exits with 130
+        assert rc == 130, err
+        assert "stopping after this batch and saving a checkpoint" in err
+        assert "continue with `layerwise train --resume RUN_FOLDER`" in err
     assert not (run / "finetuned").exists(), "the run finished before the kill; the test proves nothing"
     _, meta = load_checkpoint(run / "checkpoint")
     assert meta["phase"] == where

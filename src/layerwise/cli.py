@@ -248,16 +248,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_first_interrupt(signum, frame) -> None:
+    """First Ctrl-C: let the loop finish its batch and checkpoint; a second one stops at once."""
+    import signal
+
+    from layerwise.loop import request_stop
+
+    request_stop()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    print("\nlayerwise: stopping after this batch and saving a checkpoint (Ctrl-C again to stop now)",
+          file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    from layerwise.loop import clear_stop
+
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, _on_first_interrupt)
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as e:
         return _err(str(e))
     except KeyboardInterrupt:
         print("layerwise: interrupted; continue with `layerwise train --resume RUN_FOLDER` "
-              "(the run folder was printed at the start)", file=sys.stderr)
+              "(or `layerwise pretrain --resume FOLDER`)", file=sys.stderr)
         return 130
+    finally:
+        clear_stop()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,21 @@ def format_record(record: dict) -> str:
     return " ".join(parts)
 
 
+_stop_requested = False
+
+
+def request_stop() -> None:
+    """Ask every running loop to checkpoint at its next batch boundary and then raise
+    KeyboardInterrupt (the CLI calls this on the first Ctrl-C)."""
+    global _stop_requested
+    _stop_requested = True
+
+
+def clear_stop() -> None:
+    global _stop_requested
+    _stop_requested = False
+
+
 @dataclass
 class LoopPosition:
     """Where a loop stands: the epoch under way, how many of its batches are done, and
@@ -150,6 +165,10 @@ def run_loop(
                 step(xs[start : start + batch_size], None if ys is None else ys[start : start + batch_size], epoch)
                 pos.batch += 1
                 bar.update()
+                if _stop_requested:
+                    if checkpointer is not None:
+                        checkpointer.save(pos)  # a consistent state: between two batches
+                    raise KeyboardInterrupt
                 if checkpointer is not None and pos.batch < n_batches:
                     checkpointer.after_batch(pos)
         finally:

@@ -161,6 +161,37 @@ def _restore_pretrain(dbn: DeepBeliefNet, generator: torch.Generator, tensors: d
     return PretrainProgress(meta["layer"], LoopPosition(meta["epoch"], meta["batch"], tensors.get("order"), meta["stopped"]))
 
 
+def _checkpoint_policy(cfg: RunConfig) -> dict:
+    cc = cfg.checkpoint
+    return {"every_epochs": cc.every_epochs, "every_batches": cc.every_batches,
+            "every_seconds": None if cc.every_minutes is None else 60 * cc.every_minutes}
+
+
+def _continue_log(path: Path, keep_lines: int | None, progress: bool, echo) -> Reporter:
+    """A reporter appending to ``path`` after its first ``keep_lines`` lines (None: keep
+    all). A resumed run drops what was logged after its checkpoint: it is replayed."""
+    if keep_lines is not None and path.exists():
+        path.write_text("".join(path.read_text().splitlines(keepends=True)[:keep_lines]))
+    reporter = Reporter(path, progress=progress, echo=echo)
+    reporter.lines = len(path.read_text().splitlines()) if path.exists() else 0
+    return reporter
+
+
+def _final_metrics(clf, result, ft, seconds: float, x_va, y_va, x_te, y_te) -> tuple[dict, float | None, float | None]:
+    """The finetuned manifest's metrics: validation (unless it was trained on) and test."""
+    metrics = {"seconds": round(seconds, 2), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
+    val_acc = test_acc = None
+    if ft.train_on_validation:
+        metrics["validation"] = "joined the training data (train_on_validation)"
+    elif x_va is not None:
+        metrics["validation_loss"], val_acc = evaluate(clf, x_va, y_va)
+        metrics["validation_accuracy"] = val_acc
+    if x_te is not None:
+        metrics["test_loss"], test_acc = evaluate(clf, x_te, y_te)
+        metrics["test_accuracy"] = test_acc
+    return metrics, val_acc, test_acc
+
+
 def _generator(state: torch.Tensor) -> torch.Generator:
     g = torch.Generator()
     g.set_state(state)
@@ -220,13 +251,8 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
     config_dict = cfg.to_dict()
     tensors, meta = ckpt if ckpt is not None else ({}, {"phase": "pretrain"})
     metrics_path = run_dir / "metrics.jsonl"
-    if ckpt is not None:  # drop the lines written after the checkpoint: they will be written again
-        lines = metrics_path.read_text().splitlines(keepends=True)[: meta["metrics_lines"]]
-        metrics_path.write_text("".join(lines))
-    elif metrics_path.exists():
-        metrics_path.unlink()  # a run that died before its first checkpoint starts over
-    reporter = Reporter(metrics_path, progress=progress, echo=echo)
-    reporter.lines = len(metrics_path.read_text().splitlines()) if metrics_path.exists() else 0
+    # a run that died before its first checkpoint starts its log over
+    reporter = _continue_log(metrics_path, meta["metrics_lines"] if ckpt is not None else 0, progress, echo)
     if ckpt is None:
         reporter.log({
             "phase": "start", "folder": str(run_dir), "architecture": "-".join(map(str, dbn.sizes + [splits.n_labels])),
@@ -239,9 +265,7 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
     x_tr, y_tr = _tensors(splits.train)
     x_va, y_va = _tensors(splits.validation)
     x_te, y_te = _tensors(splits.test)
-    cc = cfg.checkpoint
-    every = {"every_epochs": cc.every_epochs, "every_batches": cc.every_batches,
-             "every_seconds": None if cc.every_minutes is None else 60 * cc.every_minutes}
+    every = _checkpoint_policy(cfg)
     stages = [{
         "data": splits.train.name, "fingerprint": splits.train.fingerprint,
         "samples": len(splits.train), "epochs_per_layer": cfg.pretrain.epochs,
@@ -328,17 +352,7 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
     result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter, optimizer=optimizer,
                       state=fstate, checkpointer=Checkpointer(save_finetune, **every))
     seconds["finetune"] += time.perf_counter() - t_start
-    metrics = {"seconds": round(seconds["finetune"], 2), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
-    val_acc = None
-    if ft.train_on_validation:
-        metrics["validation"] = "joined the training data (train_on_validation)"
-    elif x_va is not None:
-        metrics["validation_loss"], val_acc = evaluate(clf, x_va, y_va)
-        metrics["validation_accuracy"] = val_acc
-    test_acc = None
-    if x_te is not None:
-        metrics["test_loss"], test_acc = evaluate(clf, x_te, y_te)
-        metrics["test_accuracy"] = test_acc
+    metrics, val_acc, test_acc = _final_metrics(clf, result, ft, seconds["finetune"], x_va, y_va, x_te, y_te)
     finetuned = write_artifact(
         run_dir / "finetuned", clf.state_dict(), kind="finetuned",
         architecture=classifier_architecture(dbn.sizes, splits.n_labels, ft.dropout_input, ft.dropout_hidden),
@@ -386,14 +400,7 @@ def finetune_pretrained(
     t0 = time.perf_counter()
     result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter)
     seconds = time.perf_counter() - t0
-    metrics = {"seconds": round(seconds, 2), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
-    val_acc = test_acc = None
-    if x_va is not None and not ft.train_on_validation:
-        metrics["validation_loss"], val_acc = evaluate(clf, x_va, y_va)
-        metrics["validation_accuracy"] = val_acc
-    if x_te is not None:
-        metrics["test_loss"], test_acc = evaluate(clf, x_te, y_te)
-        metrics["test_accuracy"] = test_acc
+    metrics, val_acc, test_acc = _final_metrics(clf, result, ft, seconds, x_va, y_va, x_te, y_te)
     config_dict = cfg.to_dict()
     config_dict["model"]["hidden"] = dbn.hidden
     manifest = write_artifact(
@@ -491,16 +498,11 @@ def pretrain_stage(
         number = len(meta["stages"]) + 1
         pcfg = dataclasses.replace(cfg.pretrain, epochs=stage["epochs_per_layer"])
         metrics_path = out_dir / "metrics.jsonl"
-        if not meta["stage_done"]:  # drop what was logged after the checkpoint: it is replayed
-            lines = metrics_path.read_text().splitlines(keepends=True)[: meta["metrics_lines"]]
-            metrics_path.write_text("".join(lines))
-        reporter = Reporter(metrics_path, progress=progress, echo=echo)
-        reporter.lines = len(metrics_path.read_text().splitlines()) if metrics_path.exists() else 0
+        keep = None if meta["stage_done"] else meta["metrics_lines"]  # an interrupted stage replays
+        reporter = _continue_log(metrics_path, keep, progress, echo)
         reporter.log({"phase": "stage", "stage": number, "data": stage["data"], "samples": stage["samples"],
                       "epochs_per_layer": stage["epochs_per_layer"], "resumed": not meta["stage_done"]})
-        cc = cfg.checkpoint
-        every = {"every_epochs": cc.every_epochs, "every_batches": cc.every_batches,
-                 "every_seconds": None if cc.every_minutes is None else 60 * cc.every_minutes}
+        every = _checkpoint_policy(cfg)
 
         def save(pos, done=False):
             save_checkpoint(ckpt_dir, _pretrain_tensors(dbn, generator, pos), {

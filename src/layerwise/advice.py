@@ -1,4 +1,5 @@
-"""The guide's rules of thumb as code.
+"""The guide's rules of thumb as code: a suggested net and hyperparameters, and checks
+that a recipe meets the rules, each with its reason.
 
 Layer sizes (the guide, and Hinton & Salakhutdinov 2006): every hidden layer smaller than
 the input (else the net can learn the identity function), none below a quarter of the
@@ -9,8 +10,12 @@ input, 3-4 layers counting the output, and the output as wide as the number of l
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 from layerwise._checks import check_int
+from layerwise.config import RunConfig
+
+SEVERITIES = ("error", "warning", "note")
 
 
 def suggest_layers(n_inputs: int) -> list[int]:
@@ -23,3 +28,139 @@ def suggest_layers(n_inputs: int) -> list[int]:
     first = max(floor, min(n_inputs - 1, int(round(n_inputs * 0.64 / step)) * step))
     second = max(floor, first // 2)
     return [first, second]
+
+
+def corrected_lr(lr: float, workers: int, correction: str) -> float:
+    """The single-worker learning rate scaled for ``workers`` averaged replicas."""
+    if correction == "sqrt":
+        return lr * math.sqrt(workers)
+    if correction == "linear":
+        return lr * workers
+    return lr
+
+
+def suggest(n_inputs: int, n_labels: int, *, workers: int = 1, samples: int | None = None) -> dict:
+    """A net and hyperparameters for the data's shape, each value with its reason.
+    Returns plain data: {"layers": [...], "hyperparameters": {name: {"value", "why"}}}."""
+    check_int("suggest", "n_inputs", n_inputs, low=2)
+    check_int("suggest", "n_labels", n_labels, low=2)
+    check_int("suggest", "workers", workers, low=1)
+    hidden = suggest_layers(n_inputs)
+    batch = 100 if samples is None else max(10, min(100, samples // 100))
+    hp = {
+        "hidden": {"value": hidden, "why": (
+            f"every hidden layer smaller than the {n_inputs} inputs (a layer as wide as its input can learn "
+            f"the identity function), none below a quarter of them ({math.ceil(n_inputs / 4)}), 3 layers of "
+            f"weights in all")},
+        "output": {"value": n_labels, "why": "one output unit per label"},
+        "learning_rate": {"value": 0.01, "why": (
+            "the guide's default; parameter averaging over workers diverges at higher rates, and a diverged "
+            "net has stopped learning")},
+        "batch_size": {"value": batch, "why": "minibatches of 10-100 examples (Hinton's practical guide, section 3)"},
+        "pretrain_epochs": {"value": 30, "why": "Hinton & Salakhutdinov pretrained each layer for 30 passes"},
+        "momentum": {"value": [0.5, 0.9], "why": "0.5 for the first 5 epochs, then 0.9 (Hinton's practical guide)"},
+        "weight_decay": {"value": 2e-4, "why": (
+            "Hinton & Salakhutdinov used 2e-4; the practical guide suggests 1e-5 to 1e-2 to keep RBM weights small")},
+    }
+    if workers > 1:
+        hp["averaging_frequency"] = {"value": 5, "why": (
+            "average parameters every 5 minibatches: every batch costs traffic, more than about 20 lets "
+            "the replicas drift apart")}
+        hp["lr_by_correction"] = {"value": {c: corrected_lr(0.01, workers, c) for c in ("none", "sqrt", "linear")},
+                                  "why": f"the single-worker rate scaled for {workers} workers; the guide keeps it at 0.01"}
+    return {"layers": [n_inputs, *hidden, n_labels], "hyperparameters": hp}
+
+
+@dataclass
+class Finding:
+    rule: str
+    severity: str  # "error" | "warning" | "note"
+    found: str
+    why: str
+    fix: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check(
+    cfg: RunConfig,
+    *,
+    n_inputs: int | None = None,
+    n_labels_in_data: int | None = None,
+    data_range: tuple[float, float] | None = None,
+    has_validation: bool | None = None,
+    workers: int = 1,
+) -> list[Finding]:
+    """The guide's rules against a recipe (and what is known of its data). Errors stop a
+    run before any work; warnings and notes are shown."""
+    out: list[Finding] = []
+    add = lambda *a: out.append(Finding(*a))  # noqa: E731
+    m, p, f = cfg.model, cfg.pretrain, cfg.finetune
+    hidden = m.hidden or (suggest_layers(n_inputs) if n_inputs else None)
+    if hidden and n_inputs:
+        for i, h in enumerate(hidden):
+            if h >= n_inputs:
+                if m.unit == "autoencoder":
+                    add("hidden-not-smaller", "warning", f"hidden layer {i + 1} has {h} units for {n_inputs} inputs",
+                        "an autoencoder layer at least as wide as the input can learn the identity function and "
+                        "no useful features", f"use fewer than {n_inputs} units, or more masking noise")
+                else:
+                    add("hidden-not-smaller", "note", f"hidden layer {i + 1} has {h} units for {n_inputs} inputs",
+                        "the guide keeps hidden layers smaller than the input against the identity function; "
+                        "stochastic binary RBM units cannot copy their input, and Hinton's net has a "
+                        "2000-unit top layer", "none needed for RBMs; keep it below the input for autoencoders")
+            if h < n_inputs / 4:
+                add("hidden-below-quarter", "warning",
+                    f"hidden layer {i + 1} has {h} units, below a quarter of the {n_inputs} inputs",
+                    "the guide keeps every layer at a quarter of the input or more: a narrower layer loses "
+                    "information the classifier needs", f"use at least {math.ceil(n_inputs / 4)} units")
+    if hidden:
+        if len(hidden) > 4:
+            add("too-many-layers", "warning", f"{len(hidden)} hidden layers",
+                "the guide suggests 3-4 layers; deeper stacks of sigmoid layers cost time for little gain here",
+                "use 2-3 hidden layers")
+        if len(hidden) == 1:
+            add("single-hidden-layer", "note", "one hidden layer",
+                "with one hidden layer this is a perceptron with one pretrained layer, not a deep net",
+                "add a second hidden layer, e.g. " + "-".join(map(str, suggest_layers(n_inputs) if n_inputs else [500, 250])))
+    if cfg.data.n_labels is not None and n_labels_in_data is not None and cfg.data.n_labels != n_labels_in_data:
+        add("output-not-labels", "error",
+            f"the output has {cfg.data.n_labels} units (data.n_labels) but the training data has {n_labels_in_data} labels",
+            "the output layer needs one unit per label", f"set data.n_labels = {n_labels_in_data} or remove it")
+    if workers > 1 and max(p.learning_rate, f.learning_rate) > 0.01:
+        add("lr-with-workers", "warning",
+            f"learning rate {max(p.learning_rate, f.learning_rate)} with {workers} workers",
+            "averaged replicas diverge at high learning rates; the guide keeps 0.01 for distributed training",
+            "use learning_rate = 0.01 or lower")
+    for phase, b in (("pretrain", p.batch_size), ("finetune", f.batch_size)):
+        if not 10 <= b <= 100:
+            add("batch-size", "warning", f"{phase}.batch_size is {b}",
+                "minibatches of 10-100 examples balance gradient noise against speed (Hinton's practical guide)",
+                f"set {phase}.batch_size between 10 and 100")
+    if p.epochs < 10:
+        add("few-pretrain-epochs", "warning", f"pretrain.epochs is {p.epochs}",
+            "Hinton & Salakhutdinov pretrained each layer for 30 passes; fewer than 10 leave the features unfinished",
+            "set pretrain.epochs to 30, or accept weaker pretraining for speed")
+    no_val = f.train_on_validation or has_validation is False
+    if no_val:
+        sev = "note" if f.patience is None else "warning"
+        add("no-validation", sev, "fine-tuning has no held-out validation data" +
+            (" (train_on_validation joins it to the training data)" if f.train_on_validation else ""),
+            "early stopping needs held-out data to pick the epoch; without it the epoch count must be chosen "
+            "beforehand on a validation split", "keep a validation split, or fix finetune.epochs from a validation run")
+    if m.visible == "bernoulli" and data_range is not None and (data_range[0] < 0 or data_range[1] > 1):
+        add("bernoulli-range", "error", f"inputs span [{data_range[0]:g}, {data_range[1]:g}] for Bernoulli visible units",
+            "Bernoulli visible units model probabilities in [0, 1]", 'rescale to [0, 1], or standardize and set model.visible = "gaussian"')
+    return out
+
+
+def format_findings(findings: list[Finding]) -> str:
+    if not findings:
+        return "no findings: the recipe follows the guide's rules"
+    lines = []
+    for fd in findings:
+        lines.append(f"{fd.severity.upper():<8}{fd.rule}: {fd.found}")
+        lines.append(f"        why: {fd.why}")
+        lines.append(f"        fix: {fd.fix}")
+    return "\n".join(lines)

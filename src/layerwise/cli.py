@@ -50,6 +50,8 @@ def cmd_train(args) -> int:
             cfg.name = args.name
         if args.threads:
             cfg.threads = args.threads
+        if not _advise_or_stop(cfg, args.strict, args.quiet):
+            return 2
         _set_threads(cfg.threads)
         result = train(cfg, runs_dir=args.runs_dir, progress=bars, echo=echo)
     print(f"pretraining {result.seconds_pretrain:.1f} s, fine-tuning {result.seconds_finetune:.1f} s")
@@ -60,6 +62,59 @@ def cmd_train(args) -> int:
     else:
         print("test accuracy: n/a (the recipe names no test data)")
     print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _advise_or_stop(cfg, strict: bool, quiet: bool, workers: int = 1) -> bool:
+    """Show the advisor's findings; False (stop before any work) on an error, or on a
+    warning with --strict."""
+    from layerwise.advice import format_findings
+    from layerwise.pipeline import recipe_findings
+
+    findings, _ = recipe_findings(cfg, workers=workers)
+    blocking = [f for f in findings if f.severity == "error" or (strict and f.severity == "warning")]
+    if findings and (blocking or not quiet):
+        print(format_findings(findings), file=sys.stderr if blocking else sys.stdout, flush=True)
+    if blocking:
+        why = "errors" if any(f.severity == "error" for f in blocking) else "warnings (--strict)"
+        _err(f"the recipe has {why}; nothing was run")
+        return False
+    return True
+
+
+def cmd_check(args) -> int:
+    import json
+
+    from layerwise import config
+    from layerwise.advice import format_findings
+    from layerwise.pipeline import recipe_findings
+
+    cfg = config.load(args.recipe)
+    findings, inspected = recipe_findings(cfg, workers=args.workers)
+    if args.format == "json":
+        print(json.dumps({"recipe": args.recipe, "data_inspected": inspected,
+                          "findings": [f.to_dict() for f in findings]}, indent=2))
+    else:
+        print(format_findings(findings))
+        if not inspected:
+            print("note: the data was not inspected (not downloaded yet, or unreadable); data rules were skipped")
+    bad = [f for f in findings if f.severity == "error" or (args.strict and f.severity == "warning")]
+    return 2 if bad else 0
+
+
+def cmd_advise(args) -> int:
+    import json
+
+    from layerwise.advice import suggest
+
+    s = suggest(args.inputs, args.labels, workers=args.workers, samples=args.samples)
+    if args.format == "json":
+        print(json.dumps(s, indent=2))
+        return 0
+    print("suggested net: " + " -> ".join(map(str, s["layers"])))
+    for name, item in s["hyperparameters"].items():
+        print(f"  {name} = {item['value']}")
+        print(f"      {item['why']}")
     return 0
 
 
@@ -202,7 +257,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--runs-dir", default="runs", help="folder that holds run folders (default: runs)")
     t.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's, else min(2, cores))")
     t.add_argument("--quiet", action="store_true", help="print only the final summary")
+    t.add_argument("--strict", action="store_true", help="treat the advisor's warnings as errors")
     t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("check", help="check a recipe against the guide's rules of thumb")
+    c.add_argument("recipe", help="TOML recipe")
+    c.add_argument("--workers", type=int, default=1, help="number of workers the recipe will run on")
+    c.add_argument("--strict", action="store_true", help="exit with status 2 on warnings too")
+    c.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    c.set_defaults(func=cmd_check)
+
+    a = sub.add_parser("advise", help="suggest a net and hyperparameters, with reasons")
+    a.add_argument("--inputs", type=int, required=True, help="input features, e.g. 784")
+    a.add_argument("--labels", type=int, required=True, help="number of labels, e.g. 10")
+    a.add_argument("--workers", type=int, default=1, help="workers that will average parameters")
+    a.add_argument("--samples", type=int, help="training samples (for the batch size)")
+    a.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    a.set_defaults(func=cmd_advise)
 
     pt = sub.add_parser("pretrain", help="staged pretraining: feed data, pause, resume when more arrives")
     pt.add_argument("recipe", nargs="?", help="recipe for the first stage ([model], [pretrain])")

@@ -79,6 +79,48 @@ def load_splits(cfg: DataConfig, *, visible: str = "bernoulli", seed: int = 0, r
     return Splits(train, val, test, n_labels)
 
 
+def data_facts(cfg: DataConfig) -> dict | None:
+    """What the advisor needs to know of a recipe's data, read without validating it (so
+    bad data becomes a finding, not an exception): n_inputs, n_labels, range, whether
+    validation data exists. None where the data is not at hand (MNIST not downloaded
+    yet, a missing file): nothing is downloaded here."""
+    from layerwise.data import MNIST_NPZ, cache_dir
+
+    try:
+        if cfg.source == "mnist":
+            if not (cache_dir() / MNIST_NPZ).exists():
+                return None
+            splits = load_mnist(report=lambda m: None)
+        elif cfg.source == "digits":
+            splits = load_digits()
+        else:
+            train = load_npz(cfg.train)
+            splits = Splits(train, load_npz(cfg.validation) if cfg.validation else None, None, None)
+    except (OSError, ValueError, ImportError):
+        return None
+    x, y = np.asarray(splits.train.x), splits.train.y
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        return None
+    finite = x[np.isfinite(x)]
+    return {
+        "n_inputs": int(x.shape[1]),
+        "n_labels": None if y is None or len(y) == 0 else int(np.max(y)) + 1,
+        "range": (float(finite.min()), float(finite.max())) if finite.size else None,
+        "has_validation": True,  # a split is held out when no validation file is given
+    }
+
+
+def recipe_findings(cfg: RunConfig, *, workers: int = 1) -> tuple[list, bool]:
+    """The advisor's findings for a recipe, and whether its data could be inspected."""
+    from layerwise.advice import check
+
+    facts = data_facts(cfg.data)
+    if facts is None:
+        return check(cfg, workers=workers), False
+    return check(cfg, n_inputs=facts["n_inputs"], n_labels_in_data=facts["n_labels"], data_range=facts["range"],
+                 has_validation=facts["has_validation"], workers=workers), True
+
+
 def unique_run_dir(runs_dir: Path, name: str) -> Path:
     candidate, i = runs_dir / name, 1
     while candidate.exists():

@@ -75,6 +75,17 @@ class FinetuneConfig:
 
 
 @dataclass
+class GuardConfig:
+    enabled: bool = True
+    lr_factor: float = 0.5  # learning rate multiplier after each rollback
+    max_rollbacks: int = 3  # then stop with a diagnosis
+    max_growth: float = 1000.0  # weight norm past this multiple of its start is divergence
+    rising_epochs: int = 3  # the monitored loss > 5% above its best this many epochs running is divergence
+    check_every: int = 10  # batches between NaN/Inf checks of the weights
+    max_dead: float = 0.5  # more saturated hidden units than this fraction is divergence
+
+
+@dataclass
 class CheckpointConfig:
     every_epochs: int | None = 1  # a resumable checkpoint after every N epochs
     every_minutes: float | None = 5.0  # and whenever this much time has passed (checked per batch)
@@ -91,6 +102,7 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,6 +128,9 @@ _BOUNDS = {
     "pretrain.noise": "[0, 1)", "pretrain.monitor_samples": "[1, inf)",
     "finetune.epochs": "[0, inf)", "finetune.batch_size": "[1, inf)", "finetune.learning_rate": "(0, inf)",
     "finetune.momentum": "[0, 1)", "finetune.weight_decay": "[0, inf)", "finetune.lr_decay": "(0, 1]",
+    "guard.lr_factor": "(0, 1)", "guard.max_rollbacks": "[0, inf)", "guard.max_growth": "(1, inf)",
+    "guard.rising_epochs": "[1, inf)", "guard.check_every": "[1, inf)",
+    "guard.max_dead": "(0, 1]",
     "checkpoint.every_epochs": "[1, inf)", "checkpoint.every_minutes": "(0, inf)",
     "checkpoint.every_batches": "[1, inf)",
     "finetune.dropout_input": "[0, 1)", "finetune.dropout_hidden": "[0, 1)", "finetune.patience": "[1, inf)",

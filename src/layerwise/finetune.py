@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerwise.config import FinetuneConfig
+from layerwise.config import FinetuneConfig, GuardConfig
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
+from layerwise.pretrain import make_guard
 
 
 @dataclass
@@ -101,6 +102,7 @@ def finetune(
     optimizer: torch.optim.Optimizer | None = None,
     state: FinetuneState | None = None,
     checkpointer: Checkpointer | None = None,
+    guard: GuardConfig | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` (modified in place) and return it with its history.
 
@@ -119,20 +121,34 @@ def finetune(
     if st.generator is None:
         st.generator = torch.Generator().manual_seed(seed)
 
+    g = make_guard(guard, model, "fine-tuning", cfg.learning_rate, optimizer, st.records, reporter)
+    if g is not None:
+        def restart_epoch():
+            st.loss_sum, st.count = 0.0, 0
+
+        g.on_rollback = restart_epoch
+
     def step(xb, yb, epoch):
+        if g is not None:  # the schedule's rate, lowered by the guard's rollbacks
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(cfg, epoch) * g.lr_scale
         loss = F.cross_entropy(model(xb), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        st.loss_sum += float(loss.detach()) * len(xb)
+        value = float(loss.detach())
+        st.loss_sum += value * len(xb)
         st.count += len(xb)
+        return value
 
     def end_epoch(epoch, seconds):
         rec = {
-            "phase": "finetune", "epoch": epoch + 1, "lr": lr_at(cfg, epoch),
+            "phase": "finetune", "epoch": epoch + 1, "lr": lr_at(cfg, epoch) * (1 if g is None else g.lr_scale),
             "train_loss": st.loss_sum / max(st.count, 1), "seconds": round(seconds, 3),
         }
         st.loss_sum, st.count = 0.0, 0
+        if g is not None:  # may roll back: then this epoch runs again and is not logged
+            g.after_epoch(epoch, -1, rec["train_loss"])
         stop = False
         if has_val:
             val_loss, val_acc = evaluate(model, x_val, y_val)
@@ -162,7 +178,7 @@ def finetune(
         epochs_run = run_loop(
             x=x_train, y=y_train, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=st.generator,
             step=step, end_epoch=end_epoch, reporter=reporter, desc="finetune", position=st.position,
-            checkpointer=checkpointer,
+            checkpointer=checkpointer, guard=g,
         )
     if st.best_state is not None:
         model.load_state_dict(st.best_state)

@@ -107,10 +107,13 @@ class Checkpointer:
         self.every_epochs = every_epochs
         self.every_seconds = every_seconds
         self.every_batches = every_batches
+        self.guard = None  # set by run_loop: nothing diverged is ever saved
         self._last = time.monotonic()
         self._batches = 0
 
     def _save(self, pos: LoopPosition) -> None:
+        if self.guard is not None:
+            self.guard.verify(pos.epoch, pos.batch)  # may roll back instead
         self.save(pos)
         self._last = time.monotonic()
 
@@ -133,12 +136,13 @@ def run_loop(
     batch_size: int,
     epochs: int,
     generator: torch.Generator,
-    step: Callable[[torch.Tensor, torch.Tensor | None, int], None],
+    step: Callable[[torch.Tensor, torch.Tensor | None, int], float | None],
     end_epoch: Callable[[int, float], bool],
     reporter: Reporter,
     desc: str,
     position: LoopPosition | None = None,
     checkpointer: Checkpointer | None = None,
+    guard=None,
 ) -> int:
     """Train until ``epochs`` epochs are done; return the number of epochs run.
 
@@ -146,7 +150,11 @@ def run_loop(
     each epoch returns True to stop early. ``position`` (updated in place) resumes a loop
     where a checkpoint left it: same epoch, same data order, next batch.
     """
+    from layerwise.guard import Rollback
+
     pos = position if position is not None else LoopPosition()
+    if checkpointer is not None:
+        checkpointer.guard = guard
     n = x.shape[0]
     n_batches = (n + batch_size - 1) // batch_size
     while pos.epoch < epochs and not pos.stopped:
@@ -162,18 +170,25 @@ def run_loop(
         try:
             while pos.batch < n_batches:
                 start = pos.batch * batch_size
-                step(xs[start : start + batch_size], None if ys is None else ys[start : start + batch_size], epoch)
+                loss = step(xs[start : start + batch_size], None if ys is None else ys[start : start + batch_size], epoch)
                 pos.batch += 1
                 bar.update()
+                if guard is not None:
+                    guard.after_batch(epoch, pos.batch, loss)
                 if _stop_requested:
                     if checkpointer is not None:
-                        checkpointer.save(pos)  # a consistent state: between two batches
+                        checkpointer._save(pos)  # a consistent state: between two batches
                     raise KeyboardInterrupt
                 if checkpointer is not None and pos.batch < n_batches:
                     checkpointer.after_batch(pos)
+            stop = end_epoch(epoch, time.perf_counter() - t0)
+        except Rollback:
+            # the guard restored the weights of the epoch start and lowered the rate:
+            # run the epoch again, same data order
+            pos.batch = 0
+            continue
         finally:
             bar.close()
-        stop = end_epoch(epoch, time.perf_counter() - t0)
         pos.epoch, pos.batch, pos.order, pos.stopped = epoch + 1, 0, None, bool(stop)
         if checkpointer is not None:
             checkpointer.after_epoch(pos)

@@ -221,7 +221,8 @@ def _continue_log(path: Path, keep_lines: int | None, progress: bool, echo) -> R
 
 def _final_metrics(clf, result, ft, seconds: float, x_va, y_va, x_te, y_te) -> tuple[dict, float | None, float | None]:
     """The finetuned manifest's metrics: validation (unless it was trained on) and test."""
-    metrics = {"seconds": round(seconds, 2), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
+    metrics = {"seconds": round(seconds, 2), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+               "guard_events": [r for r in result.records if r["phase"] == "guard"]}
     val_acc = test_acc = None
     if ft.train_on_validation:
         metrics["validation"] = "joined the training data (train_on_validation)"
@@ -334,9 +335,11 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
             })
 
         pretrain(dbn, x_tr, x_va, cfg.pretrain, seed=cfg.seed, reporter=reporter, progress=prog,
-                 generator=generator, records=records, checkpointer=Checkpointer(save_pretrain, **every))
+                 generator=generator, records=records, checkpointer=Checkpointer(save_pretrain, **every), guard=cfg.guard)
         seconds["pretrain"] += time.perf_counter() - t_start
-        last = {f"layer{r['layer']}_{k}": v for r in records for k, v in r.items() if k.startswith(("recon", "free"))}
+        last = {f"layer{r['layer']}_{k}": v for r in records if r["phase"] == "pretrain"
+                for k, v in r.items() if k.startswith(("recon", "free"))}
+        last["guard_events"] = [r for r in records if r["phase"] == "guard"]
         if pretrained_dir.exists():
             # died after writing it and before the next checkpoint: the replay is exact,
             # so the weights must be the ones on disk
@@ -392,7 +395,7 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
         })
 
     result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter, optimizer=optimizer,
-                      state=fstate, checkpointer=Checkpointer(save_finetune, **every))
+                      state=fstate, checkpointer=Checkpointer(save_finetune, **every), guard=cfg.guard)
     seconds["finetune"] += time.perf_counter() - t_start
     metrics, val_acc, test_acc = _final_metrics(clf, result, ft, seconds["finetune"], x_va, y_va, x_te, y_te)
     finetuned = write_artifact(
@@ -440,7 +443,7 @@ def finetune_pretrained(
     x_va, y_va = _tensors(splits.validation)
     x_te, y_te = _tensors(splits.test)
     t0 = time.perf_counter()
-    result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter)
+    result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter, guard=cfg.guard)
     seconds = time.perf_counter() - t0
     metrics, val_acc, test_acc = _final_metrics(clf, result, ft, seconds, x_va, y_va, x_te, y_te)
     config_dict = cfg.to_dict()
@@ -557,13 +560,15 @@ def pretrain_stage(
         t0 = time.perf_counter()
         x = torch.from_numpy(np.ascontiguousarray(ds.x))
         pretrain(dbn, x, None, pcfg, seed=cfg.seed, reporter=reporter, progress=prog, generator=generator,
-                 records=records, checkpointer=Checkpointer(save, **every))
+                 records=records, checkpointer=Checkpointer(save, **every), guard=cfg.guard)
         seconds = time.perf_counter() - t0
         stages = meta["stages"] + [stage]
         parent = None
         if number > 1:
             parent = read_artifact(out_dir / f"stage-{number - 1}")[1]["weights_sha256"]
-        last = {f"layer{r['layer']}_{k}": v for r in records for k, v in r.items() if k.startswith("recon")}
+        last = {f"layer{r['layer']}_{k}": v for r in records if r["phase"] == "pretrain"
+                for k, v in r.items() if k.startswith("recon")}
+        last["guard_events"] = [r for r in records if r["phase"] == "guard"]
         artifact = out_dir / f"stage-{number}"
         config_dict = cfg.to_dict()
         config_dict["model"]["hidden"] = hidden

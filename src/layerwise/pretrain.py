@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from layerwise.config import PretrainConfig
+from layerwise.config import GuardConfig, PretrainConfig
+from layerwise.guard import DivergenceGuard, GuardEvent, dead_fraction
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
 from layerwise.stack import DeepBeliefNet
 from layerwise.units import DenoisingAutoencoder
@@ -39,7 +40,8 @@ def _step_kwargs(unit, cfg: PretrainConfig) -> dict:
 def layer_metrics(unit, train_x: torch.Tensor, held_x: torch.Tensor | None) -> dict:
     """Reconstruction cross-entropy (nats per example) on train and held-out inputs, and
     for RBMs the free-energy gap. Both inputs should be subsets of equal size."""
-    m = {"recon_ce_train": float(unit.reconstruction_cross_entropy(train_x))}
+    m = {"recon_ce_train": float(unit.reconstruction_cross_entropy(train_x)),
+         "dead_units": dead_fraction(unit.transform(train_x))}
     if held_x is not None:
         m["recon_ce_heldout"] = float(unit.reconstruction_cross_entropy(held_x))
         if hasattr(unit, "free_energy"):
@@ -47,6 +49,25 @@ def layer_metrics(unit, train_x: torch.Tensor, held_x: torch.Tensor | None) -> d
             gap = unit.free_energy(held_x[:n]).mean() - unit.free_energy(train_x[:n]).mean()
             m["free_energy_gap"] = float(gap)
     return m
+
+
+def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer, records: list, reporter):
+    """A DivergenceGuard from its config (None when disabled) that logs its rollbacks
+    to the records and the reporter."""
+    if cfg is None or not cfg.enabled:
+        return None
+
+    def log(event: dict) -> None:
+        records.append(event)
+        reporter.log(event)
+
+    guard = DivergenceGuard(module, where, lr, optimizer, lr_factor=cfg.lr_factor, max_rollbacks=cfg.max_rollbacks,
+                            max_growth=cfg.max_growth, rising_epochs=cfg.rising_epochs, check_every=cfg.check_every,
+                            max_dead=cfg.max_dead, log=log)
+    # a resumed run restores its rollbacks (and so its lowered rate) from the records
+    keys = ("what", "where", "epoch", "batch", "lr_before", "lr_after")
+    guard.events = [GuardEvent(*(e[k] for k in keys)) for e in records if e.get("phase") == "guard" and e["where"] == where]
+    return guard
 
 
 @dataclass
@@ -69,6 +90,7 @@ def pretrain(
     generator: torch.Generator | None = None,
     records: list[dict] | None = None,
     checkpointer: Checkpointer | None = None,
+    guard: GuardConfig | None = None,
 ) -> list[dict]:
     """Pretrain every layer of ``dbn`` in turn for ``cfg.epochs`` epochs.
 
@@ -92,17 +114,21 @@ def pretrain(
         if progress.layer != i:
             progress.layer, progress.position = i, LoopPosition()
         kwargs = _step_kwargs(unit, cfg)
-        lr = cfg.learning_rate
+        g = make_guard(guard, unit, f"pretraining of layer {i + 1}", cfg.learning_rate, None, records, reporter)
 
-        def step(xb, _yb, epoch, unit=unit, kwargs=kwargs):
+        def step(xb, _yb, epoch, unit=unit, kwargs=kwargs, g=g):
+            lr = cfg.learning_rate if g is None else g.current_lr
             unit.step(xb, lr=lr, momentum=momentum_at(cfg, epoch), **kwargs)
 
         mon_train = inp[:n_mon]
         mon_held = None if held is None else held[:n_mon]
 
-        def end_epoch(epoch, seconds, i=i, unit=unit, mon_train=mon_train, mon_held=mon_held):
+        def end_epoch(epoch, seconds, i=i, unit=unit, mon_train=mon_train, mon_held=mon_held, g=g):
             rec = {"phase": "pretrain", "layer": i, "epoch": epoch + 1, "seconds": round(seconds, 3)}
             rec.update(layer_metrics(unit, mon_train, mon_held))
+            if g is not None:  # may roll back: then this epoch runs again and is not logged
+                g.after_epoch(epoch, -1, rec["recon_ce_train"], rec["dead_units"])
+                rec["lr"] = g.current_lr
             records.append(rec)
             reporter.log(rec)
             return False
@@ -110,7 +136,7 @@ def pretrain(
         run_loop(
             x=inp, y=None, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=generator,
             step=step, end_epoch=end_epoch, reporter=reporter, position=progress.position,
-            checkpointer=checkpointer,
+            checkpointer=checkpointer, guard=g,
             desc=f"pretrain layer {i + 1}/{len(dbn.layers)} ({unit.n_visible}->{unit.n_hidden})",
         )
         if i + 1 < len(dbn.layers):

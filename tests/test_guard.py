@@ -43,6 +43,8 @@ def test_pure_checks():
     h[:, 0] = 1.0
     h[:, 1] = 0.0
     assert dead_fraction(h) == 0.5
+    h[:, 2] = 0.5  # constant but not saturated: not yet differentiated, not dead
+    assert dead_fraction(h) == 0.5
 
 
 def test_guard_rolls_back_to_the_best_state_and_lowers_the_rate():

@@ -102,6 +102,43 @@ def cmd_check(args) -> int:
     return 2 if bad else 0
 
 
+def cmd_probe_lr(args) -> int:
+    import json
+
+    from layerwise import config
+    from layerwise.pipeline import load_splits
+    from layerwise.probe import geometric_grid, probe_lr
+
+    cfg = config.load(args.recipe)
+    _set_threads(args.threads or cfg.threads)
+    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed)
+    if not cfg.model.hidden:
+        from layerwise.advice import suggest_layers
+
+        cfg.model.hidden = suggest_layers(splits.n_inputs)
+    grid = geometric_grid(args.low, args.high, args.points)
+    echo = None if args.quiet else (lambda s: print(s, flush=True))
+    res = probe_lr(cfg, splits, grid=grid, subset=args.subset, epochs=args.epochs, report=echo)
+    for phase in ("pretrain", "finetune"):
+        r = res[phase]
+        if r["largest_stable"] is None:
+            print(f"{phase}: no stable rate in [{args.low:g}, {args.high:g}]; try lower rates")
+        else:
+            print(f"{phase}: largest stable rate {r['largest_stable']:g}, recommended {r['recommended']:g}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        from layerwise.plots import probe_plot
+
+        probe_plot(res, out.with_suffix(".png"))
+        print(f"plot: {out.with_suffix('.png')}")
+    except ImportError:
+        pass
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2))
+    print(f"data: {out.with_suffix('.json')}")
+    return 0
+
+
 def cmd_advise(args) -> int:
     import json
 
@@ -266,6 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--strict", action="store_true", help="exit with status 2 on warnings too")
     c.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     c.set_defaults(func=cmd_check)
+
+    pr = sub.add_parser("probe-lr", help="measure the largest stable learning rate on the recipe's data")
+    pr.add_argument("recipe", help="TOML recipe")
+    pr.add_argument("--low", type=float, default=1e-4, help="lowest rate of the grid (default 1e-4)")
+    pr.add_argument("--high", type=float, default=10.0, help="highest rate of the grid (default 10)")
+    pr.add_argument("--points", type=int, default=11, help="rates in the geometric grid (default 11)")
+    pr.add_argument("--subset", type=int, default=5000, help="training samples used (default 5000)")
+    pr.add_argument("--epochs", type=int, default=2, help="epochs per trial (default 2)")
+    pr.add_argument("--out", default="probe-lr", help="path stem of the PNG plot and JSON results (default probe-lr)")
+    pr.add_argument("--threads", type=int, help="torch CPU threads")
+    pr.add_argument("--quiet", action="store_true", help="print only the summary")
+    pr.set_defaults(func=cmd_probe_lr)
 
     a = sub.add_parser("advise", help="suggest a net and hyperparameters, with reasons")
     a.add_argument("--inputs", type=int, required=True, help="input features, e.g. 784")

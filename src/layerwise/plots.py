@@ -62,3 +62,22 @@ def write_run_plots(folder: Path, records: list[dict], first_weight: torch.Tenso
     folder.mkdir(parents=True, exist_ok=True)
     learning_curves(records, folder / "learning_curves.png")
     filters(first_weight, folder / "filters.png")
+
+
+def probe_plot(result: dict, path: Path) -> None:
+    """Held-out loss against learning rate for both phases; unstable rates marked x."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, phase, label in zip(axes, ("pretrain", "finetune"), ("first layer: reconstruction CE", "fine-tuning: validation loss")):
+        pts = result[phase]["points"]
+        ok = [p for p in pts if p["stable"]]
+        bad = [p for p in pts if not p["stable"]]
+        ax.plot([p["lr"] for p in ok], [p["loss"] for p in ok], "o-", label="stable")
+        top = max([p["loss"] for p in ok] or [1.0])
+        ax.plot([p["lr"] for p in bad], [p["loss"] if math.isfinite(p["loss"]) else top for p in bad], "rx", label="unstable")
+        if result[phase]["recommended"]:
+            ax.axvline(result[phase]["recommended"], color="g", ls="--", label=f"recommended {result[phase]['recommended']:g}")
+        ax.set(xscale="log", xlabel="learning rate", title=label)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

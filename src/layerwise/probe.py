@@ -1,0 +1,133 @@
+"""``layerwise probe-lr``: measure the largest stable learning rate on the user's data.
+
+The guide fixes 0.01. The probe replaces that with a number: short trainings over a
+geometric grid of rates, on a subset of the training data, for the first layer's
+pretraining and for fine-tuning. A rate is stable when training stays finite, the loss
+ends below where it started, and (pretraining) fewer than half the hidden units
+saturate. Fine-tuning is probed from the stack pretrained for the same short budget at the
+recommended pretraining rate. The recommendation is the stable rate with the lowest held-out loss, but no
+more than half the largest stable rate: a margin below the edge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from layerwise.config import FinetuneConfig, PretrainConfig, RunConfig
+from layerwise.finetune import evaluate, finetune
+from layerwise.guard import dead_fraction, first_non_finite
+from layerwise.pretrain import momentum_at, pretrain
+from layerwise.stack import DeepBeliefNet
+
+
+@dataclass
+class ProbePoint:
+    lr: float
+    loss: float  # held-out loss at the end (nan when it blew up)
+    stable: bool
+    why: str  # "" when stable
+
+
+def geometric_grid(low: float, high: float, points: int) -> list[float]:
+    if not (0 < low < high) or points < 2:
+        raise ValueError(f"the learning-rate grid needs 0 < low < high and at least 2 points; got {low}, {high}, {points}")
+    return [float(f"{v:.3g}") for v in np.geomspace(low, high, points)]
+
+
+def first_layer_point(cfg: RunConfig, n_inputs: int, x: torch.Tensor, xv: torch.Tensor, lr: float, epochs: int) -> ProbePoint:
+    """Train the recipe's first unit for ``epochs`` at ``lr``; is it stable?"""
+    dbn = DeepBeliefNet(n_inputs, [(cfg.model.hidden or [max(1, n_inputs // 2)])[0]], unit=cfg.model.unit,
+                        visible=cfg.model.visible, seed=cfg.seed, init_std=cfg.model.init_std)
+    unit = dbn.layers[0]
+    p: PretrainConfig = cfg.pretrain
+    kwargs = {"weight_decay": p.weight_decay}
+    if cfg.model.unit == "autoencoder":
+        kwargs["noise"] = p.noise
+    else:
+        kwargs.update(k=p.cd_k, persistent=p.persistent)
+    start = float(unit.reconstruction_cross_entropy(xv))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with np.errstate(all="ignore"):
+        for epoch in range(epochs):
+            xs = x[torch.randperm(len(x), generator=gen)]
+            for s in range(0, len(xs), p.batch_size):
+                unit.step(xs[s : s + p.batch_size], lr=lr, momentum=momentum_at(p, epoch), **kwargs)
+    bad = first_non_finite(unit.named_parameters())
+    end = float(unit.reconstruction_cross_entropy(xv))
+    if bad is not None or not math.isfinite(end):
+        return ProbePoint(lr, math.nan, False, f"NaN or Inf in {bad or 'the loss'}")
+    dead = dead_fraction(unit.transform(xv))
+    if dead > 0.5:
+        return ProbePoint(lr, end, False, f"{100 * dead:.0f}% of hidden units saturated")
+    if end >= start:
+        return ProbePoint(lr, end, False, f"reconstruction cross-entropy rose ({start:.4g} -> {end:.4g})")
+    return ProbePoint(lr, end, True, "")
+
+
+def finetune_point(cfg: RunConfig, dbn: DeepBeliefNet, n_labels: int, data, lr: float, epochs: int) -> ProbePoint:
+    """Fine-tune a classifier unrolled from the (briefly) pretrained ``dbn`` for
+    ``epochs`` at ``lr``: fine-tuning starts from pretrained weights, and sigmoid nets
+    from random weights sit on a plateau for the first epochs, which hides the rate."""
+    x, y, xv, yv = data
+    ft = cfg.finetune
+    clf = dbn.to_classifier(n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden, seed=cfg.seed)
+    start, _ = evaluate(clf, xv, yv)
+    fcfg = FinetuneConfig(**{**ft.__dict__, "learning_rate": lr, "epochs": epochs, "patience": None,
+                             "lr_schedule": "constant", "train_on_validation": False})
+    finetune(clf, x, y, None, None, fcfg, seed=cfg.seed)
+    bad = first_non_finite(clf.named_parameters())
+    end, _ = evaluate(clf, xv, yv)
+    if bad is not None or not math.isfinite(end):
+        return ProbePoint(lr, math.nan, False, f"NaN or Inf in {bad or 'the loss'}")
+    if end >= start:
+        return ProbePoint(lr, end, False, f"validation loss rose ({start:.4g} -> {end:.4g})")
+    return ProbePoint(lr, end, True, "")
+
+
+def recommend(points: list[ProbePoint]) -> tuple[float | None, float | None]:
+    """(largest stable rate, recommended rate) of a sweep; None when nothing was stable."""
+    stable = [p for p in points if p.stable]
+    if not stable:
+        return None, None
+    largest = max(p.lr for p in stable)
+    candidates = [p for p in stable if p.lr <= largest / 2] or [min(stable, key=lambda p: p.lr)]
+    return largest, min(candidates, key=lambda p: p.loss).lr
+
+
+def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, epochs: int = 2, report=None) -> dict:
+    """Sweep ``grid`` for the first layer and for fine-tuning on ``subset`` training
+    samples (held-out: up to ``subset`` validation samples). Returns plain data."""
+    n = min(subset, len(splits.train))
+    x = torch.from_numpy(np.ascontiguousarray(splits.train.x[:n]))
+    y = torch.from_numpy(splits.train.y[:n])
+    val = splits.validation
+    xv = torch.from_numpy(np.ascontiguousarray(val.x[:subset]))
+    yv = torch.from_numpy(val.y[:subset])
+    out = {"grid": grid, "samples": n, "epochs": epochs}
+    dbn = None
+    for phase in ("pretrain", "finetune"):
+        points = []
+        if phase == "finetune":
+            # the starting point of fine-tuning: the stack pretrained for the same short
+            # budget at the recommended (else the recipe's) pretraining rate
+            rate = out["pretrain"]["recommended"] or cfg.pretrain.learning_rate
+            dbn = DeepBeliefNet(splits.n_inputs, cfg.model.hidden, unit=cfg.model.unit, visible=cfg.model.visible,
+                                seed=cfg.seed, init_std=cfg.model.init_std)
+            pretrain(dbn, x, None, dataclasses.replace(cfg.pretrain, epochs=epochs, learning_rate=rate), seed=cfg.seed)
+            out["finetune_from"] = {"pretrain_lr": rate, "epochs_per_layer": epochs}
+        for lr in grid:
+            if phase == "pretrain":
+                pt = first_layer_point(cfg, splits.n_inputs, x, xv, lr, epochs)
+            else:
+                pt = finetune_point(cfg, dbn, splits.n_labels, (x, y, xv, yv), lr, epochs)
+            points.append(pt)
+            if report:
+                report(f"{phase} lr={lr:g} loss={pt.loss:.4g} {'stable' if pt.stable else 'unstable: ' + pt.why}")
+        largest, rec = recommend(points)
+        out[phase] = {"points": [p.__dict__ for p in points], "largest_stable": largest, "recommended": rec}
+    return out

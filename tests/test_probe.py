@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+
+from layerwise import config
+from layerwise.cli import main
+from layerwise.data import load_digits
+from layerwise.probe import ProbePoint, geometric_grid, probe_lr, recommend
+from layerwise.units import BernoulliRBM
+
+GRID = geometric_grid(1e-3, 10.0, 9)
+
+
+def _brute_force_stable(epochs: int) -> dict:
+    """The oracle: train a 64-48 RBM at every rate of the grid for longer than the probe
+    does, on all of the training split, and call a rate stable when the weights stay
+    finite, held-out reconstruction falls, and the hidden units still vary."""
+    s = load_digits()
+    x, xv = torch.from_numpy(s.train.x), torch.from_numpy(s.validation.x)
+    out = {}
+    for lr in GRID:
+        rbm = BernoulliRBM(64, 48, seed=0)
+        start = float(rbm.reconstruction_cross_entropy(xv))
+        g = torch.Generator().manual_seed(1)
+        for epoch in range(epochs):
+            xs = x[torch.randperm(len(x), generator=g)]
+            for b in range(0, len(xs), 20):
+                rbm.step(xs[b : b + 20], lr=lr, momentum=0.5 if epoch < 5 else 0.9, weight_decay=2e-4)
+        end = float(rbm.reconstruction_cross_entropy(xv))
+        h = rbm.mean_hiddens(xv)
+        varying = float((h.std(0) > 0.01).float().mean())
+        out[lr] = all(torch.isfinite(p).all() for p in rbm.parameters()) and math.isfinite(end) and end < start and varying > 0.5
+    return out
+
+
+def test_probe_recommends_a_rate_inside_the_brute_force_stable_region():
+    cfg = config.load(__import__("pathlib").Path(__file__).parent.parent / "recipes" / "digits.toml")
+    s = load_digits()
+    res = probe_lr(cfg, s, grid=GRID, subset=2000, epochs=2)
+    oracle = _brute_force_stable(epochs=8)
+    stable = [lr for lr, ok in oracle.items() if ok]
+    assert stable and not oracle[10.0], oracle  # the grid spans both regions
+    rec = res["pretrain"]["recommended"]
+    assert rec in stable, (rec, oracle)
+    # and it is not trivially cautious: within a factor 10 of the oracle's largest stable rate
+    assert rec >= max(stable) / 10, (rec, oracle)
+    # (the probe's own largest stable rate comes from 2 epochs; longer training can still
+    # blow up there, which is why the recommendation keeps a factor 2 below it)
+    assert res["pretrain"]["largest_stable"] >= max(stable)
+    assert not [p for p in res["pretrain"]["points"] if p["lr"] == 10.0][0]["stable"]
+    ft = res["finetune"]
+    assert ft["recommended"] is not None and ft["recommended"] <= ft["largest_stable"] / 2
+
+
+def test_recommend_keeps_a_margin_below_the_edge():
+    pts = [ProbePoint(0.01, 3.0, True, ""), ProbePoint(0.1, 2.0, True, ""), ProbePoint(1.0, 1.0, True, ""),
+           ProbePoint(10.0, math.nan, False, "NaN")]
+    assert recommend(pts) == (1.0, 0.1)
+    assert recommend([ProbePoint(1.0, math.nan, False, "NaN")]) == (None, None)
+    with pytest.raises(ValueError, match="needs 0 < low < high"):
+        geometric_grid(1.0, 0.1, 5)
+
+
+def test_probe_command_writes_plot_and_json(tmp_path, capsys):
+    recipe = __import__("pathlib").Path(__file__).parent.parent / "recipes" / "digits.toml"
+    assert main(["probe-lr", str(recipe), "--low", "0.01", "--high", "10", "--points", "4", "--epochs", "2",
+                 "--out", str(tmp_path / "p"), "--quiet", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "pretrain: largest stable rate" in out and "finetune: largest stable rate" in out
+    assert (tmp_path / "p.json").is_file() and (tmp_path / "p.png").stat().st_size > 1000

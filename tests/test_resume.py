@@ -33,11 +33,11 @@ learning_rate = 0.05
 persistent = true
 momentum_switch_epoch = 1
 [finetune]
-epochs = 4
+epochs = 8
 batch_size = 10
 learning_rate = 0.2
 dropout_hidden = 0.2
-patience = 2
+patience = 4
 lr_schedule = "cosine"
 [checkpoint]
 every_epochs = 1
@@ -132,6 +132,8 @@ def test_a_completed_run_is_not_resumed(recipe, tmp_path):
 
 
 def test_second_writer_to_a_run_folder_is_refused(recipe, tmp_path):
+    # a long first run, so that it is surely still training when the second one starts
+    recipe.write_text(RECIPE.replace("epochs = 3", "epochs = 20"))
     run = tmp_path / "runs" / "busy"
     first = subprocess.Popen(_cmd(str(recipe), "--name", "busy"), cwd=tmp_path, env=_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,86 @@
+"""Parameter averaging on torch.distributed (gloo, 2 processes, a FileStore)."""
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+from torch.distributed.algorithms.model_averaging.utils import get_params_to_average
+
+from layerwise.averaging import PeriodicAverager, average_tensors, trained_tensors
+from layerwise.units import BernoulliRBM
+
+
+def _worker(rank, world, store_path, out_dir, poison):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
+    try:
+        # RBMs with different weights and data on each rank, trained by hand (no .grad)
+        rbm = BernoulliRBM(12, 5, seed=10 + rank, init_std=0.3)
+        v = torch.rand(8, 12, generator=torch.Generator().manual_seed(rank))
+        for _ in range(3):
+            rbm.step(v, lr=0.1, momentum=0.5)
+        skipped = len(get_params_to_average(rbm.parameters()))
+        # an MLP with SGD momentum, trained by autograd
+        mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Sigmoid(), torch.nn.Linear(3, 2))
+        torch.manual_seed(rank)
+        for p in mlp.parameters():
+            torch.nn.init.normal_(p)
+        opt = torch.optim.SGD(mlp.parameters(), lr=0.1, momentum=0.9)
+        loss = mlp(torch.randn(6, 4)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        if poison and rank == 1:
+            with torch.no_grad():
+                rbm.weight[0, 0] = float("nan")
+        tensors = trained_tensors(rbm, include_optimizer_state=True) + trained_tensors(mlp, opt, include_optimizer_state=True)
+        before = {f"t{i}": t.clone() for i, t in enumerate(tensors)}
+        error = ""
+        try:
+            average_tensors(tensors)
+        except FloatingPointError as e:
+            error = str(e)
+        after = {f"t{i}": t.clone() for i, t in enumerate(tensors)}
+        save_file({**{f"before.{k}": v for k, v in before.items()}, **{f"after.{k}": v for k, v in after.items()}},
+                  f"{out_dir}/rank{rank}.safetensors", metadata={"skipped": str(skipped), "error": error})
+        # the policy: average after steps 3 and 6 of 7
+        avg = PeriodicAverager(3, lambda: [torch.ones(1)])
+        done = [avg.after_step() for _ in range(7)]
+        assert done == [False, False, True, False, False, True, False] and avg.rounds == 2
+    finally:
+        dist.destroy_process_group()
+
+
+def _run(tmp_path, poison=False):
+    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path), poison), nprocs=2, join=True)
+    from safetensors import safe_open
+
+    out = []
+    for r in range(2):
+        path = str(tmp_path / f"rank{r}.safetensors")
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata()
+        out.append((load_file(path), meta))
+    return out
+
+
+def test_after_a_round_every_rank_holds_the_exact_mean(tmp_path):
+    (r0, m0), (r1, m1) = _run(tmp_path)
+    # PyTorch's helper would average nothing of an RBM: its parameters have no .grad
+    assert m0["skipped"] == "0" and m0["error"] == ""
+    names = sorted(k[len("after."):] for k in r0 if k.startswith("after."))
+    # RBM: weight, two biases, three velocities; MLP: four parameters, four momentum buffers
+    assert len(names) == 14
+    for k in names:
+        assert torch.equal(r0[f"after.{k}"], r1[f"after.{k}"]), k  # bitwise identical on both ranks
+        mean = (r0[f"before.{k}"] + r1[f"before.{k}"]) / 2
+        assert torch.equal(r0[f"after.{k}"], mean), k
+        assert not torch.equal(r0[f"before.{k}"], r1[f"before.{k}"]), k  # there was something to average
+
+
+def test_a_nan_on_one_worker_is_caught_at_the_round_and_not_spread(tmp_path):
+    (r0, m0), (r1, m1) = _run(tmp_path, poison=True)
+    assert "at least one worker diverged" in m0["error"] and m0["error"] == m1["error"]
+    for k in (k for k in r0 if k.startswith("after.")):
+        b = "before." + k[len("after."):]
+        assert torch.equal(r0[k], r0[b])  # rank 0 keeps its finite weights
+    assert all(torch.isfinite(v).all() for k, v in r0.items())

@@ -66,7 +66,7 @@ class PeriodicAverager:
     """Average the given tensors after every ``period``-th step (steps counted from 1:
     after step k, 2k, ...). ``period`` 1 averages after every step."""
 
-    def __init__(self, period: int, tensors_fn, group=None):
+    def __init__(self, period: int, tensors_fn, group=None, *, rank: int | None = None, world: int | None = None):
         if not isinstance(period, int) or period < 1:
             raise ValueError(f"The 'period' parameter of PeriodicAverager must be an int in the range [1, inf). Got {period!r} instead.")
         self.period = period
@@ -74,12 +74,17 @@ class PeriodicAverager:
         self.group = group
         self.step = 0
         self.rounds = 0
+        self.rank = dist.get_rank(group) if rank is None else rank
+        self.world = dist.get_world_size(group) if world is None else world
 
     def after_step(self) -> bool:
         """Count a step; average when due. Returns True when it averaged."""
         self.step += 1
         if self.step % self.period:
             return False
+        self.average_now()
+        return True
+
+    def average_now(self) -> None:
         average_tensors(self.tensors_fn(), self.group)
         self.rounds += 1
-        return True

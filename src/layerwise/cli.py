@@ -50,10 +50,27 @@ def cmd_train(args) -> int:
             cfg.name = args.name
         if args.threads:
             cfg.threads = args.threads
-        if not _advise_or_stop(cfg, args.strict, args.quiet):
+        from layerwise.pipeline import train_workers, under_torchrun, worker_main
+
+        if under_torchrun():  # one worker of a distributed run (torchrun, or --workers)
+            result = worker_main(cfg, args.runs_dir, echo=echo)
+            if result is None:  # not rank 0: nothing to report
+                os._exit(0)
+            _print_result(result)
+            sys.stdout.flush()
+            os._exit(0)
+        if not _advise_or_stop(cfg, args.strict, args.quiet, workers=args.workers):
             return 2
-        _set_threads(cfg.threads)
-        result = train(cfg, runs_dir=args.runs_dir, progress=bars, echo=echo)
+        if args.workers > 1:
+            result = train_workers(cfg, args.workers, runs_dir=args.runs_dir, max_restarts=args.max_restarts, echo=echo)
+        else:
+            _set_threads(cfg.threads)
+            result = train(cfg, runs_dir=args.runs_dir, progress=bars, echo=echo)
+    _print_result(result)
+    return 0
+
+
+def _print_result(result) -> None:
     print(f"pretraining {result.seconds_pretrain:.1f} s, fine-tuning {result.seconds_finetune:.1f} s")
     if result.validation_accuracy is not None:
         print(f"validation accuracy: {100 * result.validation_accuracy:.2f}%")
@@ -62,7 +79,6 @@ def cmd_train(args) -> int:
     else:
         print("test accuracy: n/a (the recipe names no test data)")
     print(f"run folder: {result.run_dir}")
-    return 0
 
 
 def _advise_or_stop(cfg, strict: bool, quiet: bool, workers: int = 1) -> bool:
@@ -295,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's, else min(2, cores))")
     t.add_argument("--quiet", action="store_true", help="print only the final summary")
     t.add_argument("--strict", action="store_true", help="treat the advisor's warnings as errors")
+    t.add_argument("--workers", type=int, default=1,
+                   help="train on N worker processes on this machine, averaging parameters (torch.distributed, gloo)")
+    t.add_argument("--max-restarts", type=int, default=0,
+                   help="with --workers: restart the group this many times when a worker dies, from the last checkpoint")
     t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("check", help="check a recipe against the guide's rules of thumb")

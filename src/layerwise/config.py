@@ -75,6 +75,14 @@ class FinetuneConfig:
 
 
 @dataclass
+class DistributedConfig:
+    averaging_frequency: int = 5  # average parameters every N minibatches (deeplearning4j's default)
+    average_optimizer_state: bool = False  # also average momentum / Adam state
+    lr_correction: str = "none"  # "none" | "sqrt" | "linear": scale the learning rate for N workers
+    timeout_minutes: float = 10.0  # a worker that hangs this long fails the others
+
+
+@dataclass
 class GuardConfig:
     enabled: bool = True
     lr_factor: float = 0.5  # learning rate multiplier after each rollback
@@ -103,6 +111,7 @@ class RunConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -114,6 +123,7 @@ CHOICES = {
     "model.visible": ("bernoulli", "gaussian"),
     "finetune.optimizer": ("sgd", "adam"),
     "finetune.lr_schedule": ("constant", "exponential", "cosine"),
+    "distributed.lr_correction": ("none", "sqrt", "linear"),
 }
 
 # key -> interval "[low, high]"; "(" or ")" marks an open end, "inf" no upper bound
@@ -128,6 +138,7 @@ _BOUNDS = {
     "pretrain.noise": "[0, 1)", "pretrain.monitor_samples": "[1, inf)",
     "finetune.epochs": "[0, inf)", "finetune.batch_size": "[1, inf)", "finetune.learning_rate": "(0, inf)",
     "finetune.momentum": "[0, 1)", "finetune.weight_decay": "[0, inf)", "finetune.lr_decay": "(0, 1]",
+    "distributed.averaging_frequency": "[1, inf)", "distributed.timeout_minutes": "(0, inf)",
     "guard.lr_factor": "(0, 1)", "guard.max_rollbacks": "[0, inf)", "guard.max_growth": "(1, inf)",
     "guard.rising_epochs": "[1, inf)", "guard.check_every": "[1, inf)",
     "guard.max_dead": "(0, 1]",
@@ -259,7 +270,7 @@ def load(path: str | Path) -> RunConfig:
         for key in ("train", "validation", "test"):
             value = getattr(cfg.data, key)
             if value and not Path(value).is_absolute():
-                setattr(cfg.data, key, str((path.parent / value)))
+                setattr(cfg.data, key, str((path.parent / value).resolve()))
     return cfg
 
 

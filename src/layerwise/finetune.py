@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerwise.config import FinetuneConfig, GuardConfig
+from layerwise.config import DistributedConfig, FinetuneConfig, GuardConfig
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
 from layerwise.pretrain import make_guard
 
@@ -103,6 +103,7 @@ def finetune(
     state: FinetuneState | None = None,
     checkpointer: Checkpointer | None = None,
     guard: GuardConfig | None = None,
+    distributed: DistributedConfig | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` (modified in place) and return it with its history.
 
@@ -141,7 +142,20 @@ def finetune(
         st.count += len(xb)
         return value
 
+    averager = None
+    if distributed is not None:
+        from layerwise.averaging import PeriodicAverager, trained_tensors
+
+        averager = PeriodicAverager(distributed.averaging_frequency, lambda: trained_tensors(
+            model, optimizer, include_optimizer_state=distributed.average_optimizer_state))
+
     def end_epoch(epoch, seconds):
+        if averager is not None:  # the training loss over every worker's shard
+            import torch.distributed as dist
+
+            both = torch.tensor([st.loss_sum, float(st.count)], dtype=torch.float64)
+            dist.all_reduce(both)
+            st.loss_sum, st.count = float(both[0]), int(both[1])
         rec = {
             "phase": "finetune", "epoch": epoch + 1, "lr": lr_at(cfg, epoch) * (1 if g is None else g.lr_scale),
             "train_loss": st.loss_sum / max(st.count, 1), "seconds": round(seconds, 3),
@@ -178,7 +192,7 @@ def finetune(
         epochs_run = run_loop(
             x=x_train, y=y_train, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=st.generator,
             step=step, end_epoch=end_epoch, reporter=reporter, desc="finetune", position=st.position,
-            checkpointer=checkpointer, guard=g,
+            checkpointer=checkpointer, guard=g, averager=averager,
         )
     if st.best_state is not None:
         model.load_state_dict(st.best_state)

@@ -143,6 +143,7 @@ def run_loop(
     position: LoopPosition | None = None,
     checkpointer: Checkpointer | None = None,
     guard=None,
+    averager=None,
 ) -> int:
     """Train until ``epochs`` epochs are done; return the number of epochs run.
 
@@ -153,15 +154,21 @@ def run_loop(
     from layerwise.guard import Rollback
 
     pos = position if position is not None else LoopPosition()
+    rank, world = (averager.rank, averager.world) if averager is not None else (0, 1)
     if checkpointer is not None:
         checkpointer.guard = guard
     n = x.shape[0]
+    if world > 1:
+        # every worker draws the same permutation (same seed) and takes its own share:
+        # disjoint shards, reshuffled every epoch, of equal length so rounds line up
+        n = n // world
     n_batches = (n + batch_size - 1) // batch_size
     while pos.epoch < epochs and not pos.stopped:
         epoch = pos.epoch
         t0 = time.perf_counter()
         if pos.order is None:
-            pos.order, pos.batch = torch.randperm(n, generator=generator), 0
+            order = torch.randperm(x.shape[0], generator=generator)
+            pos.order, pos.batch = (order[rank::world][:n] if world > 1 else order), 0
         # one gather per epoch, then contiguous slices: no per-batch copies
         xs = x.index_select(0, pos.order)
         ys = None if y is None else y.index_select(0, pos.order)
@@ -173,7 +180,9 @@ def run_loop(
                 loss = step(xs[start : start + batch_size], None if ys is None else ys[start : start + batch_size], epoch)
                 pos.batch += 1
                 bar.update()
-                if guard is not None:
+                if averager is not None:
+                    averager.after_step()
+                if guard is not None and world == 1:  # distributed: NaN shows at the averaging round
                     guard.after_batch(epoch, pos.batch, loss)
                 if _stop_requested:
                     if checkpointer is not None:
@@ -181,7 +190,17 @@ def run_loop(
                     raise KeyboardInterrupt
                 if checkpointer is not None and pos.batch < n_batches:
                     checkpointer.after_batch(pos)
+            if averager is not None:
+                averager.average_now()  # validation and early stopping see the averaged weights
             stop = end_epoch(epoch, time.perf_counter() - t0)
+        except FloatingPointError as e:  # a worker diverged: every rank sees it at the same round
+            if guard is None:
+                raise
+            try:
+                guard._diverged(str(e), epoch, pos.batch)
+            except Rollback:
+                pos.batch = 0
+                continue
         except Rollback:
             # the guard restored the weights of the epoch start and lowered the rate:
             # run the epoch again, same data order

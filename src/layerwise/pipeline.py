@@ -203,6 +203,15 @@ def _restore_pretrain(dbn: DeepBeliefNet, generator: torch.Generator, tensors: d
     return PretrainProgress(meta["layer"], LoopPosition(meta["epoch"], meta["batch"], tensors.get("order"), meta["stopped"]))
 
 
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) outside torch.distributed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def _checkpoint_policy(cfg: RunConfig) -> dict:
     cc = cfg.checkpoint
     return {"every_epochs": cc.every_epochs, "every_batches": cc.every_batches,
@@ -282,25 +291,44 @@ def resume(run_dir: str | Path, *, progress: bool = False, echo=None) -> RunResu
         return _run(run_dir, cfg, splits, ckpt, progress=progress, echo=echo)
 
 
-def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool, echo) -> RunResult:
+def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool, echo) -> RunResult | None:
+    rank, world = dist_rank_world()
+    writer = rank == 0  # rank 0 alone writes checkpoints, artifacts, metrics and plots
+    if not writer:
+        progress, echo = False, None
     say = echo or (lambda s: None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    config_dict = cfg.to_dict()
+    if world > 1:
+        from layerwise.advice import corrected_lr
+
+        corr = cfg.distributed.lr_correction
+        cfg = config_mod.from_dict(config_dict)
+        cfg.pretrain.learning_rate = corrected_lr(cfg.pretrain.learning_rate, world, corr)
+        cfg.finetune.learning_rate = corrected_lr(cfg.finetune.learning_rate, world, corr)
+        # mid-epoch checkpoints would catch replicas between averaging rounds: epoch ends only
+        cfg.checkpoint.every_batches = cfg.checkpoint.every_minutes = None
+        config_dict["distributed"]["workers"] = world
+        config_dict["distributed"]["effective_learning_rates"] = {
+            "pretrain": cfg.pretrain.learning_rate, "finetune": cfg.finetune.learning_rate}
     hidden = cfg.model.hidden
     dbn = DeepBeliefNet(
         splits.n_inputs, hidden, unit=cfg.model.unit, visible=cfg.model.visible, seed=cfg.seed,
         init_std=cfg.model.init_std,
     )
-    config_dict = cfg.to_dict()
     tensors, meta = ckpt if ckpt is not None else ({}, {"phase": "pretrain"})
     metrics_path = run_dir / "metrics.jsonl"
     # a run that died before its first checkpoint starts its log over
-    reporter = _continue_log(metrics_path, meta["metrics_lines"] if ckpt is not None else 0, progress, echo)
+    if writer:
+        reporter = _continue_log(metrics_path, meta["metrics_lines"] if ckpt is not None else 0, progress, echo)
+    else:
+        reporter = Reporter()
     if ckpt is None:
         reporter.log({
             "phase": "start", "folder": str(run_dir), "architecture": "-".join(map(str, dbn.sizes + [splits.n_labels])),
             "unit": cfg.model.unit, "train": len(splits.train), "validation": len(splits.validation or []),
-            "test": len(splits.test or []), "threads": torch.get_num_threads(),
+            "test": len(splits.test or []), "threads": torch.get_num_threads(), "workers": world,
         })
     else:
         reporter.log({"phase": "resume", "from": meta["phase"], "layer": meta.get("layer"),
@@ -327,6 +355,8 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
         t_start = time.perf_counter()
 
         def save_pretrain(pos):
+            if not writer:
+                return
             t = _pretrain_tensors(dbn, generator, pos)
             elapsed = {"pretrain": seconds["pretrain"] + time.perf_counter() - t_start, "finetune": 0.0}
             save_checkpoint(run_dir / "checkpoint", t, {
@@ -335,16 +365,22 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
             })
 
         pretrain(dbn, x_tr, x_va, cfg.pretrain, seed=cfg.seed, reporter=reporter, progress=prog,
-                 generator=generator, records=records, checkpointer=Checkpointer(save_pretrain, **every), guard=cfg.guard)
+                 generator=generator, records=records, checkpointer=Checkpointer(save_pretrain, **every), guard=cfg.guard,
+                 distributed=cfg.distributed if world > 1 else None)
         seconds["pretrain"] += time.perf_counter() - t_start
         last = {f"layer{r['layer']}_{k}": v for r in records if r["phase"] == "pretrain"
                 for k, v in r.items() if k.startswith(("recon", "free"))}
         last["guard_events"] = [r for r in records if r["phase"] == "guard"]
-        if pretrained_dir.exists():
-            # died after writing it and before the next checkpoint: the replay is exact,
-            # so the weights must be the ones on disk
+        if not writer:
+            pre_manifest = None
+        elif pretrained_dir.exists():
+            # died after writing it and before the next checkpoint: a single-process replay
+            # is exact, so the weights must be the ones on disk (a restarted group of
+            # workers is not bitwise exact: it goes on from the saved net)
             on_disk, pre_manifest = read_artifact(pretrained_dir)
-            if any(not torch.equal(on_disk[k], v) for k, v in dbn.model_state().items()):
+            if world > 1:
+                dbn.load_state_dict(on_disk, strict=False)
+            elif any(not torch.equal(on_disk[k], v) for k, v in dbn.model_state().items()):
                 raise RuntimeError(f"'{pretrained_dir}' differs from the resumed pretraining; not overwriting it")
         else:
             pre_manifest = write_artifact(
@@ -352,7 +388,12 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
                 config=config_dict, stages=stages, metrics={**last, "seconds": round(seconds["pretrain"], 2)},
                 read_only=True,
             )
-        reporter.log({"phase": "saved", "artifact": "pretrained", "sha256": pre_manifest["weights_sha256"][:16]})
+        if writer:
+            reporter.log({"phase": "saved", "artifact": "pretrained", "sha256": pre_manifest["weights_sha256"][:16]})
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # the pretrained net is on disk before anyone fine-tunes
     else:
         pre_tensors, pre_manifest = read_artifact(pretrained_dir)
         dbn.load_state_dict(pre_tensors, strict=False)
@@ -377,6 +418,8 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
     t_start = time.perf_counter()
 
     def save_finetune(pos):
+        if not writer:
+            return
         t = {f"clf.{k}": v for k, v in clf.state_dict().items()}
         opt_meta = _optimizer_to_checkpoint(optimizer, t)
         if fstate.best_state is not None:
@@ -395,8 +438,11 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
         })
 
     result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter, optimizer=optimizer,
-                      state=fstate, checkpointer=Checkpointer(save_finetune, **every), guard=cfg.guard)
+                      state=fstate, checkpointer=Checkpointer(save_finetune, **every), guard=cfg.guard,
+                      distributed=cfg.distributed if world > 1 else None)
     seconds["finetune"] += time.perf_counter() - t_start
+    if not writer:
+        return None
     metrics, val_acc, test_acc = _final_metrics(clf, result, ft, seconds["finetune"], x_va, y_va, x_te, y_te)
     finetuned = write_artifact(
         run_dir / "finetuned", clf.state_dict(), kind="finetuned",
@@ -580,3 +626,115 @@ def pretrain_stage(
         save(LoopPosition(), done=True)  # the state the next stage starts from
         reporter.log({"phase": "saved", "artifact": artifact.name, "sha256": manifest["weights_sha256"][:16]})
         return StageResult(out_dir, number, artifact, manifest, seconds)
+
+
+# -- distributed runs ----------------------------------------------------------------------
+def under_torchrun() -> bool:
+    """True inside a process started by torchrun / torch.distributed.run."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None) -> RunResult | None:
+    """One worker of a distributed run (started by torchrun or by ``--workers``).
+
+    Joins the process group (gloo on CPU, NCCL when every worker has a GPU is for
+    later: the units run on CPU here), and trains in ``runs_dir/NAME``: global rank 0
+    creates the folder and writes everything, the others only train. A restarted group
+    (``--max-restarts``) resumes from the last checkpoint. The worker leaves with a
+    barrier, destroy_process_group and ``os._exit`` (a plain interpreter exit of a gloo
+    worker sometimes aborted with 'terminate called without an active exception')."""
+    import datetime
+    import sys
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=cfg.distributed.timeout_minutes))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local))
+    run_dir = Path(runs_dir) / (cfg.name or "run")
+    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=lambda s: None)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "config.toml").exists():
+            resolved = config_mod.from_dict(cfg.to_dict())
+            resolved.model.hidden = cfg.model.hidden or suggest_layers(splits.n_inputs)
+            (run_dir / "config.toml").write_text(config_mod.to_toml(resolved))
+    dist.barrier()
+    if (run_dir / "finetuned").exists():
+        # complete: a group restarted after its last worker finished, or a rerun
+        dist.destroy_process_group()
+        if rank:
+            return None
+        _, pre = read_artifact(run_dir / "pretrained")
+        _, fin = read_artifact(run_dir / "finetuned")
+        m = fin["metrics"]
+        return RunResult(run_dir, m.get("test_accuracy"), m.get("validation_accuracy"), pre, fin,
+                         pre["metrics"].get("seconds", 0.0), m.get("seconds", 0.0))
+    cfg = config_mod.load(run_dir / "config.toml")
+    cfg.name = run_dir.name
+    ckpt_file = run_dir / "checkpoint" / "state.safetensors"
+    ckpt = load_checkpoint(run_dir / "checkpoint") if ckpt_file.exists() else None
+    result = _run(run_dir, cfg, splits, ckpt, progress=False, echo=echo if rank == 0 else None)
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return result
+
+
+def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs", max_restarts: int = 0,
+                  echo=None) -> RunResult:
+    """``layerwise train RECIPE --workers N`` on one machine: claim a run folder, then
+    start N workers through PyTorch's elastic launcher (torch.distributed.run) on
+    loopback with a free port; return what rank 0 wrote."""
+    import subprocess
+    import sys
+
+    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or (lambda s: None))
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        run_dir = unique_run_dir(runs_dir, cfg.name or "run")
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            continue
+    resolved = config_mod.from_dict(cfg.to_dict())
+    resolved.model.hidden = cfg.model.hidden or suggest_layers(splits.n_inputs)
+    resolved.name = run_dir.name
+    (run_dir / "config.toml").write_text(config_mod.to_toml(resolved))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(workers),
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+        "--max-restarts", str(max_restarts), "-m", "layerwise", "train", str(run_dir / "config.toml"),
+        "--runs-dir", str(runs_dir), "--quiet",
+    ]
+    env = dict(os.environ)
+    # a restarted group must not read the dead workers' addresses from a reused store
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    t0 = time.perf_counter()
+    with run_lock(run_dir):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise RuntimeError(f"the {workers} workers failed (exit {proc.returncode}); the last lines:\n{tail}\n"
+                           f"continue with `layerwise train --resume {run_dir}` once fixed")
+    for line in proc.stdout.splitlines():
+        if echo and line.startswith("phase="):
+            echo(line)
+    _, pre = read_artifact(run_dir / "pretrained")
+    _, fin = read_artifact(run_dir / "finetuned")
+    m = fin["metrics"]
+    return RunResult(run_dir, m.get("test_accuracy"), m.get("validation_accuracy"), pre, fin,
+                     pre["metrics"].get("seconds", 0.0), m.get("seconds", time.perf_counter() - t0))

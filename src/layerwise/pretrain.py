@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from layerwise.config import GuardConfig, PretrainConfig
+from layerwise.config import DistributedConfig, GuardConfig, PretrainConfig
 from layerwise.guard import DivergenceGuard, GuardEvent, dead_fraction
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
 from layerwise.stack import DeepBeliefNet
@@ -91,6 +91,7 @@ def pretrain(
     records: list[dict] | None = None,
     checkpointer: Checkpointer | None = None,
     guard: GuardConfig | None = None,
+    distributed: DistributedConfig | None = None,
 ) -> list[dict]:
     """Pretrain every layer of ``dbn`` in turn for ``cfg.epochs`` epochs.
 
@@ -133,10 +134,16 @@ def pretrain(
             reporter.log(rec)
             return False
 
+        averager = None
+        if distributed is not None:  # every trained tensor of this unit, velocities when asked
+            from layerwise.averaging import PeriodicAverager, trained_tensors
+
+            averager = PeriodicAverager(distributed.averaging_frequency, lambda unit=unit: trained_tensors(
+                unit, include_optimizer_state=distributed.average_optimizer_state))
         run_loop(
             x=inp, y=None, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=generator,
             step=step, end_epoch=end_epoch, reporter=reporter, position=progress.position,
-            checkpointer=checkpointer, guard=g,
+            checkpointer=checkpointer, guard=g, averager=averager,
             desc=f"pretrain layer {i + 1}/{len(dbn.layers)} ({unit.n_visible}->{unit.n_hidden})",
         )
         if i + 1 < len(dbn.layers):

@@ -1,0 +1,154 @@
+"""Distributed training by parameter averaging: workers on loopback (gloo)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_patterns
+from layerwise.artifacts import load_model, read_artifact
+
+RECIPE = """
+seed = 3
+[data]
+source = "npz"
+train = "train.npz"
+test = "test.npz"
+[model]
+hidden = [48, 24]
+[pretrain]
+epochs = {pre}
+batch_size = 10
+learning_rate = 0.1
+[finetune]
+epochs = {ft}
+batch_size = 10
+learning_rate = 0.1
+momentum = 0.9
+[distributed]
+averaging_frequency = 5
+average_optimizer_state = true
+"""
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    x, y = make_patterns(n=1500, n_features=36, n_classes=4, flip=0.15, seed=5)
+    np.savez(tmp_path / "train.npz", x=x[:1200], y=y[:1200])
+    np.savez(tmp_path / "test.npz", x=x[1200:], y=y[1200:])
+    (tmp_path / "r.toml").write_text(RECIPE.format(pre=3, ft=6))
+    (tmp_path / "long.toml").write_text(RECIPE.format(pre=40, ft=10))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _env(threads="1"):
+    return {**os.environ, "OMP_NUM_THREADS": threads}
+
+
+def _layerwise(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "layerwise", *args], env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _files(run: Path):
+    return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+
+
+def test_two_workers_train_and_rank_0_alone_writes(folder):
+    res = _layerwise("train", "r.toml", "--workers", "2", "--quiet")
+    assert res.returncode == 0, res.stderr
+    run = folder / "runs" / "r"
+    assert _files(run) == [
+        ".lock", "checkpoint/state.safetensors", "config.toml", "finetuned/manifest.json",
+        "finetuned/weights.safetensors", "metrics.jsonl", "plots/filters.png", "plots/learning_curves.png",
+        "pretrained/manifest.json", "pretrained/weights.safetensors",
+    ]
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [(r["phase"], r.get("layer"), r["epoch"]) for r in records if r["phase"] in ("pretrain", "finetune")]
+    assert len(epochs) == len(set(epochs)) == 3 + 3 + 6  # one writer: every epoch logged once
+    assert records[0]["workers"] == 2
+    _, fin = read_artifact(run / "finetuned")
+    assert fin["config"]["distributed"]["workers"] == 2
+    assert fin["metrics"]["test_accuracy"] > 0.9, fin["metrics"]
+    model, _ = load_model(run / "finetuned")
+    assert "test accuracy:" in res.stdout
+
+
+def test_one_worker_under_torchrun_equals_the_single_process_run(folder):
+    single = _layerwise("train", "r.toml", "--name", "single", "--quiet")
+    assert single.returncode == 0, single.stderr
+    (folder / "one.toml").write_text((folder / "r.toml").read_text().replace("seed = 3", 'seed = 3\nname = "one"'))
+    one = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "1",
+                          "--standalone", "-m", "layerwise", "train", "one.toml", "--quiet"],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    for artifact in ("pretrained", "finetuned"):
+        a, _ = read_artifact(folder / "runs" / "single" / artifact)
+        b, _ = read_artifact(folder / "runs" / "one" / artifact)
+        assert all(torch.equal(a[k], b[k]) for k in a), artifact
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_on_loopback(folder):
+    port = str(_free_port())
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", port,
+                               "-m", "layerwise", "train", "r.toml", "--quiet"],
+                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    outs = [n.communicate(timeout=300) for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], [o[1][-2000:] for o in outs]
+    assert "test accuracy:" in outs[0][0]
+    records = [json.loads(l) for l in (folder / "runs/r/metrics.jsonl").read_text().splitlines()]
+    assert records[0]["workers"] == 2
+    load_model(folder / "runs/r/finetuned")
+
+
+def _worker_pids(config_path: str):
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if f"-m layerwise train {config_path}" in cmd and "torch.distributed.run" not in cmd:
+            pids.append(int(p.name))
+    return pids
+
+
+def test_a_killed_worker_is_restarted_and_the_run_finishes(folder):
+    proc = subprocess.Popen([sys.executable, "-m", "layerwise", "train", "long.toml", "--workers", "2",
+                             "--max-restarts", "1", "--quiet"], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = folder / "runs/long/metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not metrics.exists() or metrics.read_text().count('"pretrain"') < 8:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    victims = _worker_pids("runs/long/config.toml")
+    assert len(victims) == 2, victims
+    os.kill(max(victims), signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    records = [json.loads(l) for l in metrics.read_text().splitlines()]
+    assert any(r["phase"] == "resume" for r in records)  # the group came back from the checkpoint
+    assert records[-1]["phase"] == "test"
+    model, manifest = load_model(folder / "runs/long/finetuned")
+    assert manifest["metrics"]["test_accuracy"] > 0.9

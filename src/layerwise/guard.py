@@ -141,7 +141,10 @@ class DivergenceGuard:
         self._good_opt = None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict())
         self._good_history = list(self.history)
 
-    def _diverged(self, what: str, epoch: int, batch: int):
+    def diverge(self, what: str, epoch: int, batch: int):
+        """Act on a divergence: restore the best state, lower the rate, log and raise
+        Rollback; after ``max_rollbacks`` raise DivergenceError instead. ``batch`` < 0
+        means it was found at the end of the epoch."""
         before = self.current_lr
         if len(self.events) >= self.max_rollbacks:
             rates = " -> ".join(f"{self.lr * self.lr_factor ** i:g}" for i in range(len(self.events) + 1))
@@ -166,7 +169,7 @@ class DivergenceGuard:
 
     def after_batch(self, epoch: int, batch: int, loss: float | None = None) -> None:
         if loss is not None and not math.isfinite(loss):
-            self._diverged(f"loss is {loss}", epoch, batch)
+            self.diverge(f"loss is {loss}", epoch, batch)
         self._batches += 1
         if self._batches % self.check_every == 0:
             self.verify(epoch, batch)
@@ -175,22 +178,22 @@ class DivergenceGuard:
         """Full NaN/Inf check of the weights; rolls back if any (call before a checkpoint)."""
         bad = first_non_finite(self.module.named_parameters())
         if bad is not None:
-            self._diverged(f"NaN or Inf in {bad}", epoch, batch)
+            self.diverge(f"NaN or Inf in {bad}", epoch, batch)
 
     def after_epoch(self, epoch: int, batch: int, monitored: float, dead: float | None = None) -> None:
         """Epoch-end checks on the monitored loss and the weight norm; the best healthy
         epoch so far is the state a rollback returns to."""
         self.verify(epoch, batch)
         if not math.isfinite(monitored):
-            self._diverged(f"the monitored loss is {monitored}", epoch, batch)
+            self.diverge(f"the monitored loss is {monitored}", epoch, batch)
         norm = weight_norm(self.module.parameters())
         if grew_past(norm, self.start_norm, self.max_growth):
-            self._diverged(f"weight norm {norm:.3g} grew past {self.max_growth:g}x its start ({self.start_norm:.3g})", epoch, batch)
+            self.diverge(f"weight norm {norm:.3g} grew past {self.max_growth:g}x its start ({self.start_norm:.3g})", epoch, batch)
         if dead is not None and dead > self.max_dead:
-            self._diverged(f"{100 * dead:.0f}% of the hidden units are saturated (always on or off)", epoch, batch)
+            self.diverge(f"{100 * dead:.0f}% of the hidden units are saturated (always on or off)", epoch, batch)
         self.history.append(monitored)
         if worse_than_best_for(self.history, self.rising_epochs):
-            self._diverged(f"the monitored loss stayed above its best ({min(self.history):.4g}) for "
+            self.diverge(f"the monitored loss stayed above its best ({min(self.history):.4g}) for "
                            f"{self.rising_epochs} epochs ({', '.join(f'{h:.4g}' for h in self.history[-self.rising_epochs:])})",
                            epoch, batch)
         if monitored <= min(self.history):

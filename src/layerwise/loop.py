@@ -111,7 +111,7 @@ class Checkpointer:
         self._last = time.monotonic()
         self._batches = 0
 
-    def _save(self, pos: LoopPosition) -> None:
+    def save_now(self, pos: LoopPosition) -> None:
         if self.guard is not None:
             self.guard.verify(pos.epoch, pos.batch)  # may roll back instead
         self.save(pos)
@@ -122,11 +122,11 @@ class Checkpointer:
         if (self.every_batches and self._batches % self.every_batches == 0) or (
             self.every_seconds and time.monotonic() - self._last >= self.every_seconds
         ):
-            self._save(pos)
+            self.save_now(pos)
 
     def after_epoch(self, pos: LoopPosition) -> None:
         if self.every_epochs and (pos.epoch % self.every_epochs == 0 or pos.stopped):
-            self._save(pos)
+            self.save_now(pos)
 
 
 def run_loop(
@@ -186,7 +186,7 @@ def run_loop(
                     guard.after_batch(epoch, pos.batch, loss)
                 if _stop_requested:
                     if checkpointer is not None:
-                        checkpointer._save(pos)  # a consistent state: between two batches
+                        checkpointer.save_now(pos)  # a consistent state: between two batches
                     raise KeyboardInterrupt
                 if checkpointer is not None and pos.batch < n_batches:
                     checkpointer.after_batch(pos)
@@ -197,13 +197,13 @@ def run_loop(
             if guard is None:
                 raise
             try:
-                guard._diverged(str(e), epoch, pos.batch)
+                guard.diverge(str(e), epoch, pos.batch)
             except Rollback:
                 pos.batch = 0
                 continue
         except Rollback:
-            # the guard restored the weights of the epoch start and lowered the rate:
-            # run the epoch again, same data order
+            # the guard restored the best weights so far and lowered the rate: run the
+            # epoch again, same data order
             pos.batch = 0
             continue
         finally:

@@ -71,6 +71,8 @@ def _round_worker(rank: int, world: int, store: str, queue) -> None:
         queue.put((n_params, per_round, per_step))
     dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # a plain interpreter exit of a gloo worker sometimes aborts
 
 
 def averaging_round() -> tuple[int, float, float]:

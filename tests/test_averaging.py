@@ -1,5 +1,8 @@
 """Parameter averaging on torch.distributed (gloo, 2 processes, a FileStore)."""
 
+import os
+import sys
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -13,6 +16,7 @@ from layerwise.units import BernoulliRBM
 def _worker(rank, world, store_path, out_dir, poison):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
+    code = 1
     try:
         # RBMs with different weights and data on each rank, trained by hand (no .grad)
         rbm = BernoulliRBM(12, 5, seed=10 + rank, init_std=0.3)
@@ -46,8 +50,20 @@ def _worker(rank, world, store_path, out_dir, poison):
         avg = PeriodicAverager(3, lambda: [torch.ones(1)])
         done = [avg.after_step() for _ in range(7)]
         assert done == [False, False, True, False, False, True, False] and avg.rounds == 2
+        code = 0
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
     finally:
+        # leave as a gloo worker must: barrier, destroy, flush, os._exit (a plain
+        # interpreter exit sometimes aborts with 'terminate called without an active exception')
+        dist.barrier()
         dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _run(tmp_path, poison=False):

@@ -250,16 +250,9 @@ def _generator(state: torch.Tensor) -> torch.Generator:
     return g
 
 
-def train(
-    cfg: RunConfig,
-    *,
-    runs_dir: str | Path = "runs",
-    progress: bool = False,
-    echo=None,
-) -> RunResult:
-    """Run a whole recipe in a new run folder; returns where it went and what it reached."""
-    # validate the data before creating anything on disk
-    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or (lambda s: None))
+def _claim_run_dir(cfg: RunConfig, runs_dir: str | Path, splits: Splits) -> tuple[Path, RunConfig]:
+    """Create the next free ``runs_dir/NAME[-k]`` and write the resolved config into it
+    (hidden sizes filled in, the name set to the folder's)."""
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     while True:  # mkdir is the atomic claim: two runs started at once get different folders
@@ -271,7 +264,31 @@ def train(
             continue
     resolved = config_mod.from_dict(cfg.to_dict())
     resolved.model.hidden = cfg.model.hidden or suggest_layers(splits.n_inputs)
+    resolved.name = run_dir.name
     (run_dir / "config.toml").write_text(config_mod.to_toml(resolved))
+    return run_dir, resolved
+
+
+def _result_from_disk(run_dir: Path) -> RunResult:
+    """What a finished run folder reached, read from its manifests."""
+    _, pre = read_artifact(run_dir / "pretrained")
+    _, fin = read_artifact(run_dir / "finetuned")
+    m = fin["metrics"]
+    return RunResult(run_dir, m.get("test_accuracy"), m.get("validation_accuracy"), pre, fin,
+                     pre["metrics"].get("seconds", 0.0), m.get("seconds", 0.0))
+
+
+def train(
+    cfg: RunConfig,
+    *,
+    runs_dir: str | Path = "runs",
+    progress: bool = False,
+    echo=None,
+) -> RunResult:
+    """Run a whole recipe in a new run folder; returns where it went and what it reached."""
+    # validate the data before creating anything on disk
+    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or (lambda s: None))
+    run_dir, resolved = _claim_run_dir(cfg, runs_dir, splits)
     with run_lock(run_dir):
         return _run(run_dir, resolved, splits, None, progress=progress, echo=echo)
 
@@ -672,13 +689,7 @@ def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None) -> RunResult
     if (run_dir / "finetuned").exists():
         # complete: a group restarted after its last worker finished, or a rerun
         dist.destroy_process_group()
-        if rank:
-            return None
-        _, pre = read_artifact(run_dir / "pretrained")
-        _, fin = read_artifact(run_dir / "finetuned")
-        m = fin["metrics"]
-        return RunResult(run_dir, m.get("test_accuracy"), m.get("validation_accuracy"), pre, fin,
-                         pre["metrics"].get("seconds", 0.0), m.get("seconds", 0.0))
+        return None if rank else _result_from_disk(run_dir)
     cfg = config_mod.load(run_dir / "config.toml")
     cfg.name = run_dir.name
     ckpt_file = run_dir / "checkpoint" / "state.safetensors"
@@ -701,18 +712,7 @@ def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs"
 
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or (lambda s: None))
     runs_dir = Path(runs_dir)
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    while True:
-        run_dir = unique_run_dir(runs_dir, cfg.name or "run")
-        try:
-            run_dir.mkdir()
-            break
-        except FileExistsError:
-            continue
-    resolved = config_mod.from_dict(cfg.to_dict())
-    resolved.model.hidden = cfg.model.hidden or suggest_layers(splits.n_inputs)
-    resolved.name = run_dir.name
-    (run_dir / "config.toml").write_text(config_mod.to_toml(resolved))
+    run_dir, _ = _claim_run_dir(cfg, runs_dir, splits)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(workers),
         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
@@ -723,7 +723,6 @@ def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs"
     # a restarted group must not read the dead workers' addresses from a reused store
     env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    t0 = time.perf_counter()
     with run_lock(run_dir):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -733,8 +732,4 @@ def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs"
     for line in proc.stdout.splitlines():
         if echo and line.startswith("phase="):
             echo(line)
-    _, pre = read_artifact(run_dir / "pretrained")
-    _, fin = read_artifact(run_dir / "finetuned")
-    m = fin["metrics"]
-    return RunResult(run_dir, m.get("test_accuracy"), m.get("validation_accuracy"), pre, fin,
-                     pre["metrics"].get("seconds", 0.0), m.get("seconds", time.perf_counter() - t0))
+    return _result_from_disk(run_dir)

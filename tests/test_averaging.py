@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -100,3 +101,32 @@ def test_a_nan_on_one_worker_is_caught_at_the_round_and_not_spread(tmp_path):
         b = "before." + k[len("after."):]
         assert torch.equal(r0[k], r0[b])  # rank 0 keeps its finite weights
     assert all(torch.isfinite(v).all() for k, v in r0.items())
+
+
+def _hang_worker(rank, world, store_path, out_dir):
+    import datetime
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=2))
+    message, code = "", 0
+    if rank == 1:
+        time.sleep(8)  # hangs: never joins the round in time
+    else:
+        t = time.monotonic()
+        try:
+            average_tensors([torch.ones(10)])
+        except RuntimeError as e:
+            message = f"{time.monotonic() - t:.1f}|{e}"
+        with open(f"{out_dir}/hang.txt", "w") as f:
+            f.write(message)
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def test_a_hung_worker_makes_the_others_fail_within_the_timeout(tmp_path):
+    mp.spawn(_hang_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    seconds, message = (tmp_path / "hang.txt").read_text().split("|", 1)
+    assert float(seconds) < 7, seconds  # failed on its own timeout, not when the sleeper woke up
+    assert "parameter averaging: no answer from the other workers" in message
+    assert "a worker hung or died (the timeout is distributed.timeout_minutes)" in message

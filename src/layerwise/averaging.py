@@ -16,6 +16,7 @@ integration build on it.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.distributed as dist
@@ -48,7 +49,14 @@ def average_tensors(tensors: list[torch.Tensor], group=None) -> None:
         return
     world = dist.get_world_size(group)
     flat = torch.cat([t.reshape(-1) for t in tensors])  # one buffer, one all_reduce
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    t0 = time.monotonic()
+    try:
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+    except RuntimeError as e:  # gloo's timeout and lost-peer errors (DistBackendError is one)
+        raise RuntimeError(
+            f"parameter averaging: no answer from the other workers after {time.monotonic() - t0:.0f} s; "
+            f"a worker hung or died (the timeout is distributed.timeout_minutes). Cause: {str(e).splitlines()[0]}"
+        ) from None
     flat.div_(world)
     if not math.isfinite(float(flat.sum())):
         raise FloatingPointError(

@@ -40,6 +40,8 @@ def _cfg(**sections):
         ({"model": {"hidden": [500]}}, {"n_inputs": 784}, "single-hidden-layer", "note"),
         ({"data": {"n_labels": 12}}, {"n_labels_in_data": 10}, "output-not-labels", "error"),
         ({"pretrain": {"learning_rate": 0.1}}, {"workers": 2}, "lr-with-workers", "warning"),
+        ({"distributed": {"averaging_frequency": 1}}, {"workers": 2}, "averaging-frequency", "warning"),
+        ({"distributed": {"averaging_frequency": 50}}, {"workers": 4}, "averaging-frequency", "warning"),
         ({"pretrain": {"batch_size": 500}}, {}, "batch-size", "warning"),
         ({"finetune": {"batch_size": 5}}, {}, "batch-size", "warning"),
         ({"pretrain": {"epochs": 5}}, {}, "few-pretrain-epochs", "warning"),
@@ -55,6 +57,12 @@ def test_each_rule_fires_on_a_crafted_recipe(sections, facts, rule, severity):
     assert hits[0].found and hits[0].why and hits[0].fix
     # and not without the offending setting
     assert not [f for f in check(_cfg(), **{k: v for k, v in facts.items() if k == "n_inputs"}) if f.rule == rule]
+
+
+def test_averaging_frequency_means_nothing_for_one_worker():
+    cfg = _cfg(distributed={"averaging_frequency": 1})
+    assert not [f for f in check(cfg, workers=1) if f.rule == "averaging-frequency"]
+    assert not [f for f in check(_cfg(), workers=4) if f.rule == "averaging-frequency"]  # the default 5
 
 
 def test_gaussian_units_accept_real_valued_data():

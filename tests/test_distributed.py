@@ -152,3 +152,17 @@ def test_a_killed_worker_is_restarted_and_the_run_finishes(folder):
     assert records[-1]["phase"] == "test"
     model, manifest = load_model(folder / "runs/long/finetuned")
     assert manifest["metrics"]["test_accuracy"] > 0.9
+
+
+def test_replica_drift_fires_at_an_absurd_learning_rate(folder):
+    (folder / "absurd.toml").write_text(RECIPE.format(pre=3, ft=2).replace("learning_rate = 0.1", "learning_rate = 500.0", 1))
+    res = _layerwise("train", "absurd.toml", "--workers", "2", "--quiet")
+    events = [json.loads(l) for l in (folder / "runs/absurd/metrics.jsonl").read_text().splitlines()]
+    drift = [e for e in events if e["phase"] == "guard" and e["what"].startswith("replica drift")]
+    assert drift, [e.get("what") for e in events if e["phase"] == "guard"]
+    assert "bound 0.5" in drift[0]["what"] and drift[0]["lr_after"] == drift[0]["lr_before"] / 2
+    # a healthy run at a sane rate never trips it
+    ok = _layerwise("train", "r.toml", "--workers", "2", "--quiet")
+    assert ok.returncode == 0, ok.stderr
+    healthy = [json.loads(l) for l in (folder / "runs/r/metrics.jsonl").read_text().splitlines()]
+    assert not [e for e in healthy if e["phase"] == "guard"]

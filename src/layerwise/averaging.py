@@ -40,15 +40,17 @@ def trained_tensors(module: nn.Module, optimizer: torch.optim.Optimizer | None =
 
 
 @torch.no_grad()
-def average_tensors(tensors: list[torch.Tensor], group=None) -> None:
+def average_tensors(tensors: list[torch.Tensor], group=None) -> float:
     """Replace each tensor, on every rank, by its mean over the ranks of ``group``, with
-    one flat all_reduce. Raises FloatingPointError if the average holds NaN or Inf: a
+    one flat all_reduce; return the replica drift before the round, max over ranks of
+    ||local - mean|| / ||mean|| (the same number on every rank). Raises FloatingPointError if the average holds NaN or Inf: a
     diverged worker is caught at the round, and nothing is copied back, so no finite
     replica takes the NaN."""
     if not tensors:
-        return
+        return 0.0
     world = dist.get_world_size(group)
-    flat = torch.cat([t.reshape(-1) for t in tensors])  # one buffer, one all_reduce
+    local = torch.cat([t.reshape(-1) for t in tensors])
+    flat = local.clone()  # one buffer, one all_reduce
     t0 = time.monotonic()
     try:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
@@ -63,18 +65,23 @@ def average_tensors(tensors: list[torch.Tensor], group=None) -> None:
             "parameter averaging: the average holds NaN or Inf, so at least one worker diverged "
             "(lower the learning rate; the guide's default is 0.01)"
         )
+    # replica drift: how far the farthest worker had moved from the average, relative to it
+    drift = torch.tensor([float((local - flat).norm() / (flat.norm() + 1e-12))], dtype=torch.float64)
+    dist.all_reduce(drift, op=dist.ReduceOp.MAX, group=group)
     offset = 0
     for t in tensors:
         n = t.numel()
         t.copy_(flat[offset : offset + n].view_as(t))
         offset += n
+    return float(drift)
 
 
 class PeriodicAverager:
     """Average the given tensors after every ``period``-th step (steps counted from 1:
     after step k, 2k, ...). ``period`` 1 averages after every step."""
 
-    def __init__(self, period: int, tensors_fn, group=None, *, rank: int | None = None, world: int | None = None):
+    def __init__(self, period: int, tensors_fn, group=None, *, rank: int | None = None, world: int | None = None,
+                 max_drift: float | None = None):
         if not isinstance(period, int) or period < 1:
             raise ValueError(f"The 'period' parameter of PeriodicAverager must be an int in the range [1, inf). Got {period!r} instead.")
         self.period = period
@@ -82,6 +89,8 @@ class PeriodicAverager:
         self.group = group
         self.step = 0
         self.rounds = 0
+        self.max_drift = max_drift
+        self.last_drift = 0.0
         self.rank = dist.get_rank(group) if rank is None else rank
         self.world = dist.get_world_size(group) if world is None else world
 
@@ -94,5 +103,12 @@ class PeriodicAverager:
         return True
 
     def average_now(self) -> None:
-        average_tensors(self.tensors_fn(), self.group)
+        """Average now. Raises FloatingPointError when the replicas had drifted past
+        ``max_drift`` (every rank raises: the drift is the same number everywhere)."""
+        self.last_drift = average_tensors(self.tensors_fn(), self.group)
         self.rounds += 1
+        if self.max_drift is not None and self.last_drift > self.max_drift:
+            raise FloatingPointError(
+                f"replica drift {self.last_drift:.3g}: before averaging round {self.rounds} a worker's parameters "
+                f"were {self.last_drift:.3g}x the size of the average away from it (bound {self.max_drift:g})"
+            )

@@ -91,6 +91,7 @@ class GuardConfig:
     rising_epochs: int = 3  # the monitored loss > 5% above its best this many epochs running is divergence
     check_every: int = 10  # batches between NaN/Inf checks of the weights
     max_dead: float = 0.5  # more saturated hidden units than this fraction is divergence
+    max_drift: float = 0.5  # distributed: replicas farther apart than this (relative) is divergence
 
 
 @dataclass
@@ -141,7 +142,7 @@ _BOUNDS = {
     "distributed.averaging_frequency": "[1, inf)", "distributed.timeout_minutes": "(0, inf)",
     "guard.lr_factor": "(0, 1)", "guard.max_rollbacks": "[0, inf)", "guard.max_growth": "(1, inf)",
     "guard.rising_epochs": "[1, inf)", "guard.check_every": "[1, inf)",
-    "guard.max_dead": "(0, 1]",
+    "guard.max_dead": "(0, 1]", "guard.max_drift": "(0, inf)",
     "checkpoint.every_epochs": "[1, inf)", "checkpoint.every_minutes": "(0, inf)",
     "checkpoint.every_batches": "[1, inf)",
     "finetune.dropout_input": "[0, 1)", "finetune.dropout_hidden": "[0, 1)", "finetune.patience": "[1, inf)",

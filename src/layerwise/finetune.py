@@ -147,7 +147,8 @@ def finetune(
         from layerwise.averaging import PeriodicAverager, trained_tensors
 
         averager = PeriodicAverager(distributed.averaging_frequency, lambda: trained_tensors(
-            model, optimizer, include_optimizer_state=distributed.average_optimizer_state))
+            model, optimizer, include_optimizer_state=distributed.average_optimizer_state),
+            max_drift=guard.max_drift if guard is not None and guard.enabled else None)
 
     def end_epoch(epoch, seconds):
         if averager is not None:  # the training loss over every worker's shard

@@ -139,7 +139,8 @@ def pretrain(
             from layerwise.averaging import PeriodicAverager, trained_tensors
 
             averager = PeriodicAverager(distributed.averaging_frequency, lambda unit=unit: trained_tensors(
-                unit, include_optimizer_state=distributed.average_optimizer_state))
+                unit, include_optimizer_state=distributed.average_optimizer_state),
+                max_drift=guard.max_drift if guard is not None and guard.enabled else None)
         run_loop(
             x=inp, y=None, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=generator,
             step=step, end_epoch=end_epoch, reporter=reporter, position=progress.position,

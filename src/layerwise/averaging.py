@@ -112,3 +112,16 @@ class PeriodicAverager:
                 f"replica drift {self.last_drift:.3g}: before averaging round {self.rounds} a worker's parameters "
                 f"were {self.last_drift:.3g}x the size of the average away from it (bound {self.max_drift:g})"
             )
+
+
+def make_averager(distributed, guard, module: nn.Module, optimizer: torch.optim.Optimizer | None = None):
+    """The averager of a training loop from the [distributed] and [guard] configs: every
+    trained tensor of ``module`` (and the optimizer state when asked), the guard's
+    replica-drift bound when the guard is on. None outside a distributed run."""
+    if distributed is None:
+        return None
+    return PeriodicAverager(
+        distributed.averaging_frequency,
+        lambda: trained_tensors(module, optimizer, include_optimizer_state=distributed.average_optimizer_state),
+        max_drift=guard.max_drift if guard is not None and guard.enabled else None,
+    )

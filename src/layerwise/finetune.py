@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layerwise.averaging import make_averager
 from layerwise.config import DistributedConfig, FinetuneConfig, GuardConfig
+from layerwise.guard import make_guard
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
-from layerwise.pretrain import make_guard
 
 
 @dataclass
@@ -142,13 +143,7 @@ def finetune(
         st.count += len(xb)
         return value
 
-    averager = None
-    if distributed is not None:
-        from layerwise.averaging import PeriodicAverager, trained_tensors
-
-        averager = PeriodicAverager(distributed.averaging_frequency, lambda: trained_tensors(
-            model, optimizer, include_optimizer_state=distributed.average_optimizer_state),
-            max_drift=guard.max_drift if guard is not None and guard.enabled else None)
+    averager = make_averager(distributed, guard, model, optimizer)
 
     def end_epoch(epoch, seconds):
         if averager is not None:  # the training loss over every worker's shard

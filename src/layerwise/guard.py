@@ -19,6 +19,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from layerwise.config import GuardConfig
+
 # -- pure checks ----------------------------------------------------------------------
 
 
@@ -198,3 +200,22 @@ class DivergenceGuard:
                            epoch, batch)
         if monitored <= min(self.history):
             self.snapshot()  # the best state so far is the one to roll back to
+
+
+def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer, records: list, reporter):
+    """A DivergenceGuard from its config (None when disabled) that logs its rollbacks
+    to the records and the reporter."""
+    if cfg is None or not cfg.enabled:
+        return None
+
+    def log(event: dict) -> None:
+        records.append(event)
+        reporter.log(event)
+
+    guard = DivergenceGuard(module, where, lr, optimizer, lr_factor=cfg.lr_factor, max_rollbacks=cfg.max_rollbacks,
+                            max_growth=cfg.max_growth, rising_epochs=cfg.rising_epochs, check_every=cfg.check_every,
+                            max_dead=cfg.max_dead, log=log)
+    # a resumed run restores its rollbacks (and so its lowered rate) from the records
+    keys = ("what", "where", "epoch", "batch", "lr_before", "lr_after")
+    guard.events = [GuardEvent(*(e[k] for k in keys)) for e in records if e.get("phase") == "guard" and e["where"] == where]
+    return guard

@@ -212,6 +212,15 @@ def dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _pretrain_metrics(records: list[dict]) -> dict:
+    """A pretrained manifest's metrics: each layer's last reconstruction cross-entropy
+    and free-energy gap (where measured), and the guard's rollbacks."""
+    last = {f"layer{r['layer']}_{k}": v for r in records if r["phase"] == "pretrain"
+            for k, v in r.items() if k.startswith(("recon", "free"))}
+    last["guard_events"] = [r for r in records if r["phase"] == "guard"]
+    return last
+
+
 def _checkpoint_policy(cfg: RunConfig) -> dict:
     cc = cfg.checkpoint
     return {"every_epochs": cc.every_epochs, "every_batches": cc.every_batches,
@@ -385,9 +394,7 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
                  generator=generator, records=records, checkpointer=Checkpointer(save_pretrain, **every), guard=cfg.guard,
                  distributed=cfg.distributed if world > 1 else None)
         seconds["pretrain"] += time.perf_counter() - t_start
-        last = {f"layer{r['layer']}_{k}": v for r in records if r["phase"] == "pretrain"
-                for k, v in r.items() if k.startswith(("recon", "free"))}
-        last["guard_events"] = [r for r in records if r["phase"] == "guard"]
+        last = _pretrain_metrics(records)
         if not writer:
             pre_manifest = None
         elif pretrained_dir.exists():
@@ -629,9 +636,7 @@ def pretrain_stage(
         parent = None
         if number > 1:
             parent = read_artifact(out_dir / f"stage-{number - 1}")[1]["weights_sha256"]
-        last = {f"layer{r['layer']}_{k}": v for r in records if r["phase"] == "pretrain"
-                for k, v in r.items() if k.startswith("recon")}
-        last["guard_events"] = [r for r in records if r["phase"] == "guard"]
+        last = _pretrain_metrics(records)
         artifact = out_dir / f"stage-{number}"
         config_dict = cfg.to_dict()
         config_dict["model"]["hidden"] = hidden

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from layerwise.averaging import make_averager
 from layerwise.config import DistributedConfig, GuardConfig, PretrainConfig
-from layerwise.guard import DivergenceGuard, GuardEvent, dead_fraction
+from layerwise.guard import dead_fraction, make_guard
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
 from layerwise.stack import DeepBeliefNet
 from layerwise.units import DenoisingAutoencoder
@@ -49,25 +50,6 @@ def layer_metrics(unit, train_x: torch.Tensor, held_x: torch.Tensor | None) -> d
             gap = unit.free_energy(held_x[:n]).mean() - unit.free_energy(train_x[:n]).mean()
             m["free_energy_gap"] = float(gap)
     return m
-
-
-def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer, records: list, reporter):
-    """A DivergenceGuard from its config (None when disabled) that logs its rollbacks
-    to the records and the reporter."""
-    if cfg is None or not cfg.enabled:
-        return None
-
-    def log(event: dict) -> None:
-        records.append(event)
-        reporter.log(event)
-
-    guard = DivergenceGuard(module, where, lr, optimizer, lr_factor=cfg.lr_factor, max_rollbacks=cfg.max_rollbacks,
-                            max_growth=cfg.max_growth, rising_epochs=cfg.rising_epochs, check_every=cfg.check_every,
-                            max_dead=cfg.max_dead, log=log)
-    # a resumed run restores its rollbacks (and so its lowered rate) from the records
-    keys = ("what", "where", "epoch", "batch", "lr_before", "lr_after")
-    guard.events = [GuardEvent(*(e[k] for k in keys)) for e in records if e.get("phase") == "guard" and e["where"] == where]
-    return guard
 
 
 @dataclass
@@ -134,13 +116,7 @@ def pretrain(
             reporter.log(rec)
             return False
 
-        averager = None
-        if distributed is not None:  # every trained tensor of this unit, velocities when asked
-            from layerwise.averaging import PeriodicAverager, trained_tensors
-
-            averager = PeriodicAverager(distributed.averaging_frequency, lambda unit=unit: trained_tensors(
-                unit, include_optimizer_state=distributed.average_optimizer_state),
-                max_drift=guard.max_drift if guard is not None and guard.enabled else None)
+        averager = make_averager(distributed, guard, unit)
         run_loop(
             x=inp, y=None, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=generator,
             step=step, end_epoch=end_epoch, reporter=reporter, position=progress.position,

@@ -115,3 +115,11 @@ def test_advise_command(capsys):
     assert "suggested net: 784 -> 500 -> 250 -> 10" in capsys.readouterr().out
     assert main(["advise", "--inputs", "784", "--labels", "10", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["layers"] == [784, 500, 250, 10]
+
+
+def test_lr_with_workers_judges_the_corrected_rate():
+    low = {"pretrain": {"learning_rate": 0.01}, "finetune": {"learning_rate": 0.01}}
+    assert not [f for f in check(_cfg(**low), workers=4) if f.rule == "lr-with-workers"]
+    hits = [f for f in check(_cfg(**low, distributed={"lr_correction": "linear"}), workers=4) if f.rule == "lr-with-workers"]
+    assert len(hits) == 1 and "learning rate 0.04 with 4 workers (after lr_correction = 'linear')" in hits[0].found
+    assert "probe-lr RECIPE --workers 4" in hits[0].fix

@@ -69,3 +69,65 @@ def test_probe_command_writes_plot_and_json(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "pretrain: largest stable rate" in out and "finetune: largest stable rate" in out
     assert (tmp_path / "p.json").is_file() and (tmp_path / "p.png").stat().st_size > 1000
+
+
+def _brute_force_stable_averaged(epochs: int, workers: int = 2, period: int = 5) -> dict:
+    """The oracle for ``--workers``: ``workers`` replicas of a 64-48 RBM trained in this
+    process, each on its own half of the shuffled training split, their parameters set to
+    the plain mean every ``period`` steps and at each epoch end; stable as above."""
+    s = load_digits()
+    x, xv = torch.from_numpy(s.train.x), torch.from_numpy(s.validation.x)
+    out = {}
+    for lr in GRID:
+        reps = [BernoulliRBM(64, 48, seed=0) for _ in range(workers)]
+        start = float(reps[0].reconstruction_cross_entropy(xv))
+        g = torch.Generator().manual_seed(1)
+        steps = 0
+
+        def average():
+            with torch.no_grad():
+                for ps in zip(*(r.parameters() for r in reps)):
+                    mean = torch.stack(ps).mean(0)
+                    for p in ps:
+                        p.copy_(mean)
+
+        for epoch in range(epochs):
+            order = torch.randperm(len(x), generator=g)
+            shards = [x[order[r::workers]] for r in range(workers)]
+            for b in range(0, len(shards[0]), 20):
+                for r, rbm in enumerate(reps):
+                    rbm.step(shards[r][b : b + 20], lr=lr, momentum=0.5 if epoch < 5 else 0.9, weight_decay=2e-4)
+                steps += 1
+                if steps % period == 0:
+                    average()
+            average()
+        rbm = reps[0]
+        end = float(rbm.reconstruction_cross_entropy(xv))
+        varying = float((rbm.mean_hiddens(xv).std(0) > 0.01).float().mean())
+        out[lr] = all(torch.isfinite(p).all() for p in rbm.parameters()) and math.isfinite(end) and end < start and varying > 0.5
+    return out
+
+
+def test_probe_with_two_workers_recommends_a_rate_the_averaged_replicas_survive(tmp_path, capsys):
+    import json
+
+    recipe = __import__("pathlib").Path(__file__).parent.parent / "recipes" / "digits.toml"
+    assert main(["probe-lr", str(recipe), "--low", "0.001", "--high", "10", "--points", "5", "--epochs", "2",
+                 "--subset", "2000", "--workers", "2", "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "2 workers, averaging every 5 batches" in out and "pretrain: largest stable rate" in out
+    res = json.loads((tmp_path / "p.json").read_text())
+    assert res["workers"] == 2 and res["averaging_frequency"] == 5 and res["grid"] == [0.001, 0.01, 0.1, 1.0, 10.0]
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    oracle = _brute_force_stable_averaged(epochs=8)
+    stable = [lr for lr in res["grid"] if oracle[lr]]
+    assert stable and not oracle[10.0], oracle
+    rec = res["pretrain"]["recommended"]
+    assert rec in stable and rec >= max(stable) / 10, (rec, oracle)
+    assert not [p for p in res["pretrain"]["points"] if p["lr"] == 10.0][0]["stable"]
+
+
+def test_probe_refuses_a_worker_count_below_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["probe-lr", "recipes/digits.toml", "--workers", "0"])
+    assert "--workers: must be at least 1, got 0" in capsys.readouterr().err

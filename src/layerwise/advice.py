@@ -128,11 +128,16 @@ def check(
         add("output-not-labels", "error",
             f"the output has {cfg.data.n_labels} units (data.n_labels) but the training data has {n_labels_in_data} labels",
             "the output layer needs one unit per label", f"set data.n_labels = {n_labels_in_data} or remove it")
-    if workers > 1 and max(p.learning_rate, f.learning_rate) > 0.01:
+    corr = cfg.distributed.lr_correction
+    effective = max(corrected_lr(p.learning_rate, workers, corr), corrected_lr(f.learning_rate, workers, corr))
+    if workers > 1 and effective > 0.01:
         add("lr-with-workers", "warning",
-            f"learning rate {max(p.learning_rate, f.learning_rate)} with {workers} workers",
-            "averaged replicas diverge at high learning rates; the guide keeps 0.01 for distributed training",
-            "use learning_rate = 0.01 or lower")
+            f"learning rate {effective:g} with {workers} workers"
+            + (f" (after lr_correction = {corr!r})" if corr != "none" else ""),
+            "the guide says averaged replicas diverge at high learning rates and keeps 0.01 for distributed "
+            "training (on MNIST this did not hold: rates up to 1.0 stayed finite with 4 workers)",
+            f"measure the stable rate with `layerwise probe-lr RECIPE --workers {workers}`, "
+            "or use learning_rate = 0.01 or lower")
     freq = cfg.distributed.averaging_frequency
     if workers > 1 and freq == 1:
         add("averaging-frequency", "warning", "distributed.averaging_frequency is 1 (every minibatch)",

@@ -26,6 +26,21 @@ def _set_threads(n: int | None) -> None:
     torch.set_num_threads(n or min(2, os.cpu_count() or 1))
 
 
+def _at_least(low: int):
+    """An argparse type: an int of at least ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
 def _err(msg: str) -> int:
     print(f"layerwise: error: {msg}", file=sys.stderr)
     return 2
@@ -63,6 +78,8 @@ def cmd_train(args) -> int:
             return 2
         if args.workers > 1:
             result = train_workers(cfg, args.workers, runs_dir=args.runs_dir, max_restarts=args.max_restarts, echo=echo)
+            if echo is not None:
+                return 0  # rank 0's own summary came through echo
         else:
             _set_threads(cfg.threads)
             result = train(cfg, runs_dir=args.runs_dir, progress=bars, echo=echo)
@@ -119,22 +136,52 @@ def cmd_check(args) -> int:
 
 
 def cmd_probe_lr(args) -> int:
-    import json
-
     from layerwise import config
-    from layerwise.pipeline import load_splits
+    from layerwise.pipeline import join_group, launch_workers, leave_group, load_splits, under_torchrun, workers_failed
     from layerwise.probe import geometric_grid, probe_lr
 
     cfg = config.load(args.recipe)
-    _set_threads(args.threads or cfg.threads)
-    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed)
+    grid = geometric_grid(args.low, args.high, args.points)
+    worker = under_torchrun()
+    if args.workers > 1 and not worker:
+        # the same command as N worker processes; rank 0 prints and writes
+        argv = ["probe-lr", str(args.recipe), "--low", str(args.low), "--high", str(args.high), "--points",
+                str(args.points), "--subset", str(args.subset), "--epochs", str(args.epochs), "--out", str(args.out)]
+        argv += ["--threads", str(args.threads)] if args.threads else []
+        argv += ["--quiet"] if args.quiet else []
+        proc = launch_workers(argv, args.workers, on_line=print)
+        if proc.returncode != 0:
+            raise workers_failed(proc, args.workers)
+        return 0
+    rank = 0
+    if worker:
+        if args.threads:
+            cfg.threads = args.threads
+        rank, _ = join_group(cfg)
+    else:
+        _set_threads(args.threads or cfg.threads)
+    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=lambda s: None)
     if not cfg.model.hidden:
         from layerwise.advice import suggest_layers
 
         cfg.model.hidden = suggest_layers(splits.n_inputs)
-    grid = geometric_grid(args.low, args.high, args.points)
-    echo = None if args.quiet else (lambda s: print(s, flush=True))
-    res = probe_lr(cfg, splits, grid=grid, subset=args.subset, epochs=args.epochs, report=echo)
+    echo = None if args.quiet or rank else (lambda s: print(s, flush=True))
+    res = probe_lr(cfg, splits, grid=grid, subset=args.subset, epochs=args.epochs, report=echo,
+                   distributed=cfg.distributed if worker else None)
+    if rank == 0:
+        _write_probe(res, args)
+    if worker:
+        leave_group()
+        os._exit(0)
+    return 0
+
+
+def _write_probe(res: dict, args) -> None:
+    import json
+
+    if res["workers"] > 1:
+        print(f"{res['workers']} workers, averaging every {res['averaging_frequency']} batches "
+              "(the rates are the workers' own: no lr_correction applied)")
     for phase in ("pretrain", "finetune"):
         r = res[phase]
         if r["largest_stable"] is None:
@@ -151,8 +198,7 @@ def cmd_probe_lr(args) -> int:
     except ImportError:
         pass
     out.with_suffix(".json").write_text(json.dumps(res, indent=2))
-    print(f"data: {out.with_suffix('.json')}")
-    return 0
+    print(f"data: {out.with_suffix('.json')}", flush=True)
 
 
 def cmd_advise(args) -> int:
@@ -311,15 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's, else min(2, cores))")
     t.add_argument("--quiet", action="store_true", help="print only the final summary")
     t.add_argument("--strict", action="store_true", help="treat the advisor's warnings as errors")
-    t.add_argument("--workers", type=int, default=1,
+    t.add_argument("--workers", type=_at_least(1), default=1,
                    help="train on N worker processes on this machine, averaging parameters (torch.distributed, gloo)")
-    t.add_argument("--max-restarts", type=int, default=0,
+    t.add_argument("--max-restarts", type=_at_least(0), default=0,
                    help="with --workers: restart the group this many times when a worker dies, from the last checkpoint")
     t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("check", help="check a recipe against the guide's rules of thumb")
     c.add_argument("recipe", help="TOML recipe")
-    c.add_argument("--workers", type=int, default=1, help="number of workers the recipe will run on")
+    c.add_argument("--workers", type=_at_least(1), default=1, help="number of workers the recipe will run on")
     c.add_argument("--strict", action="store_true", help="exit with status 2 on warnings too")
     c.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     c.set_defaults(func=cmd_check)
@@ -331,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--points", type=int, default=11, help="rates in the geometric grid (default 11)")
     pr.add_argument("--subset", type=int, default=5000, help="training samples used (default 5000)")
     pr.add_argument("--epochs", type=int, default=2, help="epochs per trial (default 2)")
+    pr.add_argument("--workers", type=_at_least(1), default=1,
+                    help="probe N averaged worker processes on this machine, as `train --workers N` trains")
     pr.add_argument("--out", default="probe-lr", help="path stem of the PNG plot and JSON results (default probe-lr)")
     pr.add_argument("--threads", type=int, help="torch CPU threads")
     pr.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -339,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("advise", help="suggest a net and hyperparameters, with reasons")
     a.add_argument("--inputs", type=int, required=True, help="input features, e.g. 784")
     a.add_argument("--labels", type=int, required=True, help="number of labels, e.g. 10")
-    a.add_argument("--workers", type=int, default=1, help="workers that will average parameters")
+    a.add_argument("--workers", type=_at_least(1), default=1, help="workers that will average parameters")
     a.add_argument("--samples", type=int, help="training samples (for the batch size)")
     a.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     a.set_defaults(func=cmd_advise)

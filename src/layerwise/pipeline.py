@@ -673,15 +673,9 @@ def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None) -> RunResult
     (``--max-restarts``) resumes from the last checkpoint. The worker leaves with a
     barrier, destroy_process_group and ``os._exit`` (a plain interpreter exit of a gloo
     worker sometimes aborted with 'terminate called without an active exception')."""
-    import datetime
-    import sys
-
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=cfg.distributed.timeout_minutes))
-    rank, world = dist.get_rank(), dist.get_world_size()
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local))
+    rank, world = join_group(cfg)
     run_dir = Path(runs_dir) / (cfg.name or "run")
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=lambda s: None)
     if rank == 0:
@@ -700,41 +694,87 @@ def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None) -> RunResult
     ckpt_file = run_dir / "checkpoint" / "state.safetensors"
     ckpt = load_checkpoint(run_dir / "checkpoint") if ckpt_file.exists() else None
     result = _run(run_dir, cfg, splits, ckpt, progress=False, echo=echo if rank == 0 else None)
+    leave_group()
+    return result
+
+
+def join_group(cfg: RunConfig) -> tuple[int, int]:
+    """Join the process group of a torchrun-started worker (gloo, the recipe's timeout)
+    and take a fair share of this machine's cores; return (rank, world size)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=cfg.distributed.timeout_minutes))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // local))
+    return rank, world
+
+
+def leave_group() -> None:
+    """Leave the process group: barrier, destroy, flush. The caller then ends with
+    ``os._exit`` (a plain interpreter exit of a gloo worker sometimes aborted with
+    'terminate called without an active exception')."""
+    import sys
+
+    import torch.distributed as dist
+
     dist.barrier()
     dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
-    return result
+
+
+def launch_workers(args: list[str], workers: int, *, max_restarts: int = 0, on_line=None):
+    """Run ``python -m layerwise ARGS`` as ``workers`` processes through PyTorch's
+    elastic launcher (torch.distributed.run) on loopback with a free port. Each line the
+    workers print goes to ``on_line`` as it comes (progress); returns the finished
+    subprocess.CompletedProcess with stdout and stderr."""
+    import subprocess
+    import sys
+    import tempfile
+
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(workers),
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+        "--max-restarts", str(max_restarts), "-m", "layerwise", *args,
+    ]
+    env = dict(os.environ)
+    # a restarted group must not read the dead workers' addresses from a reused store
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    lines = []
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a full stderr pipe would stall the workers
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+            for line in proc.stdout:
+                lines.append(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), err.read())
+
+
+def workers_failed(proc, workers: int, hint: str = "") -> RuntimeError:
+    """The error for a group of workers that exited non-zero: its last lines."""
+    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+    return RuntimeError(f"the {workers} workers failed (exit {proc.returncode}); the last lines:\n{tail}{hint}")
 
 
 def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs", max_restarts: int = 0,
                   echo=None) -> RunResult:
     """``layerwise train RECIPE --workers N`` on one machine: claim a run folder, then
     start N workers through PyTorch's elastic launcher (torch.distributed.run) on
-    loopback with a free port; return what rank 0 wrote."""
-    import subprocess
-    import sys
-
+    loopback with a free port; return what rank 0 wrote. ``echo`` gets rank 0's
+    progress lines as they come, and its summary at the end."""
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or (lambda s: None))
     runs_dir = Path(runs_dir)
     run_dir, _ = _claim_run_dir(cfg, runs_dir, splits)
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(workers),
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-        "--max-restarts", str(max_restarts), "-m", "layerwise", "train", str(run_dir / "config.toml"),
-        "--runs-dir", str(runs_dir), "--quiet",
-    ]
-    env = dict(os.environ)
-    # a restarted group must not read the dead workers' addresses from a reused store
-    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     with run_lock(run_dir):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        # rank 0 prints its progress (and, at the end, the summary) unless quiet
+        quiet = ["--quiet"] if echo is None else []
+        proc = launch_workers(["train", str(run_dir / "config.toml"), "--runs-dir", str(runs_dir), *quiet], workers,
+                              max_restarts=max_restarts, on_line=echo)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        raise RuntimeError(f"the {workers} workers failed (exit {proc.returncode}); the last lines:\n{tail}\n"
-                           f"continue with `layerwise train --resume {run_dir}` once fixed")
-    for line in proc.stdout.splitlines():
-        if echo and line.startswith("phase="):
-            echo(line)
+        raise workers_failed(proc, workers, f"\ncontinue with `layerwise train --resume {run_dir}` once fixed")
     return _result_from_disk(run_dir)

@@ -7,6 +7,12 @@ ends below where it started, and (pretraining) fewer than half the hidden units
 saturate. Fine-tuning is probed from the stack pretrained for the same short budget at the
 recommended pretraining rate. The recommendation is the stable rate with the lowest held-out loss, but no
 more than half the largest stable rate: a margin below the edge.
+
+With workers (``probe-lr --workers N``, which launches N processes like ``train
+--workers N``) every trial is a distributed training: each worker takes its disjoint
+share of the subset and the replicas are averaged every ``averaging_frequency`` batches,
+as in the real run. A NaN or Inf found at an averaging round makes that rate unstable.
+The rates are the workers' own: the recipe's ``lr_correction`` is not applied to them.
 """
 
 from __future__ import annotations
@@ -18,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from layerwise.config import FinetuneConfig, PretrainConfig, RunConfig
+from layerwise.config import DistributedConfig, FinetuneConfig, RunConfig
 from layerwise.finetune import evaluate, finetune
 from layerwise.guard import dead_fraction, first_non_finite
-from layerwise.pretrain import momentum_at, pretrain
+from layerwise.pretrain import pretrain
 from layerwise.stack import DeepBeliefNet
 
 
@@ -39,24 +45,19 @@ def geometric_grid(low: float, high: float, points: int) -> list[float]:
     return [float(f"{v:.3g}") for v in np.geomspace(low, high, points)]
 
 
-def first_layer_point(cfg: RunConfig, n_inputs: int, x: torch.Tensor, xv: torch.Tensor, lr: float, epochs: int) -> ProbePoint:
+def first_layer_point(cfg: RunConfig, n_inputs: int, x: torch.Tensor, xv: torch.Tensor, lr: float, epochs: int,
+                      distributed: DistributedConfig | None = None) -> ProbePoint:
     """Train the recipe's first unit for ``epochs`` at ``lr``; is it stable?"""
     dbn = DeepBeliefNet(n_inputs, [(cfg.model.hidden or [max(1, n_inputs // 2)])[0]], unit=cfg.model.unit,
                         visible=cfg.model.visible, seed=cfg.seed, init_std=cfg.model.init_std)
     unit = dbn.layers[0]
-    p: PretrainConfig = cfg.pretrain
-    kwargs = {"weight_decay": p.weight_decay}
-    if cfg.model.unit == "autoencoder":
-        kwargs["noise"] = p.noise
-    else:
-        kwargs.update(k=p.cd_k, persistent=p.persistent)
     start = float(unit.reconstruction_cross_entropy(xv))
-    gen = torch.Generator().manual_seed(cfg.seed)
+    pcfg = dataclasses.replace(cfg.pretrain, epochs=epochs, learning_rate=lr, monitor_samples=min(len(x), 1000))
     with np.errstate(all="ignore"):
-        for epoch in range(epochs):
-            xs = x[torch.randperm(len(x), generator=gen)]
-            for s in range(0, len(xs), p.batch_size):
-                unit.step(xs[s : s + p.batch_size], lr=lr, momentum=momentum_at(p, epoch), **kwargs)
+        try:
+            pretrain(dbn, x, None, pcfg, seed=cfg.seed, distributed=distributed)
+        except FloatingPointError as e:  # found at an averaging round (workers only)
+            return ProbePoint(lr, math.nan, False, str(e).split("\n")[0])
     bad = first_non_finite(unit.named_parameters())
     end = float(unit.reconstruction_cross_entropy(xv))
     if bad is not None or not math.isfinite(end):
@@ -69,7 +70,8 @@ def first_layer_point(cfg: RunConfig, n_inputs: int, x: torch.Tensor, xv: torch.
     return ProbePoint(lr, end, True, "")
 
 
-def finetune_point(cfg: RunConfig, dbn: DeepBeliefNet, n_labels: int, data, lr: float, epochs: int) -> ProbePoint:
+def finetune_point(cfg: RunConfig, dbn: DeepBeliefNet, n_labels: int, data, lr: float, epochs: int,
+                   distributed: DistributedConfig | None = None) -> ProbePoint:
     """Fine-tune a classifier unrolled from the (briefly) pretrained ``dbn`` for
     ``epochs`` at ``lr``: fine-tuning starts from pretrained weights, and sigmoid nets
     from random weights sit on a plateau for the first epochs, which hides the rate."""
@@ -79,7 +81,10 @@ def finetune_point(cfg: RunConfig, dbn: DeepBeliefNet, n_labels: int, data, lr: 
     start, _ = evaluate(clf, xv, yv)
     fcfg = FinetuneConfig(**{**ft.__dict__, "learning_rate": lr, "epochs": epochs, "patience": None,
                              "lr_schedule": "constant", "train_on_validation": False})
-    finetune(clf, x, y, None, None, fcfg, seed=cfg.seed)
+    try:
+        finetune(clf, x, y, None, None, fcfg, seed=cfg.seed, distributed=distributed)
+    except FloatingPointError as e:  # found at an averaging round (workers only)
+        return ProbePoint(lr, math.nan, False, str(e).split("\n")[0])
     bad = first_non_finite(clf.named_parameters())
     end, _ = evaluate(clf, xv, yv)
     if bad is not None or not math.isfinite(end):
@@ -99,16 +104,26 @@ def recommend(points: list[ProbePoint]) -> tuple[float | None, float | None]:
     return largest, min(candidates, key=lambda p: p.loss).lr
 
 
-def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, epochs: int = 2, report=None) -> dict:
+def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, epochs: int = 2, report=None,
+             distributed: DistributedConfig | None = None) -> dict:
     """Sweep ``grid`` for the first layer and for fine-tuning on ``subset`` training
-    samples (held-out: up to ``subset`` validation samples). Returns plain data."""
+    samples (held-out: up to ``subset`` validation samples). Returns plain data.
+
+    ``distributed`` (inside an initialized process group): every trial trains with
+    parameter averaging across the group, each worker on its share of the subset; every
+    rank returns the same result, because its decisions are taken on averaged weights."""
+    from layerwise.pipeline import dist_rank_world
+
+    workers = dist_rank_world()[1] if distributed is not None else 1
     n = min(subset, len(splits.train))
     x = torch.from_numpy(np.ascontiguousarray(splits.train.x[:n]))
     y = torch.from_numpy(splits.train.y[:n])
     val = splits.validation
     xv = torch.from_numpy(np.ascontiguousarray(val.x[:subset]))
     yv = torch.from_numpy(val.y[:subset])
-    out = {"grid": grid, "samples": n, "epochs": epochs}
+    out = {"grid": grid, "samples": n, "epochs": epochs, "workers": workers}
+    if workers > 1:
+        out["averaging_frequency"] = distributed.averaging_frequency
     dbn = None
     for phase in ("pretrain", "finetune"):
         points = []
@@ -118,13 +133,14 @@ def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, e
             rate = out["pretrain"]["recommended"] or cfg.pretrain.learning_rate
             dbn = DeepBeliefNet(splits.n_inputs, cfg.model.hidden, unit=cfg.model.unit, visible=cfg.model.visible,
                                 seed=cfg.seed, init_std=cfg.model.init_std)
-            pretrain(dbn, x, None, dataclasses.replace(cfg.pretrain, epochs=epochs, learning_rate=rate), seed=cfg.seed)
+            pretrain(dbn, x, None, dataclasses.replace(cfg.pretrain, epochs=epochs, learning_rate=rate), seed=cfg.seed,
+                     distributed=distributed)
             out["finetune_from"] = {"pretrain_lr": rate, "epochs_per_layer": epochs}
         for lr in grid:
             if phase == "pretrain":
-                pt = first_layer_point(cfg, splits.n_inputs, x, xv, lr, epochs)
+                pt = first_layer_point(cfg, splits.n_inputs, x, xv, lr, epochs, distributed)
             else:
-                pt = finetune_point(cfg, dbn, splits.n_labels, (x, y, xv, yv), lr, epochs)
+                pt = finetune_point(cfg, dbn, splits.n_labels, (x, y, xv, yv), lr, epochs, distributed)
             points.append(pt)
             if report:
                 report(f"{phase} lr={lr:g} loss={pt.loss:.4g} {'stable' if pt.stable else 'unstable: ' + pt.why}")

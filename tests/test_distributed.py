@@ -23,6 +23,7 @@ source = "npz"
 train = "train.npz"
 test = "test.npz"
 [model]
+unit = "{unit}"
 hidden = [48, 24]
 [pretrain]
 epochs = {pre}
@@ -44,8 +45,9 @@ def folder(tmp_path, monkeypatch):
     x, y = make_patterns(n=1500, n_features=36, n_classes=4, flip=0.15, seed=5)
     np.savez(tmp_path / "train.npz", x=x[:1200], y=y[:1200])
     np.savez(tmp_path / "test.npz", x=x[1200:], y=y[1200:])
-    (tmp_path / "r.toml").write_text(RECIPE.format(pre=3, ft=6))
-    (tmp_path / "long.toml").write_text(RECIPE.format(pre=40, ft=10))
+    (tmp_path / "r.toml").write_text(RECIPE.format(pre=3, ft=6, unit="rbm"))
+    (tmp_path / "dae.toml").write_text(RECIPE.format(pre=3, ft=6, unit="autoencoder"))
+    (tmp_path / "long.toml").write_text(RECIPE.format(pre=40, ft=10, unit="rbm"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -63,10 +65,11 @@ def _files(run: Path):
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
 
 
-def test_two_workers_train_and_rank_0_alone_writes(folder):
-    res = _layerwise("train", "r.toml", "--workers", "2")  # not quiet: rank 0's progress comes through
+@pytest.mark.parametrize("recipe", ["r", "dae"])
+def test_two_workers_train_and_rank_0_alone_writes(folder, recipe):
+    res = _layerwise("train", f"{recipe}.toml", "--workers", "2")  # not quiet: rank 0's progress comes through
     assert res.returncode == 0, res.stderr
-    run = folder / "runs" / "r"
+    run = folder / "runs" / recipe
     assert _files(run) == [
         ".lock", "checkpoint/state.safetensors", "config.toml", "finetuned/manifest.json",
         "finetuned/weights.safetensors", "metrics.jsonl", "plots/filters.png", "plots/learning_curves.png",
@@ -76,6 +79,9 @@ def test_two_workers_train_and_rank_0_alone_writes(folder):
     epochs = [(r["phase"], r.get("layer"), r["epoch"]) for r in records if r["phase"] in ("pretrain", "finetune")]
     assert len(epochs) == len(set(epochs)) == 3 + 3 + 6  # one writer: every epoch logged once
     assert records[0]["workers"] == 2
+    for layer in (0, 1):  # each layer's pretraining (RBM or autoencoder) learned on the averaged replicas
+        ce = [r["recon_ce_train"] for r in records if r["phase"] == "pretrain" and r["layer"] == layer]
+        assert all(a > b for a, b in zip(ce, ce[1:])), (layer, ce)  # falls every epoch
     _, fin = read_artifact(run / "finetuned")
     assert fin["config"]["distributed"]["workers"] == 2
     assert fin["metrics"]["test_accuracy"] > 0.9, fin["metrics"]
@@ -118,6 +124,9 @@ def test_two_nodes_on_loopback(folder):
     assert "test accuracy:" in outs[0][0]
     records = [json.loads(l) for l in (folder / "runs/r/metrics.jsonl").read_text().splitlines()]
     assert records[0]["workers"] == 2
+    for layer in (0, 1):  # each layer's pretraining (RBM or autoencoder) learned on the averaged replicas
+        ce = [r["recon_ce_train"] for r in records if r["phase"] == "pretrain" and r["layer"] == layer]
+        assert all(a > b for a, b in zip(ce, ce[1:])), (layer, ce)  # falls every epoch
     load_model(folder / "runs/r/finetuned")
 
 

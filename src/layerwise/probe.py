@@ -133,8 +133,12 @@ def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, e
             rate = out["pretrain"]["recommended"] or cfg.pretrain.learning_rate
             dbn = DeepBeliefNet(splits.n_inputs, cfg.model.hidden, unit=cfg.model.unit, visible=cfg.model.visible,
                                 seed=cfg.seed, init_std=cfg.model.init_std)
-            pretrain(dbn, x, None, dataclasses.replace(cfg.pretrain, epochs=epochs, learning_rate=rate), seed=cfg.seed,
-                     distributed=distributed)
+            try:
+                pretrain(dbn, x, None, dataclasses.replace(cfg.pretrain, epochs=epochs, learning_rate=rate),
+                         seed=cfg.seed, distributed=distributed)
+            except FloatingPointError as e:
+                raise RuntimeError(f"pretraining the stack for the fine-tuning probe at rate {rate:g} diverged "
+                                   f"({str(e).splitlines()[0]}); lower [pretrain] learning_rate") from None
             out["finetune_from"] = {"pretrain_lr": rate, "epochs_per_layer": epochs}
         for lr in grid:
             if phase == "pretrain":

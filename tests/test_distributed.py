@@ -167,8 +167,12 @@ def test_a_killed_worker_is_restarted_and_the_run_finishes(folder):
 
 
 def test_replica_drift_fires_at_an_absurd_learning_rate(folder):
-    (folder / "absurd.toml").write_text(RECIPE.format(pre=3, ft=2).replace("learning_rate = 0.1", "learning_rate = 500.0", 1))
+    (folder / "absurd.toml").write_text(RECIPE.format(pre=3, ft=2, unit="rbm").replace("learning_rate = 0.1", "learning_rate = 500.0", 1))
     res = _layerwise("train", "absurd.toml", "--workers", "2", "--quiet")
+    # the rollbacks do not save it: the workers stop, and their diagnosis reaches the user
+    assert res.returncode == 2, res.stderr
+    assert "the workers reported:\nlayerwise: error: pretraining of layer 1 diverged" in res.stderr, res.stderr
+    assert "rates tried: 500 -> 250 -> 125 -> 62.5" in res.stderr and not (folder / "runs/absurd/pretrained").exists()
     events = [json.loads(l) for l in (folder / "runs/absurd/metrics.jsonl").read_text().splitlines()]
     drift = [e for e in events if e["phase"] == "guard" and e["what"].startswith("replica drift")]
     assert drift, [e.get("what") for e in events if e["phase"] == "guard"]

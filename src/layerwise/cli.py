@@ -143,13 +143,16 @@ def cmd_probe_lr(args) -> int:
     cfg = config.load(args.recipe)
     grid = geometric_grid(args.low, args.high, args.points)
     worker = under_torchrun()
+    say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     if args.workers > 1 and not worker:
+        # bad data stops here, and MNIST is fetched once, not by every worker
+        load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=say)
         # the same command as N worker processes; rank 0 prints and writes
         argv = ["probe-lr", str(args.recipe), "--low", str(args.low), "--high", str(args.high), "--points",
                 str(args.points), "--subset", str(args.subset), "--epochs", str(args.epochs), "--out", str(args.out)]
         argv += ["--threads", str(args.threads)] if args.threads else []
         argv += ["--quiet"] if args.quiet else []
-        proc = launch_workers(argv, args.workers, on_line=print)
+        proc = launch_workers(argv, args.workers, on_line=lambda s: print(s, flush=True))
         if proc.returncode != 0:
             raise workers_failed(proc, args.workers)
         return 0
@@ -160,12 +163,12 @@ def cmd_probe_lr(args) -> int:
         rank, _ = join_group(cfg)
     else:
         _set_threads(args.threads or cfg.threads)
-    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=lambda s: None)
+    echo = None if args.quiet or rank else (lambda s: print(s, flush=True))
+    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or (lambda s: None))
     if not cfg.model.hidden:
         from layerwise.advice import suggest_layers
 
         cfg.model.hidden = suggest_layers(splits.n_inputs)
-    echo = None if args.quiet or rank else (lambda s: print(s, flush=True))
     res = probe_lr(cfg, splits, grid=grid, subset=args.subset, epochs=args.epochs, report=echo,
                    distributed=cfg.distributed if worker else None)
     if rank == 0:
@@ -184,7 +187,9 @@ def _write_probe(res: dict, args) -> None:
               "(the rates are the workers' own: no lr_correction applied)")
     for phase in ("pretrain", "finetune"):
         r = res[phase]
-        if r["largest_stable"] is None:
+        if r.get("error"):
+            print(f"{phase}: not probed: {r['error']}")
+        elif r["largest_stable"] is None:
             print(f"{phase}: no stable rate in [{args.low:g}, {args.high:g}]; try lower rates")
         else:
             print(f"{phase}: largest stable rate {r['largest_stable']:g}, recommended {r['recommended']:g}")

@@ -77,7 +77,12 @@ class Rollback(Exception):
 
 
 class DivergenceError(RuntimeError):
-    """Training diverged more times than the guard allows; the message is the diagnosis."""
+    """Training diverged more times than the guard allows; the message is the diagnosis,
+    ``what`` the last thing found (for example "NaN or Inf in weight")."""
+
+    def __init__(self, message: str, what: str = ""):
+        super().__init__(message)
+        self.what = what
 
 
 @dataclass
@@ -155,7 +160,8 @@ class DivergenceGuard:
                 f"{self.where} diverged {when}: {what}, at learning rate {before:g} "
                 f"after {len(self.events)} rollbacks (rates tried: {rates}). Nothing diverged was saved. "
                 f"Fix: set the learning rate below {before:g} (the guide's default is 0.01), or measure a stable "
-                f"rate with `layerwise probe-lr`"
+                f"rate with `layerwise probe-lr`",
+                what,
             )
         self.module.load_state_dict(self._good)
         if self.optimizer is not None:

@@ -14,6 +14,7 @@ import fcntl
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -750,15 +751,26 @@ def launch_workers(args: list[str], workers: int, *, max_restarts: int = 0, on_l
             for line in proc.stdout:
                 lines.append(line)
                 if on_line is not None:
-                    on_line(line.rstrip("\n"))
+                    try:
+                        on_line(line.rstrip("\n"))
+                    except (BrokenPipeError, OSError):  # our reader left (`| head`): keep training, stop echoing
+                        on_line = None
         err.seek(0)
         return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), err.read())
 
 
 def workers_failed(proc, workers: int, hint: str = "") -> RuntimeError:
-    """The error for a group of workers that exited non-zero: its last lines."""
-    tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-    return RuntimeError(f"the {workers} workers failed (exit {proc.returncode}); the last lines:\n{tail}{hint}")
+    """The error for a group of workers that exited non-zero: the workers' own error
+    lines (each once; the launcher's report that follows them says only which rank
+    exited), else the last lines of their output."""
+    text = (proc.stderr or "") + (proc.stdout or "")
+    errors = list(dict.fromkeys(line.strip() for line in text.splitlines()
+                                if line.startswith("layerwise: error:") or re.match(r"\w*(Error|Exception): ", line)))
+    if errors:
+        body = "the workers reported:\n" + "\n".join(errors[-10:])
+    else:
+        body = "the last lines:\n" + "\n".join(text.strip().splitlines()[-15:])
+    return RuntimeError(f"the {workers} workers failed (exit {proc.returncode}); {body}{hint}")
 
 
 def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs", max_restarts: int = 0,

@@ -3,15 +3,18 @@
 The guide fixes 0.01. The probe replaces that with a number: short trainings over a
 geometric grid of rates, on a subset of the training data, for the first layer's
 pretraining and for fine-tuning. A rate is stable when training stays finite, the loss
-ends below where it started, and (pretraining) fewer than half the hidden units
-saturate. Fine-tuning is probed from the stack pretrained for the same short budget at the
+ends below where it started, and the divergence guard (the recipe's [guard] bounds, no
+rollbacks allowed) finds nothing: no NaN or Inf, no runaway weight growth, no more than
+``max_dead`` of the hidden units saturated, and with workers no replica drift past
+``max_drift`` at an averaging round. Fine-tuning is probed from the stack pretrained for the same short budget at the
 recommended pretraining rate. The recommendation is the stable rate with the lowest held-out loss, but no
 more than half the largest stable rate: a margin below the edge.
 
 With workers (``probe-lr --workers N``, which launches N processes like ``train
 --workers N``) every trial is a distributed training: each worker takes its disjoint
 share of the subset and the replicas are averaged every ``averaging_frequency`` batches,
-as in the real run. A NaN or Inf found at an averaging round makes that rate unstable.
+as in the real run. A NaN, an Inf or replica drift found at an averaging round makes
+that rate unstable.
 The rates are the workers' own: the recipe's ``lr_correction`` is not applied to them.
 """
 
@@ -26,7 +29,7 @@ import torch
 
 from layerwise.config import DistributedConfig, FinetuneConfig, RunConfig
 from layerwise.finetune import evaluate, finetune
-from layerwise.guard import dead_fraction, first_non_finite
+from layerwise.guard import DivergenceError, dead_fraction, first_non_finite
 from layerwise.pretrain import pretrain
 from layerwise.stack import DeepBeliefNet
 
@@ -37,6 +40,11 @@ class ProbePoint:
     loss: float  # held-out loss at the end (nan when it blew up)
     stable: bool
     why: str  # "" when stable
+
+
+def _strict_guard(cfg: RunConfig):
+    """The recipe's guard bounds with no rollback: the first divergence ends the trial."""
+    return dataclasses.replace(cfg.guard, enabled=True, max_rollbacks=0)
 
 
 def geometric_grid(low: float, high: float, points: int) -> list[float]:
@@ -55,9 +63,9 @@ def first_layer_point(cfg: RunConfig, n_inputs: int, x: torch.Tensor, xv: torch.
     pcfg = dataclasses.replace(cfg.pretrain, epochs=epochs, learning_rate=lr, monitor_samples=min(len(x), 1000))
     with np.errstate(all="ignore"):
         try:
-            pretrain(dbn, x, None, pcfg, seed=cfg.seed, distributed=distributed)
-        except FloatingPointError as e:  # found at an averaging round (workers only)
-            return ProbePoint(lr, math.nan, False, str(e).split("\n")[0])
+            pretrain(dbn, x, None, pcfg, seed=cfg.seed, guard=_strict_guard(cfg), distributed=distributed)
+        except DivergenceError as e:
+            return ProbePoint(lr, math.nan, False, e.what)
     bad = first_non_finite(unit.named_parameters())
     end = float(unit.reconstruction_cross_entropy(xv))
     if bad is not None or not math.isfinite(end):
@@ -82,9 +90,9 @@ def finetune_point(cfg: RunConfig, dbn: DeepBeliefNet, n_labels: int, data, lr: 
     fcfg = FinetuneConfig(**{**ft.__dict__, "learning_rate": lr, "epochs": epochs, "patience": None,
                              "lr_schedule": "constant", "train_on_validation": False})
     try:
-        finetune(clf, x, y, None, None, fcfg, seed=cfg.seed, distributed=distributed)
-    except FloatingPointError as e:  # found at an averaging round (workers only)
-        return ProbePoint(lr, math.nan, False, str(e).split("\n")[0])
+        finetune(clf, x, y, None, None, fcfg, seed=cfg.seed, guard=_strict_guard(cfg), distributed=distributed)
+    except DivergenceError as e:
+        return ProbePoint(lr, math.nan, False, e.what)
     bad = first_non_finite(clf.named_parameters())
     end, _ = evaluate(clf, xv, yv)
     if bad is not None or not math.isfinite(end):
@@ -131,15 +139,20 @@ def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, e
             # the starting point of fine-tuning: the stack pretrained for the same short
             # budget at the recommended (else the recipe's) pretraining rate
             rate = out["pretrain"]["recommended"] or cfg.pretrain.learning_rate
+            source = "the probe's recommended" if out["pretrain"]["recommended"] else "the recipe's"
             dbn = DeepBeliefNet(splits.n_inputs, cfg.model.hidden, unit=cfg.model.unit, visible=cfg.model.visible,
                                 seed=cfg.seed, init_std=cfg.model.init_std)
+            out["finetune_from"] = {"pretrain_lr": rate, "epochs_per_layer": epochs}
             try:
                 pretrain(dbn, x, None, dataclasses.replace(cfg.pretrain, epochs=epochs, learning_rate=rate),
-                         seed=cfg.seed, distributed=distributed)
-            except FloatingPointError as e:
-                raise RuntimeError(f"pretraining the stack for the fine-tuning probe at rate {rate:g} diverged "
-                                   f"({str(e).splitlines()[0]}); lower [pretrain] learning_rate") from None
-            out["finetune_from"] = {"pretrain_lr": rate, "epochs_per_layer": epochs}
+                         seed=cfg.seed, guard=_strict_guard(cfg), distributed=distributed)
+            except DivergenceError as e:
+                why = (f"the stack to fine-tune, pretrained at {source} pretraining rate {rate:g}, diverged: "
+                       f"{e.what}; try lower pretraining rates")
+                out["finetune"] = {"points": [], "largest_stable": None, "recommended": None, "error": why}
+                if report:
+                    report(f"finetune: not probed: {why}")
+                break
         for lr in grid:
             if phase == "pretrain":
                 pt = first_layer_point(cfg, splits.n_inputs, x, xv, lr, epochs, distributed)

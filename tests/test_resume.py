@@ -177,3 +177,40 @@ def test_torn_checkpoint_is_reported(tmp_path):
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(ValueError, match="checkpoint '.*state.safetensors' is unreadable"):
         load_checkpoint(tmp_path / "ck")
+
+
+def test_finetune_of_a_saved_net_resumes_after_sigkill(recipe, tmp_path):
+    """`layerwise finetune PRE --out OUT` keeps checkpoints in OUT.partial/; the same
+    command after a SIGKILL goes on from there and ends bitwise equal to an
+    uninterrupted fine-tune, and OUT.partial/ is gone."""
+    subprocess.run(_cmd(str(recipe), "--name", "base"), cwd=tmp_path, env=_env(), check=True, capture_output=True)
+    pre = tmp_path / "runs" / "base" / "pretrained"
+    ft = lambda out, r=recipe: [sys.executable, "-m", "layerwise", "finetune", str(pre), "--recipe", str(r),  # noqa: E731
+                                "--out", out, "--quiet"]
+    ref = subprocess.run(ft("ref"), cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    assert not (tmp_path / "ref.partial").exists()
+    ckpt = tmp_path / "killed.partial" / "checkpoint" / "state.safetensors"
+    proc = subprocess.Popen(ft("killed"), cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not ckpt.exists():
+        assert proc.poll() is None, f"finished before it could be killed: {proc.communicate()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    time.sleep(random.Random("finetune-saved").uniform(0.0, 0.3))
+    proc.kill()
+    proc.communicate()
+    assert not (tmp_path / "killed").exists(), "finished before the kill; the test proves nothing"
+    _, meta = load_checkpoint(ckpt.parent)
+    # another recipe may not take over the interrupted fine-tune
+    other = tmp_path / "other.toml"
+    other.write_text(RECIPE.replace("learning_rate = 0.2", "learning_rate = 0.1"))
+    bad = subprocess.run(ft("killed", other), cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert bad.returncode == 2 and "holds an interrupted fine-tuning of another pretrained net, recipe or data" in bad.stderr
+    res = subprocess.run(ft("killed"), cwd=tmp_path, env=_env(), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    a, b = _weights(tmp_path / "ref"), _weights(tmp_path / "killed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "killed.partial").exists()
+    assert res.stdout.splitlines()[-2] == ref.stdout.splitlines()[-2]  # "test accuracy: NN.NN%"
+    assert meta["epoch"] < 8  # it was really cut short

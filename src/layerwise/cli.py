@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         return _err(str(e))
     except KeyboardInterrupt:
         print("layerwise: interrupted; continue with `layerwise train --resume RUN_FOLDER` "
-              "(or `layerwise pretrain --resume FOLDER`)", file=sys.stderr)
+              "(or `layerwise pretrain --resume FOLDER`, or the same `layerwise finetune` command)", file=sys.stderr)
         return 130
     finally:
         clear_stop()

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,6 +223,39 @@ def _pretrain_metrics(records: list[dict]) -> dict:
     return last
 
 
+def _finetune_checkpoint(clf: torch.nn.Module, optimizer, fstate: FinetuneState, pos: LoopPosition) -> tuple[dict, dict]:
+    """(tensors, metadata) of a fine-tuning checkpoint: the weights, the optimizer state,
+    the best weights so far, both generators, the data order and position, and the
+    early-stopping counters."""
+    t = {f"clf.{k}": v for k, v in clf.state_dict().items()}
+    opt_meta = _optimizer_to_checkpoint(optimizer, t)
+    if fstate.best_state is not None:
+        t.update({f"best.{k}": v for k, v in fstate.best_state.items()})
+    t["rng.loop"] = fstate.generator.get_state()
+    t["rng.global"] = torch.get_rng_state()  # dropout masks: called inside fine-tuning
+    if pos.order is not None:
+        t["order"] = pos.order
+    return t, {
+        "phase": "finetune", "epoch": pos.epoch, "batch": pos.batch, "stopped": pos.stopped,
+        "loss_sum": fstate.loss_sum, "count": fstate.count,
+        "best": None if math.isinf(fstate.best) else fstate.best, "best_epoch": fstate.best_epoch,
+        "since_best": fstate.since_best, "records": fstate.records, "optimizer": opt_meta,
+    }
+
+
+def _restore_finetune(clf: torch.nn.Module, optimizer, tensors: dict, meta: dict) -> FinetuneState:
+    """Load a fine-tuning checkpoint into ``clf`` and ``optimizer``; the loop's state."""
+    clf.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("clf.")})
+    _optimizer_from_checkpoint(optimizer, tensors, meta["optimizer"])
+    return FinetuneState(
+        position=LoopPosition(meta["epoch"], meta["batch"], tensors.get("order"), meta["stopped"]),
+        generator=_generator(tensors["rng.loop"]), loss_sum=meta["loss_sum"], count=meta["count"],
+        best=math.inf if meta["best"] is None else meta["best"], best_epoch=meta["best_epoch"],
+        since_best=meta["since_best"], records=meta["records"], rng_state=tensors["rng.global"],
+        best_state={k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None,
+    )
+
+
 def _checkpoint_policy(cfg: RunConfig) -> dict:
     cc = cfg.checkpoint
     return {"every_epochs": cc.every_epochs, "every_batches": cc.every_batches,
@@ -427,40 +461,18 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
     ft = cfg.finetune
     clf = dbn.to_classifier(splits.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden, seed=cfg.seed)
     optimizer = make_optimizer(clf, ft)
-    fstate = FinetuneState()
     if meta["phase"] == "finetune":
-        clf.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("clf.")})
-        _optimizer_from_checkpoint(optimizer, tensors, meta["optimizer"])
-        fstate = FinetuneState(
-            position=LoopPosition(meta["epoch"], meta["batch"], tensors.get("order"), meta["stopped"]),
-            generator=_generator(tensors["rng.loop"]), loss_sum=meta["loss_sum"], count=meta["count"],
-            best=math.inf if meta["best"] is None else meta["best"], best_epoch=meta["best_epoch"],
-            since_best=meta["since_best"], records=meta["records"], rng_state=tensors["rng.global"],
-            best_state={k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None,
-        )
+        fstate = _restore_finetune(clf, optimizer, tensors, meta)
     else:
-        fstate.generator = torch.Generator().manual_seed(cfg.seed)
+        fstate = FinetuneState(generator=torch.Generator().manual_seed(cfg.seed))
     t_start = time.perf_counter()
 
     def save_finetune(pos):
         if not writer:
             return
-        t = {f"clf.{k}": v for k, v in clf.state_dict().items()}
-        opt_meta = _optimizer_to_checkpoint(optimizer, t)
-        if fstate.best_state is not None:
-            t.update({f"best.{k}": v for k, v in fstate.best_state.items()})
-        t["rng.loop"] = fstate.generator.get_state()
-        t["rng.global"] = torch.get_rng_state()  # dropout masks: called inside fine-tuning
-        if pos.order is not None:
-            t["order"] = pos.order
+        t, m = _finetune_checkpoint(clf, optimizer, fstate, pos)
         elapsed = {"pretrain": seconds["pretrain"], "finetune": seconds["finetune"] + time.perf_counter() - t_start}
-        save_checkpoint(run_dir / "checkpoint", t, {
-            "phase": "finetune", "epoch": pos.epoch, "batch": pos.batch, "stopped": pos.stopped,
-            "loss_sum": fstate.loss_sum, "count": fstate.count,
-            "best": None if math.isinf(fstate.best) else fstate.best, "best_epoch": fstate.best_epoch,
-            "since_best": fstate.since_best, "records": fstate.records, "optimizer": opt_meta,
-            "metrics_lines": reporter.lines, "seconds": elapsed,
-        })
+        save_checkpoint(run_dir / "checkpoint", t, {**m, "metrics_lines": reporter.lines, "seconds": elapsed})
 
     result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter, optimizer=optimizer,
                       state=fstate, checkpointer=Checkpointer(save_finetune, **every), guard=cfg.guard,
@@ -485,12 +497,23 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
     return RunResult(run_dir, test_acc, val_acc, pre_manifest, finetuned, seconds["pretrain"], seconds["finetune"])
 
 
+def partial_dir(out_dir: str | Path) -> Path:
+    """Where ``layerwise finetune ... --out OUT`` keeps its checkpoint until OUT is written."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".partial")
+
+
 def finetune_pretrained(
     pretrained_dir: str | Path, cfg: RunConfig, out_dir: str | Path, *, progress: bool = False, echo=None
 ) -> RunResult:
     """Fine-tune a copy of a saved pretrained net with a recipe's data and [finetune]
     settings into a new artifact at ``out_dir`` whose manifest names the pretrained net
-    as its parent. The pretrained files are only read."""
+    as its parent. The pretrained files are only read.
+
+    Until ``out_dir`` is written, checkpoints (the recipe's [checkpoint] policy) go to
+    ``OUT.partial/``; the same command run again after a crash or Ctrl-C goes on from the
+    last one (bitwise equal on CPU with the same threads), and the folder is removed once
+    ``out_dir`` is written. A ``.partial`` of another net or recipe is refused."""
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise FileExistsError(f"output folder '{out_dir}' already exists; it is never overwritten")
@@ -507,24 +530,54 @@ def finetune_pretrained(
             f"{splits.train.name}: the data has {splits.n_inputs} features per sample; "
             f"the pretrained net '{pretrained_dir}' expects {dbn.n_visible}"
         )
-    reporter = Reporter(None, progress=progress, echo=echo)
-    ft = cfg.finetune
-    clf = dbn.to_classifier(splits.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden, seed=cfg.seed)
-    x_tr, y_tr = _tensors(splits.train)
-    x_va, y_va = _tensors(splits.validation)
-    x_te, y_te = _tensors(splits.test)
-    t0 = time.perf_counter()
-    result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter, guard=cfg.guard)
-    seconds = time.perf_counter() - t0
-    metrics, val_acc, test_acc = _final_metrics(clf, result, ft, seconds, x_va, y_va, x_te, y_te)
     config_dict = cfg.to_dict()
     config_dict["model"]["hidden"] = dbn.hidden
-    manifest = write_artifact(
-        out_dir, clf.state_dict(), kind="finetuned",
-        architecture=classifier_architecture(dbn.sizes, splits.n_labels, ft.dropout_input, ft.dropout_hidden),
-        config=config_dict, stages=pre_manifest.get("stages", []), metrics=metrics,
-        parent=pre_manifest["weights_sha256"],
-    )
+    # what a checkpoint must match to be continued: the parent, the recipe, the data
+    identity = {"parent": pre_manifest["weights_sha256"], "config": json.loads(json.dumps(config_dict)),
+                "data": splits.train.fingerprint}
+    work = partial_dir(out_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    with run_lock(work):
+        ckpt = load_checkpoint(work / "checkpoint") if (work / "checkpoint" / "state.safetensors").exists() else None
+        if ckpt is not None and ckpt[1].get("identity") != identity:
+            raise ValueError(
+                f"'{work}' holds an interrupted fine-tuning of another pretrained net, recipe or data; "
+                f"delete it to start over, or choose another --out"
+            )
+        reporter = Reporter(None, progress=progress, echo=echo)
+        ft = cfg.finetune
+        clf = dbn.to_classifier(splits.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden,
+                                seed=cfg.seed)
+        optimizer = make_optimizer(clf, ft)
+        seconds = 0.0
+        if ckpt is not None:
+            tensors, meta = ckpt
+            fstate = _restore_finetune(clf, optimizer, tensors, meta)
+            seconds = meta["seconds"]
+            reporter.log({"phase": "resume", "from": "finetune", "epoch": meta["epoch"], "batch": meta["batch"]})
+        else:
+            fstate = FinetuneState(generator=torch.Generator().manual_seed(cfg.seed))
+        x_tr, y_tr = _tensors(splits.train)
+        x_va, y_va = _tensors(splits.validation)
+        x_te, y_te = _tensors(splits.test)
+        t0 = time.perf_counter()
+
+        def save(pos):
+            t, m = _finetune_checkpoint(clf, optimizer, fstate, pos)
+            save_checkpoint(work / "checkpoint", t, {**m, "identity": identity,
+                                                     "seconds": seconds + time.perf_counter() - t0})
+
+        result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter, optimizer=optimizer,
+                          state=fstate, checkpointer=Checkpointer(save, **_checkpoint_policy(cfg)), guard=cfg.guard)
+        seconds += time.perf_counter() - t0
+        metrics, val_acc, test_acc = _final_metrics(clf, result, ft, seconds, x_va, y_va, x_te, y_te)
+        manifest = write_artifact(
+            out_dir, clf.state_dict(), kind="finetuned",
+            architecture=classifier_architecture(dbn.sizes, splits.n_labels, ft.dropout_input, ft.dropout_hidden),
+            config=config_dict, stages=pre_manifest.get("stages", []), metrics=metrics,
+            parent=pre_manifest["weights_sha256"],
+        )
+    shutil.rmtree(work)
     return RunResult(out_dir, test_acc, val_acc, pre_manifest, manifest, 0.0, seconds)
 
 

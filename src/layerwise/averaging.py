@@ -39,11 +39,15 @@ def trained_tensors(module: nn.Module, optimizer: torch.optim.Optimizer | None =
     return out
 
 
+DRIFT_FLOOR_RMS = 0.1  # drift is measured against weights at least this large (RMS per entry)
+
+
 @torch.no_grad()
 def average_tensors(tensors: list[torch.Tensor], group=None) -> float:
     """Replace each tensor, on every rank, by its mean over the ranks of ``group``, with
     one flat all_reduce; return the replica drift before the round, max over ranks of
-    ||local - mean|| / ||mean|| (the same number on every rank). Raises FloatingPointError if the average holds NaN or Inf: a
+    ||local - mean|| / max(||mean||, DRIFT_FLOOR_RMS * sqrt(n)) (the same number on every
+    rank). Raises FloatingPointError if the average holds NaN or Inf: a
     diverged worker is caught at the round, and nothing is copied back, so no finite
     replica takes the NaN."""
     if not tensors:
@@ -65,8 +69,12 @@ def average_tensors(tensors: list[torch.Tensor], group=None) -> float:
             "parameter averaging: the average holds NaN or Inf, so at least one worker diverged "
             "(lower the learning rate; the guide's default is 0.01)"
         )
-    # replica drift: how far the farthest worker had moved from the average, relative to it
-    drift = torch.tensor([float((local - flat).norm() / (flat.norm() + 1e-12))], dtype=torch.float64)
+    # replica drift: how far the farthest worker had moved from the average, relative to
+    # the average's size, but never to less than an RMS of DRIFT_FLOOR_RMS per entry: a
+    # freshly initialized layer (weights ~0.01) is not diverging when its replicas differ
+    # by a few updates
+    scale = max(float(flat.norm()), DRIFT_FLOOR_RMS * math.sqrt(flat.numel()))
+    drift = torch.tensor([float((local - flat).norm()) / scale], dtype=torch.float64)
     dist.all_reduce(drift, op=dist.ReduceOp.MAX, group=group)
     offset = 0
     for t in tensors:
@@ -78,7 +86,9 @@ def average_tensors(tensors: list[torch.Tensor], group=None) -> float:
 
 class PeriodicAverager:
     """Average the given tensors after every ``period``-th step (steps counted from 1:
-    after step k, 2k, ...). ``period`` 1 averages after every step."""
+    after step k, 2k, ...). ``period`` 1 averages after every step. The training loop
+    sets ``step`` to the batch index at each epoch start, so the rounds fall at the same
+    batches of every epoch, in a resumed run too."""
 
     def __init__(self, period: int, tensors_fn, group=None, *, rank: int | None = None, world: int | None = None,
                  max_drift: float | None = None):

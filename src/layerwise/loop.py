@@ -174,6 +174,10 @@ def run_loop(
         ys = None if y is None else y.index_select(0, pos.order)
         bar = reporter.bar(n_batches, f"{desc} epoch {epoch + 1}/{epochs}")
         bar.update(pos.batch)
+        if averager is not None:
+            # rounds fall every k batches of an epoch (and at its end), counted from the
+            # epoch start: the schedule follows the position, so a resumed group keeps it
+            averager.step = pos.batch
         try:
             while pos.batch < n_batches:
                 start = pos.batch * batch_size

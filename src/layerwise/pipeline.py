@@ -186,6 +186,49 @@ def _optimizer_from_checkpoint(optimizer, tensors: dict, meta: dict) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _gather_local_state(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Collective (every rank calls it at the same point): the tensors that differ
+    between workers even right after an averaging round (momentum, PCD chains, optimizer
+    state) of every rank but 0, sent to rank 0 and keyed ``rank{r}/{name}``; {} on the
+    other ranks and outside a distributed run. Values travel as float64, exact for the
+    float32 and integer tensors of a checkpoint."""
+    import torch.distributed as dist
+
+    rank, world = dist_rank_world()
+    if world == 1:
+        return {}
+    names = sorted(local)
+    flat = torch.cat([local[k].detach().reshape(-1).to(torch.float64) for k in names] or [torch.zeros(0, dtype=torch.float64)])
+    parts = [torch.empty_like(flat) for _ in range(world)] if rank == 0 else None
+    dist.gather(flat, parts, dst=0)
+    if rank != 0:
+        return {}
+    out = {}
+    for r in range(1, world):
+        offset = 0
+        for k in names:
+            v = local[k]
+            out[f"rank{r}/{k}"] = parts[r][offset : offset + v.numel()].reshape(v.shape).to(v.dtype)
+            offset += v.numel()
+    return out
+
+
+def _take_local_state(tensors: dict, meta: dict, local_keys) -> dict:
+    """The checkpoint's tensors as this rank saved them: its own ``rank{r}/`` entries in
+    place of rank 0's. Only when the group has the size that wrote the checkpoint;
+    otherwise every rank goes on from rank 0's state."""
+    rank, world = dist_rank_world()
+    if rank == 0 or meta.get("world") != world:
+        return tensors
+    return {**tensors, **{k: tensors[f"rank{rank}/{k}"] for k in local_keys if f"rank{rank}/{k}" in tensors}}
+
+
+def _pretrain_local_keys(dbn: DeepBeliefNet) -> list[str]:
+    """Checkpoint keys of the unit buffers (momentum, PCD chains, sparsity statistics):
+    unlike the parameters, averaging leaves them different on every worker."""
+    return [f"dbn.{k}" for k, _ in dbn.named_buffers()]
+
+
 def _pretrain_tensors(dbn: DeepBeliefNet, generator: torch.Generator, pos: LoopPosition) -> dict:
     """Everything pretraining needs to go on exactly: every buffer of every unit
     (momentum, PCD chains, sparsity statistics), every generator, the data order."""
@@ -411,18 +454,23 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
         generator = torch.Generator().manual_seed(cfg.seed)
         records: list[dict] = []
         if ckpt is not None:
-            prog = _restore_pretrain(dbn, generator, tensors, meta)
+            prog = _restore_pretrain(dbn, generator, _take_local_state(tensors, meta, _pretrain_local_keys(dbn)), meta)
             records = meta["records"]
         t_start = time.perf_counter()
 
         def save_pretrain(pos):
+            # at epoch ends (every rank is here) the other workers' buffers go to rank 0;
+            # a Ctrl-C save mid-epoch is rank 0's alone
+            mine = _pretrain_tensors(dbn, generator, pos)
+            others = _gather_local_state({k: mine[k] for k in _pretrain_local_keys(dbn)}) if pos.order is None else {}
             if not writer:
                 return
-            t = _pretrain_tensors(dbn, generator, pos)
+            t = {**mine, **others}
             elapsed = {"pretrain": seconds["pretrain"] + time.perf_counter() - t_start, "finetune": 0.0}
             save_checkpoint(run_dir / "checkpoint", t, {
                 "phase": "pretrain", "layer": prog.layer, "epoch": pos.epoch, "batch": pos.batch,
                 "stopped": pos.stopped, "records": records, "metrics_lines": reporter.lines, "seconds": elapsed,
+                "world": world if others else 1,
             })
 
         pretrain(dbn, x_tr, x_va, cfg.pretrain, seed=cfg.seed, reporter=reporter, progress=prog,
@@ -462,17 +510,21 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
     clf = dbn.to_classifier(splits.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden, seed=cfg.seed)
     optimizer = make_optimizer(clf, ft)
     if meta["phase"] == "finetune":
-        fstate = _restore_finetune(clf, optimizer, tensors, meta)
+        local_keys = [k for k in tensors if k.startswith("opt.")]
+        fstate = _restore_finetune(clf, optimizer, _take_local_state(tensors, meta, local_keys), meta)
     else:
         fstate = FinetuneState(generator=torch.Generator().manual_seed(cfg.seed))
     t_start = time.perf_counter()
 
     def save_finetune(pos):
+        t, m = _finetune_checkpoint(clf, optimizer, fstate, pos)
+        # the optimizer state (momentum) differs between workers: theirs go to rank 0 at epoch ends
+        others = _gather_local_state({k: v for k, v in t.items() if k.startswith("opt.")}) if pos.order is None else {}
         if not writer:
             return
-        t, m = _finetune_checkpoint(clf, optimizer, fstate, pos)
         elapsed = {"pretrain": seconds["pretrain"], "finetune": seconds["finetune"] + time.perf_counter() - t_start}
-        save_checkpoint(run_dir / "checkpoint", t, {**m, "metrics_lines": reporter.lines, "seconds": elapsed})
+        save_checkpoint(run_dir / "checkpoint", {**t, **others}, {
+            **m, "metrics_lines": reporter.lines, "seconds": elapsed, "world": world if others else 1})
 
     result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter, optimizer=optimizer,
                       state=fstate, checkpointer=Checkpointer(save_finetune, **every), guard=cfg.guard,

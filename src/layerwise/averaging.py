@@ -39,14 +39,14 @@ def trained_tensors(module: nn.Module, optimizer: torch.optim.Optimizer | None =
     return out
 
 
-DRIFT_FLOOR_RMS = 0.1  # drift is measured against weights at least this large (RMS per entry)
+DRIFT_FLOOR_RMS = 0.1  # default [guard] drift_floor: drift is measured against weights at least this large (RMS per entry)
 
 
 @torch.no_grad()
-def average_tensors(tensors: list[torch.Tensor], group=None) -> float:
+def average_tensors(tensors: list[torch.Tensor], group=None, drift_floor: float = DRIFT_FLOOR_RMS) -> float:
     """Replace each tensor, on every rank, by its mean over the ranks of ``group``, with
     one flat all_reduce; return the replica drift before the round, max over ranks of
-    ||local - mean|| / max(||mean||, DRIFT_FLOOR_RMS * sqrt(n)) (the same number on every
+    ||local - mean|| / max(||mean||, drift_floor * sqrt(n)) (the same number on every
     rank). Raises FloatingPointError if the average holds NaN or Inf: a
     diverged worker is caught at the round, and nothing is copied back, so no finite
     replica takes the NaN."""
@@ -70,10 +70,10 @@ def average_tensors(tensors: list[torch.Tensor], group=None) -> float:
             "(lower the learning rate; the guide's default is 0.01)"
         )
     # replica drift: how far the farthest worker had moved from the average, relative to
-    # the average's size, but never to less than an RMS of DRIFT_FLOOR_RMS per entry: a
+    # the average's size, but never to less than an RMS of drift_floor per entry: a
     # freshly initialized layer (weights ~0.01) is not diverging when its replicas differ
     # by a few updates
-    scale = max(float(flat.norm()), DRIFT_FLOOR_RMS * math.sqrt(flat.numel()))
+    scale = max(float(flat.norm()), drift_floor * math.sqrt(flat.numel()))
     drift = torch.tensor([float((local - flat).norm()) / scale], dtype=torch.float64)
     dist.all_reduce(drift, op=dist.ReduceOp.MAX, group=group)
     offset = 0
@@ -91,7 +91,7 @@ class PeriodicAverager:
     batches of every epoch, in a resumed run too."""
 
     def __init__(self, period: int, tensors_fn, group=None, *, rank: int | None = None, world: int | None = None,
-                 max_drift: float | None = None):
+                 max_drift: float | None = None, drift_floor: float = DRIFT_FLOOR_RMS):
         if not isinstance(period, int) or period < 1:
             raise ValueError(f"The 'period' parameter of PeriodicAverager must be an int in the range [1, inf). Got {period!r} instead.")
         self.period = period
@@ -100,6 +100,7 @@ class PeriodicAverager:
         self.step = 0
         self.rounds = 0
         self.max_drift = max_drift
+        self.drift_floor = drift_floor
         self.last_drift = 0.0
         self.rank = dist.get_rank(group) if rank is None else rank
         self.world = dist.get_world_size(group) if world is None else world
@@ -115,7 +116,7 @@ class PeriodicAverager:
     def average_now(self) -> None:
         """Average now. Raises FloatingPointError when the replicas had drifted past
         ``max_drift`` (every rank raises: the drift is the same number everywhere)."""
-        self.last_drift = average_tensors(self.tensors_fn(), self.group)
+        self.last_drift = average_tensors(self.tensors_fn(), self.group, self.drift_floor)
         self.rounds += 1
         if self.max_drift is not None and self.last_drift > self.max_drift:
             raise FloatingPointError(
@@ -134,4 +135,16 @@ def make_averager(distributed, guard, module: nn.Module, optimizer: torch.optim.
         distributed.averaging_frequency,
         lambda: trained_tensors(module, optimizer, include_optimizer_state=distributed.average_optimizer_state),
         max_drift=guard.max_drift if guard is not None and guard.enabled else None,
+        drift_floor=guard.drift_floor if guard is not None else DRIFT_FLOOR_RMS,
     )
+
+
+def from_rank0(values: list[float]) -> list[float]:
+    """Rank 0's values on every rank (a broadcast), so that decisions taken on them (early
+    stopping, the guard) cannot split the group when last-bit differences between
+    machines make the ranks' own numbers differ. Unchanged outside a distributed run."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return [float(v) for v in t]

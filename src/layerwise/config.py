@@ -92,6 +92,7 @@ class GuardConfig:
     check_every: int = 10  # batches between NaN/Inf checks of the weights
     max_dead: float = 0.5  # more saturated hidden units than this fraction is divergence
     max_drift: float = 0.5  # distributed: replicas farther apart than this (relative) is divergence
+    drift_floor: float = 0.1  # ... relative to the average, or to this RMS per entry if the weights are smaller
 
 
 @dataclass
@@ -142,7 +143,7 @@ _BOUNDS = {
     "distributed.averaging_frequency": "[1, inf)", "distributed.timeout_minutes": "(0, inf)",
     "guard.lr_factor": "(0, 1)", "guard.max_rollbacks": "[0, inf)", "guard.max_growth": "(1, inf)",
     "guard.rising_epochs": "[1, inf)", "guard.check_every": "[1, inf)",
-    "guard.max_dead": "(0, 1]", "guard.max_drift": "(0, inf)",
+    "guard.max_dead": "(0, 1]", "guard.max_drift": "(0, inf)", "guard.drift_floor": "[0, inf)",
     "checkpoint.every_epochs": "[1, inf)", "checkpoint.every_minutes": "(0, inf)",
     "checkpoint.every_batches": "[1, inf)",
     "finetune.dropout_input": "[0, 1)", "finetune.dropout_hidden": "[0, 1)", "finetune.patience": "[1, inf)",

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from layerwise.averaging import make_averager
+from layerwise.averaging import from_rank0, make_averager
 from layerwise.config import DistributedConfig, FinetuneConfig, GuardConfig
 from layerwise.guard import make_guard
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
@@ -162,6 +162,8 @@ def finetune(
         stop = False
         if has_val:
             val_loss, val_acc = evaluate(model, x_val, y_val)
+            if averager is not None:  # every worker stops on the same epoch: rank 0's numbers
+                val_loss, val_acc = from_rank0([val_loss, val_acc])
             rec.update(val_loss=val_loss, val_accuracy=val_acc)
             if val_loss < st.best:
                 st.best, st.best_epoch, st.since_best = val_loss, epoch + 1, 0

@@ -208,7 +208,7 @@ def _gather_local_state(local: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         offset = 0
         for k in names:
             v = local[k]
-            out[f"rank{r}/{k}"] = parts[r][offset : offset + v.numel()].reshape(v.shape).to(v.dtype)
+            out[f"rank{r}/{k}"] = parts[r][offset : offset + v.numel()].reshape(v.shape).to(v.dtype).clone()
             offset += v.numel()
     return out
 
@@ -459,10 +459,11 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
         t_start = time.perf_counter()
 
         def save_pretrain(pos):
-            # at epoch ends (every rank is here) the other workers' buffers go to rank 0;
-            # a Ctrl-C save mid-epoch is rank 0's alone
+            if world > 1 and pos.order is not None:
+                return  # mid-epoch (a Ctrl-C): the replicas are apart; the epoch-end checkpoint stands
+            # at epoch ends (every rank is here) the other workers' buffers go to rank 0
             mine = _pretrain_tensors(dbn, generator, pos)
-            others = _gather_local_state({k: mine[k] for k in _pretrain_local_keys(dbn)}) if pos.order is None else {}
+            others = _gather_local_state({k: mine[k] for k in _pretrain_local_keys(dbn)})
             if not writer:
                 return
             t = {**mine, **others}
@@ -482,8 +483,8 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
             pre_manifest = None
         elif pretrained_dir.exists():
             # died after writing it and before the next checkpoint: a single-process replay
-            # is exact, so the weights must be the ones on disk (a restarted group of
-            # workers is not bitwise exact: it goes on from the saved net)
+            # is exact, so the weights must be the ones on disk (a restarted group goes on
+            # from the saved net: its replay is exact only at the checkpoint's group size)
             on_disk, pre_manifest = read_artifact(pretrained_dir)
             if world > 1:
                 dbn.load_state_dict(on_disk, strict=False)
@@ -517,9 +518,11 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
     t_start = time.perf_counter()
 
     def save_finetune(pos):
+        if world > 1 and pos.order is not None:
+            return  # mid-epoch (a Ctrl-C): the replicas are apart; the epoch-end checkpoint stands
         t, m = _finetune_checkpoint(clf, optimizer, fstate, pos)
-        # the optimizer state (momentum) differs between workers: theirs go to rank 0 at epoch ends
-        others = _gather_local_state({k: v for k, v in t.items() if k.startswith("opt.")}) if pos.order is None else {}
+        # the optimizer state (momentum) differs between workers: theirs go to rank 0
+        others = _gather_local_state({k: v for k, v in t.items() if k.startswith("opt.")})
         if not writer:
             return
         elapsed = {"pretrain": seconds["pretrain"], "finetune": seconds["finetune"] + time.perf_counter() - t_start}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from layerwise.averaging import make_averager
+from layerwise.averaging import from_rank0, make_averager
 from layerwise.config import DistributedConfig, GuardConfig, PretrainConfig
 from layerwise.guard import dead_fraction, make_guard
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
@@ -109,6 +109,8 @@ def pretrain(
         def end_epoch(epoch, seconds, i=i, unit=unit, mon_train=mon_train, mon_held=mon_held, g=g):
             rec = {"phase": "pretrain", "layer": i, "epoch": epoch + 1, "seconds": round(seconds, 3)}
             rec.update(layer_metrics(unit, mon_train, mon_held))
+            if distributed is not None:  # the guard decides on rank 0's numbers on every worker
+                rec["recon_ce_train"], rec["dead_units"] = from_rank0([rec["recon_ce_train"], rec["dead_units"]])
             if g is not None:  # may roll back: then this epoch runs again and is not logged
                 g.after_epoch(epoch, -1, rec["recon_ce_train"], rec["dead_units"])
                 rec["lr"] = g.current_lr

@@ -47,11 +47,9 @@ def folder(tmp_path, monkeypatch):
     np.savez(tmp_path / "test.npz", x=x[1200:], y=y[1200:])
     (tmp_path / "r.toml").write_text(RECIPE.format(pre=3, ft=6, unit="rbm"))
     (tmp_path / "dae.toml").write_text(RECIPE.format(pre=3, ft=6, unit="autoencoder"))
-    # workers keep their own momentum (not averaged): a restart must bring back each one's.
-    # Guard off: its in-memory best state is not in checkpoints (see the README's limits)
+    # workers keep their own momentum (not averaged): a restart must bring back each one's
     (tmp_path / "long.toml").write_text(RECIPE.format(pre=40, ft=30, unit="rbm")
-                                        .replace("average_optimizer_state = true", "average_optimizer_state = false")
-                                        + "[guard]\nenabled = false\n")
+                                        .replace("average_optimizer_state = true", "average_optimizer_state = false"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -151,6 +149,9 @@ def _worker_pids(config_path: str):
 def test_a_killed_worker_is_restarted_and_the_run_finishes_as_if_uninterrupted(folder):
     ref = _layerwise("train", "long.toml", "--workers", "2", "--name", "ref", "--quiet")
     assert ref.returncode == 0, ref.stderr
+    ref_log = [json.loads(l) for l in (folder / "runs/ref/metrics.jsonl").read_text().splitlines()]
+    # the guard rolls back late in the first layer: after the first kill below
+    assert [(e["where"], e["epoch"]) for e in ref_log if e["phase"] == "guard"] == [("pretraining of layer 1", 37)]
     proc = subprocess.Popen([sys.executable, "-m", "layerwise", "train", "long.toml", "--workers", "2",
                              "--max-restarts", "3", "--quiet"], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -175,8 +176,9 @@ def test_a_killed_worker_is_restarted_and_the_run_finishes_as_if_uninterrupted(f
     assert records[-1]["phase"] == "test"
     model, manifest = load_model(folder / "runs/long/finetuned")
     assert manifest["metrics"]["test_accuracy"] > 0.9
-    # every worker came back with its own momentum and optimizer state: the result is
-    # bitwise the uninterrupted run's
+    # every worker came back with its own momentum, optimizer state and guard state: the
+    # result is bitwise the uninterrupted run's, rollback included
+    assert [e for e in records if e["phase"] == "guard"] == [e for e in ref_log if e["phase"] == "guard"]
     for artifact in ("pretrained", "finetuned"):
         a, _ = read_artifact(folder / "runs/ref" / artifact)
         b, _ = read_artifact(folder / "runs/long" / artifact)

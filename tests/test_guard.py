@@ -141,3 +141,28 @@ def test_guard_is_silent_on_a_healthy_run():
     recs = pretrain(dbn, x, xv, PretrainConfig(epochs=10, batch_size=20, learning_rate=0.05), seed=0, guard=GuardConfig())
     assert not [r for r in recs if r["phase"] == "guard"]
     assert max(r["dead_units"] for r in recs if r["phase"] == "pretrain") == 0.0
+
+
+def test_training_after_a_rollback_leaves_the_good_state_alone():
+    """The optimizer takes the good state's tensors on a rollback; training on must not
+    change that state in place, or a second rollback would return somewhere else."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def step():
+        loss = model(torch.randn(4, 3)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    g = DivergenceGuard(model, "test", 0.1, opt, max_rollbacks=3)
+    good_momentum = [v["momentum_buffer"].clone() for v in opt.state_dict()["state"].values()]
+    step()
+    with pytest.raises(Rollback):
+        g.diverge("test", 0, 1)
+    for _ in range(3):
+        step()
+    kept = [v["momentum_buffer"] for v in g.state()[1]["state"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(good_momentum, kept))

@@ -214,3 +214,36 @@ def test_finetune_of_a_saved_net_resumes_after_sigkill(recipe, tmp_path):
     assert not (tmp_path / "killed.partial").exists()
     assert res.stdout.splitlines()[-2] == ref.stdout.splitlines()[-2]  # "test accuracy: NN.NN%"
     assert meta["epoch"] < 8  # it was really cut short
+
+
+def test_resume_is_exact_across_a_later_guard_rollback(recipe, tmp_path, monkeypatch):
+    """The guard's best state, loss history and counters are in the checkpoint: a run
+    stopped before a rollback and resumed rolls back exactly as the uninterrupted one."""
+    from layerwise import config
+    from layerwise.pipeline import resume, train
+
+    monkeypatch.chdir(tmp_path)
+    recipe.write_text(RECIPE.replace("learning_rate = 0.2", "learning_rate = 2.0").replace("patience = 4", "patience = 20")
+                      .replace("epochs = 8", "epochs = 12"))
+    cfg = config.load(recipe)
+    cfg.name = "ref"
+    ref = train(cfg, runs_dir="runs")
+    events = [json.loads(l) for l in (tmp_path / "runs/ref/metrics.jsonl").read_text().splitlines()]
+    late = [e for e in events if e["phase"] == "guard" and e["where"] == "fine-tuning"]
+    assert late and late[0]["epoch"] >= 3, late  # a rollback after the stop below
+
+    def stop_in_epoch_2(line):
+        if line.startswith("phase=finetune epoch=2 "):
+            raise KeyboardInterrupt
+
+    cfg.name = "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, runs_dir="runs", echo=stop_in_epoch_2)
+    _, meta = load_checkpoint(tmp_path / "runs/stopped/checkpoint")
+    assert meta["phase"] == "finetune" and meta["epoch"] <= 2 and meta["guard"]["history"]
+    res = resume(tmp_path / "runs/stopped")
+    a, b = _weights(tmp_path / "runs/ref/finetuned"), _weights(tmp_path / "runs/stopped/finetuned")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    again = [json.loads(l) for l in (tmp_path / "runs/stopped/metrics.jsonl").read_text().splitlines()]
+    assert [e for e in again if e["phase"] == "guard"] == [e for e in events if e["phase"] == "guard"]
+    assert res.test_accuracy == ref.test_accuracy

@@ -88,6 +88,7 @@ class FinetuneState:
     best_state: dict | None = None
     records: list = field(default_factory=list)
     rng_state: torch.Tensor | None = None  # global RNG to restore on resume
+    guard_state: tuple | None = None  # a checkpointed divergence guard to continue
 
 
 def finetune(
@@ -123,7 +124,7 @@ def finetune(
     if st.generator is None:
         st.generator = torch.Generator().manual_seed(seed)
 
-    g = make_guard(guard, model, "fine-tuning", cfg.learning_rate, optimizer, st.records, reporter)
+    g = make_guard(guard, model, "fine-tuning", cfg.learning_rate, optimizer, st.records, reporter, st.guard_state)
     if g is not None:
         def restart_epoch():
             st.loss_sum, st.count = 0.0, 0

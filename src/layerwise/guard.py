@@ -142,6 +142,23 @@ class DivergenceGuard:
     def current_lr(self) -> float:
         return self.lr * self.lr_scale
 
+    def state(self) -> tuple[dict, dict | None, dict]:
+        """(last good weights, last good optimizer state or None, the rest as plain
+        data): what a checkpoint holds so that a resumed guard acts as this one would."""
+        return self._good, self._good_opt, {
+            "start_norm": self.start_norm, "history": list(self.history),
+            "good_history": list(self._good_history), "batches": self._batches,
+        }
+
+    def load_state(self, good: dict, good_opt: dict | None, data: dict) -> None:
+        """Take over the state another guard's ``state()`` returned."""
+        self._good = {k: v.clone() for k, v in good.items()}
+        self._good_opt = copy.deepcopy(good_opt)
+        self.start_norm = data["start_norm"]
+        self.history = list(data["history"])
+        self._good_history = list(data["good_history"])
+        self._batches = data["batches"]
+
     def snapshot(self) -> None:
         """Remember the current state as the last good one (in memory)."""
         self._good = copy.deepcopy(self.module.state_dict())
@@ -165,7 +182,9 @@ class DivergenceGuard:
             )
         self.module.load_state_dict(self._good)
         if self.optimizer is not None:
-            self.optimizer.load_state_dict(self._good_opt)
+            # a copy: load_state_dict keeps the given tensors as the optimizer's own, and
+            # the next step would then change the good state in place
+            self.optimizer.load_state_dict(copy.deepcopy(self._good_opt))
         self.history = list(self._good_history)
         event = GuardEvent(what, self.where, epoch + 1, None if batch < 0 else batch, before, before * self.lr_factor)
         self.events.append(event)
@@ -208,9 +227,10 @@ class DivergenceGuard:
             self.snapshot()  # the best state so far is the one to roll back to
 
 
-def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer, records: list, reporter):
+def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer, records: list, reporter,
+               state: tuple | None = None):
     """A DivergenceGuard from its config (None when disabled) that logs its rollbacks
-    to the records and the reporter."""
+    to the records and the reporter; ``state`` (from a checkpoint) continues a guard."""
     if cfg is None or not cfg.enabled:
         return None
 
@@ -224,4 +244,6 @@ def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer
     # a resumed run restores its rollbacks (and so its lowered rate) from the records
     keys = ("what", "where", "epoch", "batch", "lr_before", "lr_after")
     guard.events = [GuardEvent(*(e[k] for k in keys)) for e in records if e.get("phase") == "guard" and e["where"] == where]
+    if state is not None:
+        guard.load_state(*state)
     return guard

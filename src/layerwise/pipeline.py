@@ -163,27 +163,57 @@ def run_lock(run_dir: Path):
         f.close()
 
 
-def _optimizer_to_checkpoint(optimizer, tensors: dict) -> dict:
-    sd = optimizer.state_dict()
+def _optimizer_to_checkpoint(optimizer, tensors: dict, prefix: str = "opt.", sd: dict | None = None) -> dict:
+    """Put an optimizer's state (``sd``, else its current state_dict) into ``tensors``
+    under ``prefix``; return the rest as plain data."""
+    sd = optimizer.state_dict() if sd is None else sd
     scalars = {}
     for idx, st in sd["state"].items():
         for k, v in st.items():
             if torch.is_tensor(v):
-                tensors[f"opt.{idx}.{k}"] = v
+                tensors[f"{prefix}{idx}.{k}"] = v
             else:
                 scalars.setdefault(str(idx), {})[k] = v
     return {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _optimizer_from_checkpoint(optimizer, tensors: dict, meta: dict) -> None:
+def _optimizer_state(tensors: dict, meta: dict, prefix: str = "opt.") -> dict:
+    """The optimizer state_dict that _optimizer_to_checkpoint stored under ``prefix``."""
     state: dict = {}
     for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, idx, k = key.split(".", 2)
+        if key.startswith(prefix):
+            idx, k = key[len(prefix):].split(".", 1)
             state.setdefault(int(idx), {})[k] = v
     for idx, kv in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(kv)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _optimizer_from_checkpoint(optimizer, tensors: dict, meta: dict) -> None:
+    optimizer.load_state_dict(_optimizer_state(tensors, meta))
+
+
+def _guard_to_checkpoint(guard, optimizer, tensors: dict) -> dict | None:
+    """The divergence guard's state (its last good weights and optimizer state under
+    ``guard.``, its histories and counters as plain data), so that a resumed run rolls
+    back exactly as the uninterrupted one would; None without a guard."""
+    if guard is None:
+        return None
+    good, good_opt, meta = guard.state()
+    tensors.update({f"guard.good.{k}": v for k, v in good.items()})
+    if good_opt is not None:
+        meta["good_opt"] = _optimizer_to_checkpoint(optimizer, tensors, "guard.opt.", good_opt)
+    return meta
+
+
+def _guard_from_checkpoint(tensors: dict, meta: dict) -> tuple | None:
+    """(good weights, good optimizer state or None, plain state) for DivergenceGuard.load_state."""
+    g = meta.get("guard")
+    if g is None:
+        return None
+    good = {k[len("guard.good."):]: v for k, v in tensors.items() if k.startswith("guard.good.")}
+    good_opt = _optimizer_state(tensors, g["good_opt"], "guard.opt.") if g.get("good_opt") else None
+    return good, good_opt, g
 
 
 def _gather_local_state(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -223,10 +253,20 @@ def _take_local_state(tensors: dict, meta: dict, local_keys) -> dict:
     return {**tensors, **{k: tensors[f"rank{rank}/{k}"] for k in local_keys if f"rank{rank}/{k}" in tensors}}
 
 
-def _pretrain_local_keys(dbn: DeepBeliefNet) -> list[str]:
+def _pretrain_local_keys(dbn: DeepBeliefNet, layer: int | None = None) -> list[str]:
     """Checkpoint keys of the unit buffers (momentum, PCD chains, sparsity statistics):
-    unlike the parameters, averaging leaves them different on every worker."""
-    return [f"dbn.{k}" for k, _ in dbn.named_buffers()]
+    unlike the parameters, averaging leaves them different on every worker; so does the
+    guard's copy of them for the layer in progress."""
+    keys = [f"dbn.{k}" for k, _ in dbn.named_buffers()]
+    if layer is not None and layer < len(dbn.layers):
+        keys += [f"guard.good.{k}" for k, _ in dbn.layers[layer].named_buffers()]
+    return keys
+
+
+def _finetune_local_keys(tensors: dict) -> list[str]:
+    """Checkpoint keys of the optimizer state (and the guard's copy of it): not averaged
+    unless average_optimizer_state, so different on every worker."""
+    return [k for k in tensors if k.startswith(("opt.", "guard.opt."))]
 
 
 def _pretrain_tensors(dbn: DeepBeliefNet, generator: torch.Generator, pos: LoopPosition) -> dict:
@@ -245,7 +285,8 @@ def _restore_pretrain(dbn: DeepBeliefNet, generator: torch.Generator, tensors: d
     for i, layer in enumerate(dbn.layers):
         layer.generator.set_state(tensors[f"rng.unit{i}"])
     generator.set_state(tensors["rng.loop"])
-    return PretrainProgress(meta["layer"], LoopPosition(meta["epoch"], meta["batch"], tensors.get("order"), meta["stopped"]))
+    return PretrainProgress(meta["layer"], LoopPosition(meta["epoch"], meta["batch"], tensors.get("order"), meta["stopped"]),
+                            _guard_from_checkpoint(tensors, meta))
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -266,12 +307,14 @@ def _pretrain_metrics(records: list[dict]) -> dict:
     return last
 
 
-def _finetune_checkpoint(clf: torch.nn.Module, optimizer, fstate: FinetuneState, pos: LoopPosition) -> tuple[dict, dict]:
+def _finetune_checkpoint(clf: torch.nn.Module, optimizer, fstate: FinetuneState, pos: LoopPosition,
+                         guard=None) -> tuple[dict, dict]:
     """(tensors, metadata) of a fine-tuning checkpoint: the weights, the optimizer state,
-    the best weights so far, both generators, the data order and position, and the
-    early-stopping counters."""
+    the best weights so far, both generators, the data order and position, the
+    early-stopping counters and the divergence guard's state."""
     t = {f"clf.{k}": v for k, v in clf.state_dict().items()}
     opt_meta = _optimizer_to_checkpoint(optimizer, t)
+    guard_meta = _guard_to_checkpoint(guard, optimizer, t)
     if fstate.best_state is not None:
         t.update({f"best.{k}": v for k, v in fstate.best_state.items()})
     t["rng.loop"] = fstate.generator.get_state()
@@ -282,7 +325,7 @@ def _finetune_checkpoint(clf: torch.nn.Module, optimizer, fstate: FinetuneState,
         "phase": "finetune", "epoch": pos.epoch, "batch": pos.batch, "stopped": pos.stopped,
         "loss_sum": fstate.loss_sum, "count": fstate.count,
         "best": None if math.isinf(fstate.best) else fstate.best, "best_epoch": fstate.best_epoch,
-        "since_best": fstate.since_best, "records": fstate.records, "optimizer": opt_meta,
+        "since_best": fstate.since_best, "records": fstate.records, "optimizer": opt_meta, "guard": guard_meta,
     }
 
 
@@ -296,6 +339,7 @@ def _restore_finetune(clf: torch.nn.Module, optimizer, tensors: dict, meta: dict
         best=math.inf if meta["best"] is None else meta["best"], best_epoch=meta["best_epoch"],
         since_best=meta["since_best"], records=meta["records"], rng_state=tensors["rng.global"],
         best_state={k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None,
+        guard_state=_guard_from_checkpoint(tensors, meta),
     )
 
 
@@ -454,7 +498,8 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
         generator = torch.Generator().manual_seed(cfg.seed)
         records: list[dict] = []
         if ckpt is not None:
-            prog = _restore_pretrain(dbn, generator, _take_local_state(tensors, meta, _pretrain_local_keys(dbn)), meta)
+            prog = _restore_pretrain(
+                dbn, generator, _take_local_state(tensors, meta, _pretrain_local_keys(dbn, meta["layer"])), meta)
             records = meta["records"]
         t_start = time.perf_counter()
 
@@ -463,7 +508,8 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
                 return  # mid-epoch (a Ctrl-C): the replicas are apart; the epoch-end checkpoint stands
             # at epoch ends (every rank is here) the other workers' buffers go to rank 0
             mine = _pretrain_tensors(dbn, generator, pos)
-            others = _gather_local_state({k: mine[k] for k in _pretrain_local_keys(dbn)})
+            guard_meta = _guard_to_checkpoint(ck_pretrain.guard, None, mine)
+            others = _gather_local_state({k: mine[k] for k in _pretrain_local_keys(dbn, prog.layer) if k in mine})
             if not writer:
                 return
             t = {**mine, **others}
@@ -471,11 +517,12 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
             save_checkpoint(run_dir / "checkpoint", t, {
                 "phase": "pretrain", "layer": prog.layer, "epoch": pos.epoch, "batch": pos.batch,
                 "stopped": pos.stopped, "records": records, "metrics_lines": reporter.lines, "seconds": elapsed,
-                "world": world if others else 1,
+                "world": world if others else 1, "guard": guard_meta,
             })
 
+        ck_pretrain = Checkpointer(save_pretrain, **every)
         pretrain(dbn, x_tr, x_va, cfg.pretrain, seed=cfg.seed, reporter=reporter, progress=prog,
-                 generator=generator, records=records, checkpointer=Checkpointer(save_pretrain, **every), guard=cfg.guard,
+                 generator=generator, records=records, checkpointer=ck_pretrain, guard=cfg.guard,
                  distributed=cfg.distributed if world > 1 else None)
         seconds["pretrain"] += time.perf_counter() - t_start
         last = _pretrain_metrics(records)
@@ -511,8 +558,7 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
     clf = dbn.to_classifier(splits.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden, seed=cfg.seed)
     optimizer = make_optimizer(clf, ft)
     if meta["phase"] == "finetune":
-        local_keys = [k for k in tensors if k.startswith("opt.")]
-        fstate = _restore_finetune(clf, optimizer, _take_local_state(tensors, meta, local_keys), meta)
+        fstate = _restore_finetune(clf, optimizer, _take_local_state(tensors, meta, _finetune_local_keys(tensors)), meta)
     else:
         fstate = FinetuneState(generator=torch.Generator().manual_seed(cfg.seed))
     t_start = time.perf_counter()
@@ -520,17 +566,18 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
     def save_finetune(pos):
         if world > 1 and pos.order is not None:
             return  # mid-epoch (a Ctrl-C): the replicas are apart; the epoch-end checkpoint stands
-        t, m = _finetune_checkpoint(clf, optimizer, fstate, pos)
+        t, m = _finetune_checkpoint(clf, optimizer, fstate, pos, ck_finetune.guard)
         # the optimizer state (momentum) differs between workers: theirs go to rank 0
-        others = _gather_local_state({k: v for k, v in t.items() if k.startswith("opt.")})
+        others = _gather_local_state({k: t[k] for k in _finetune_local_keys(t)})
         if not writer:
             return
         elapsed = {"pretrain": seconds["pretrain"], "finetune": seconds["finetune"] + time.perf_counter() - t_start}
         save_checkpoint(run_dir / "checkpoint", {**t, **others}, {
             **m, "metrics_lines": reporter.lines, "seconds": elapsed, "world": world if others else 1})
 
+    ck_finetune = Checkpointer(save_finetune, **every)
     result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter, optimizer=optimizer,
-                      state=fstate, checkpointer=Checkpointer(save_finetune, **every), guard=cfg.guard,
+                      state=fstate, checkpointer=ck_finetune, guard=cfg.guard,
                       distributed=cfg.distributed if world > 1 else None)
     seconds["finetune"] += time.perf_counter() - t_start
     if not writer:
@@ -618,12 +665,13 @@ def finetune_pretrained(
         t0 = time.perf_counter()
 
         def save(pos):
-            t, m = _finetune_checkpoint(clf, optimizer, fstate, pos)
+            t, m = _finetune_checkpoint(clf, optimizer, fstate, pos, ck.guard)
             save_checkpoint(work / "checkpoint", t, {**m, "identity": identity,
                                                      "seconds": seconds + time.perf_counter() - t0})
 
+        ck = Checkpointer(save, **_checkpoint_policy(cfg))
         result = finetune(clf, x_tr, y_tr, x_va, y_va, ft, seed=cfg.seed, reporter=reporter, optimizer=optimizer,
-                          state=fstate, checkpointer=Checkpointer(save, **_checkpoint_policy(cfg)), guard=cfg.guard)
+                          state=fstate, checkpointer=ck, guard=cfg.guard)
         seconds += time.perf_counter() - t0
         metrics, val_acc, test_acc = _final_metrics(clf, result, ft, seconds, x_va, y_va, x_te, y_te)
         manifest = write_artifact(
@@ -729,17 +777,20 @@ def pretrain_stage(
         every = _checkpoint_policy(cfg)
 
         def save(pos, done=False):
-            save_checkpoint(ckpt_dir, _pretrain_tensors(dbn, generator, pos), {
+            t = _pretrain_tensors(dbn, generator, pos)
+            guard_meta = None if done else _guard_to_checkpoint(ck.guard, None, t)  # a new stage starts a new guard
+            save_checkpoint(ckpt_dir, t, {
                 "phase": "pretrain", "stage_done": done, "stage": stage,
                 "stages": meta["stages"] + ([stage] if done else []),
                 "layer": prog.layer, "epoch": pos.epoch, "batch": pos.batch, "stopped": pos.stopped,
-                "records": records, "metrics_lines": reporter.lines,
+                "records": records, "metrics_lines": reporter.lines, "guard": guard_meta,
             })
 
         t0 = time.perf_counter()
         x = torch.from_numpy(np.ascontiguousarray(ds.x))
+        ck = Checkpointer(save, **every)
         pretrain(dbn, x, None, pcfg, seed=cfg.seed, reporter=reporter, progress=prog, generator=generator,
-                 records=records, checkpointer=Checkpointer(save, **every), guard=cfg.guard)
+                 records=records, checkpointer=ck, guard=cfg.guard)
         seconds = time.perf_counter() - t0
         stages = meta["stages"] + [stage]
         parent = None

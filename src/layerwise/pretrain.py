@@ -58,6 +58,7 @@ class PretrainProgress:
 
     layer: int = 0
     position: LoopPosition = field(default_factory=LoopPosition)
+    guard_state: tuple | None = None  # the checkpointed guard of the layer in progress
 
 
 def pretrain(
@@ -97,7 +98,9 @@ def pretrain(
         if progress.layer != i:
             progress.layer, progress.position = i, LoopPosition()
         kwargs = _step_kwargs(unit, cfg)
-        g = make_guard(guard, unit, f"pretraining of layer {i + 1}", cfg.learning_rate, None, records, reporter)
+        g = make_guard(guard, unit, f"pretraining of layer {i + 1}", cfg.learning_rate, None, records, reporter,
+                       progress.guard_state)
+        progress.guard_state = None
 
         def step(xb, _yb, epoch, unit=unit, kwargs=kwargs, g=g):
             lr = cfg.learning_rate if g is None else g.current_lr

@@ -150,8 +150,11 @@ def test_a_killed_worker_is_restarted_and_the_run_finishes_as_if_uninterrupted(f
     ref = _layerwise("train", "long.toml", "--workers", "2", "--name", "ref", "--quiet")
     assert ref.returncode == 0, ref.stderr
     ref_log = [json.loads(l) for l in (folder / "runs/ref/metrics.jsonl").read_text().splitlines()]
-    # the guard rolls back late in the first layer: after the first kill below
-    assert [(e["where"], e["epoch"]) for e in ref_log if e["phase"] == "guard"] == [("pretraining of layer 1", 37)]
+    # the guard rolls back late in the first layer (rising loss: 3 epochs above the best);
+    # the first kill falls between that best epoch and the rollback, so the restarted
+    # workers must roll back to the good state (each its own momentum) from the checkpoint
+    rollbacks = [e["epoch"] for e in ref_log if e["phase"] == "guard" and e["where"] == "pretraining of layer 1"]
+    assert rollbacks and rollbacks[0] >= 12, rollbacks
     proc = subprocess.Popen([sys.executable, "-m", "layerwise", "train", "long.toml", "--workers", "2",
                              "--max-restarts", "3", "--quiet"], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -167,7 +170,7 @@ def test_a_killed_worker_is_restarted_and_the_run_finishes_as_if_uninterrupted(f
         assert len(victims) == 2, victims
         os.kill(max(victims), signal.SIGKILL)
 
-    kill_a_worker_once("pretrain", 8)  # in the first layer's pretraining
+    kill_a_worker_once("pretrain", rollbacks[0] - 2)  # in the first layer's pretraining
     kill_a_worker_once("finetune", 2)  # and again in fine-tuning, after the restart
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]

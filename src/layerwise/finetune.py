@@ -125,6 +125,7 @@ def finetune(
         st.generator = torch.Generator().manual_seed(seed)
 
     g = make_guard(guard, model, "fine-tuning", cfg.learning_rate, optimizer, st.records, reporter, st.guard_state)
+    st.guard_state = None  # taken over by the guard
     if g is not None:
         def restart_epoch():
             st.loss_sum, st.count = 0.0, 0

@@ -3,7 +3,8 @@ learning rate, stop with a diagnosis).
 
 Policy and mechanism are split as in PyTorch's model averaging: the functions below look
 at numbers and say what is wrong; ``DivergenceGuard`` owns the state (the last good
-weights, held in memory, the rollback count, the learning-rate scale) and decides.
+weights, held in memory and saved with every checkpoint, the rollback count, the
+learning-rate scale) and decides.
 
 A diverged net has stopped learning (the guide): NaN or Inf in weights or loss, weights
 that grew far past their starting size, or a loss that rises epoch after epoch.
@@ -160,7 +161,8 @@ class DivergenceGuard:
         self._batches = data["batches"]
 
     def snapshot(self) -> None:
-        """Remember the current state as the last good one (in memory)."""
+        """Remember the current state as the last good one (in memory; checkpoints save it
+        through ``state()``)."""
         self._good = copy.deepcopy(self.module.state_dict())
         self._good_opt = None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict())
         self._good_history = list(self.history)

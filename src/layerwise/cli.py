@@ -41,6 +41,11 @@ def _at_least(low: int):
     return parse
 
 
+def _say(line: str) -> None:
+    """Print a progress line at once (piped output is block-buffered otherwise)."""
+    print(line, flush=True)
+
+
 def _err(msg: str) -> int:
     print(f"layerwise: error: {msg}", file=sys.stderr)
     return 2
@@ -50,7 +55,7 @@ def cmd_train(args) -> int:
     from layerwise import config
     from layerwise.pipeline import resume, train
 
-    echo = None if args.quiet else (lambda s: print(s, flush=True))
+    echo = None if args.quiet else _say
     bars = not args.quiet and sys.stderr.isatty()
     if args.resume:
         if args.recipe or args.name:
@@ -143,7 +148,7 @@ def cmd_probe_lr(args) -> int:
     cfg = config.load(args.recipe)
     grid = geometric_grid(args.low, args.high, args.points)
     worker = under_torchrun()
-    say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    say = (lambda s: None) if args.quiet else _say
     if args.workers > 1 and not worker:
         # bad data stops here, and MNIST is fetched once, not by every worker
         load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=say)
@@ -152,7 +157,7 @@ def cmd_probe_lr(args) -> int:
                 str(args.points), "--subset", str(args.subset), "--epochs", str(args.epochs), "--out", str(args.out)]
         argv += ["--threads", str(args.threads)] if args.threads else []
         argv += ["--quiet"] if args.quiet else []
-        proc = launch_workers(argv, args.workers, on_line=lambda s: print(s, flush=True))
+        proc = launch_workers(argv, args.workers, on_line=_say)
         if proc.returncode != 0:
             raise workers_failed(proc, args.workers)
         return 0
@@ -163,7 +168,7 @@ def cmd_probe_lr(args) -> int:
         rank, _ = join_group(cfg)
     else:
         _set_threads(args.threads or cfg.threads)
-    echo = None if args.quiet or rank else (lambda s: print(s, flush=True))
+    echo = None if args.quiet or rank else _say
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or (lambda s: None))
     if not cfg.model.hidden:
         from layerwise.advice import suggest_layers
@@ -285,7 +290,7 @@ def cmd_pretrain(args) -> int:
     from layerwise import config
     from layerwise.pipeline import pretrain_stage
 
-    echo = None if args.quiet else (lambda s: print(s, flush=True))
+    echo = None if args.quiet else _say
     bars = not args.quiet and sys.stderr.isatty()
     if args.resume:
         if args.recipe or args.out:
@@ -313,7 +318,7 @@ def cmd_finetune(args) -> int:
     if args.threads:
         cfg.threads = args.threads
     _set_threads(cfg.threads)
-    echo = None if args.quiet else (lambda s: print(s, flush=True))
+    echo = None if args.quiet else _say
     res = finetune_pretrained(args.pretrained, cfg, args.out, progress=not args.quiet and sys.stderr.isatty(), echo=echo)
     print(f"fine-tuning {res.seconds_finetune:.1f} s")
     if res.test_accuracy is not None:

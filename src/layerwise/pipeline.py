@@ -163,10 +163,9 @@ def run_lock(run_dir: Path):
         f.close()
 
 
-def _optimizer_to_checkpoint(optimizer, tensors: dict, prefix: str = "opt.", sd: dict | None = None) -> dict:
-    """Put an optimizer's state (``sd``, else its current state_dict) into ``tensors``
-    under ``prefix``; return the rest as plain data."""
-    sd = optimizer.state_dict() if sd is None else sd
+def _optimizer_to_checkpoint(sd: dict, tensors: dict, prefix: str = "opt.") -> dict:
+    """Put an optimizer state_dict's tensors into ``tensors`` under ``prefix``; return
+    the rest as plain data."""
     scalars = {}
     for idx, st in sd["state"].items():
         for k, v in st.items():
@@ -189,11 +188,7 @@ def _optimizer_state(tensors: dict, meta: dict, prefix: str = "opt.") -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _optimizer_from_checkpoint(optimizer, tensors: dict, meta: dict) -> None:
-    optimizer.load_state_dict(_optimizer_state(tensors, meta))
-
-
-def _guard_to_checkpoint(guard, optimizer, tensors: dict) -> dict | None:
+def _guard_to_checkpoint(guard, tensors: dict) -> dict | None:
     """The divergence guard's state (its last good weights and optimizer state under
     ``guard.``, its histories and counters as plain data), so that a resumed run rolls
     back exactly as the uninterrupted one would; None without a guard."""
@@ -202,7 +197,7 @@ def _guard_to_checkpoint(guard, optimizer, tensors: dict) -> dict | None:
     good, good_opt, meta = guard.state()
     tensors.update({f"guard.good.{k}": v for k, v in good.items()})
     if good_opt is not None:
-        meta["good_opt"] = _optimizer_to_checkpoint(optimizer, tensors, "guard.opt.", good_opt)
+        meta["good_opt"] = _optimizer_to_checkpoint(good_opt, tensors, "guard.opt.")
     return meta
 
 
@@ -313,8 +308,8 @@ def _finetune_checkpoint(clf: torch.nn.Module, optimizer, fstate: FinetuneState,
     the best weights so far, both generators, the data order and position, the
     early-stopping counters and the divergence guard's state."""
     t = {f"clf.{k}": v for k, v in clf.state_dict().items()}
-    opt_meta = _optimizer_to_checkpoint(optimizer, t)
-    guard_meta = _guard_to_checkpoint(guard, optimizer, t)
+    opt_meta = _optimizer_to_checkpoint(optimizer.state_dict(), t)
+    guard_meta = _guard_to_checkpoint(guard, t)
     if fstate.best_state is not None:
         t.update({f"best.{k}": v for k, v in fstate.best_state.items()})
     t["rng.loop"] = fstate.generator.get_state()
@@ -332,7 +327,7 @@ def _finetune_checkpoint(clf: torch.nn.Module, optimizer, fstate: FinetuneState,
 def _restore_finetune(clf: torch.nn.Module, optimizer, tensors: dict, meta: dict) -> FinetuneState:
     """Load a fine-tuning checkpoint into ``clf`` and ``optimizer``; the loop's state."""
     clf.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("clf.")})
-    _optimizer_from_checkpoint(optimizer, tensors, meta["optimizer"])
+    optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
     return FinetuneState(
         position=LoopPosition(meta["epoch"], meta["batch"], tensors.get("order"), meta["stopped"]),
         generator=_generator(tensors["rng.loop"]), loss_sum=meta["loss_sum"], count=meta["count"],
@@ -508,7 +503,7 @@ def _run(run_dir: Path, cfg: RunConfig, splits: Splits, ckpt, *, progress: bool,
                 return  # mid-epoch (a Ctrl-C): the replicas are apart; the epoch-end checkpoint stands
             # at epoch ends (every rank is here) the other workers' buffers go to rank 0
             mine = _pretrain_tensors(dbn, generator, pos)
-            guard_meta = _guard_to_checkpoint(ck_pretrain.guard, None, mine)
+            guard_meta = _guard_to_checkpoint(ck_pretrain.guard, mine)
             others = _gather_local_state({k: mine[k] for k in _pretrain_local_keys(dbn, prog.layer) if k in mine})
             if not writer:
                 return
@@ -778,7 +773,7 @@ def pretrain_stage(
 
         def save(pos, done=False):
             t = _pretrain_tensors(dbn, generator, pos)
-            guard_meta = None if done else _guard_to_checkpoint(ck.guard, None, t)  # a new stage starts a new guard
+            guard_meta = None if done else _guard_to_checkpoint(ck.guard, t)  # a new stage starts a new guard
             save_checkpoint(ckpt_dir, t, {
                 "phase": "pretrain", "stage_done": done, "stage": stage,
                 "stages": meta["stages"] + ([stage] if done else []),

@@ -1,50 +1,21 @@
 """Distributed training by parameter averaging: workers on loopback (gloo)."""
 
-import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from conftest import make_patterns
+from conftest import WORKERS_RECIPE as RECIPE
+from conftest import assert_same_weights, free_port, read_metrics, run_layerwise, worker_env, write_patterns
 from layerwise.artifacts import load_model, read_artifact
 
-RECIPE = """
-seed = 3
-[data]
-source = "npz"
-train = "train.npz"
-test = "test.npz"
-[model]
-unit = "{unit}"
-hidden = [48, 24]
-[pretrain]
-epochs = {pre}
-batch_size = 10
-learning_rate = 0.1
-[finetune]
-epochs = {ft}
-batch_size = 10
-learning_rate = 0.1
-momentum = 0.9
-[distributed]
-averaging_frequency = 5
-average_optimizer_state = true
-"""
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 @pytest.fixture
 def folder(tmp_path, monkeypatch):
-    x, y = make_patterns(n=1500, n_features=36, n_classes=4, flip=0.15, seed=5)
-    np.savez(tmp_path / "train.npz", x=x[:1200], y=y[:1200])
-    np.savez(tmp_path / "test.npz", x=x[1200:], y=y[1200:])
+    write_patterns(tmp_path)
     (tmp_path / "r.toml").write_text(RECIPE.format(pre=3, ft=6, unit="rbm"))
     (tmp_path / "dae.toml").write_text(RECIPE.format(pre=3, ft=6, unit="autoencoder"))
     # workers keep their own momentum (not averaged): a restart must bring back each one's
@@ -54,22 +25,13 @@ def folder(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _env(threads="1"):
-    return {**os.environ, "OMP_NUM_THREADS": threads}
-
-
-def _layerwise(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "layerwise", *args], env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def _files(run: Path):
     return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
 
 
 @pytest.mark.parametrize("recipe", ["r", "dae"])
 def test_two_workers_train_and_rank_0_alone_writes(folder, recipe):
-    res = _layerwise("train", f"{recipe}.toml", "--workers", "2")  # not quiet: rank 0's progress comes through
+    res = run_layerwise("train", f"{recipe}.toml", "--workers", "2")  # not quiet: rank 0's progress comes through
     assert res.returncode == 0, res.stderr
     run = folder / "runs" / recipe
     assert _files(run) == [
@@ -77,7 +39,7 @@ def test_two_workers_train_and_rank_0_alone_writes(folder, recipe):
         "finetuned/weights.safetensors", "metrics.jsonl", "plots/filters.png", "plots/learning_curves.png",
         "pretrained/manifest.json", "pretrained/weights.safetensors",
     ]
-    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run)
     epochs = [(r["phase"], r.get("layer"), r["epoch"]) for r in records if r["phase"] in ("pretrain", "finetune")]
     assert len(epochs) == len(set(epochs)) == 3 + 3 + 6  # one writer: every epoch logged once
     assert records[0]["workers"] == 2
@@ -95,36 +57,28 @@ def test_two_workers_train_and_rank_0_alone_writes(folder, recipe):
 
 
 def test_one_worker_under_torchrun_equals_the_single_process_run(folder):
-    single = _layerwise("train", "r.toml", "--name", "single", "--quiet")
+    single = run_layerwise("train", "r.toml", "--name", "single", "--quiet")
     assert single.returncode == 0, single.stderr
     (folder / "one.toml").write_text((folder / "r.toml").read_text().replace("seed = 3", 'seed = 3\nname = "one"'))
     one = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "1",
                           "--standalone", "-m", "layerwise", "train", "one.toml", "--quiet"],
-                         env=_env(), capture_output=True, text=True, timeout=300)
+                         env=worker_env(), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
     for artifact in ("pretrained", "finetuned"):
-        a, _ = read_artifact(folder / "runs" / "single" / artifact)
-        b, _ = read_artifact(folder / "runs" / "one" / artifact)
-        assert all(torch.equal(a[k], b[k]) for k in a), artifact
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        assert_same_weights(folder / "runs" / "single" / artifact, folder / "runs" / "one" / artifact)
 
 
 def test_two_nodes_on_loopback(folder):
-    port = str(_free_port())
+    port = str(free_port())
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                                "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", port,
                                "-m", "layerwise", "train", "r.toml", "--quiet"],
-                              env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for rank in (0, 1)]
     outs = [n.communicate(timeout=300) for n in nodes]
     assert [n.returncode for n in nodes] == [0, 0], [o[1][-2000:] for o in outs]
     assert "test accuracy:" in outs[0][0]
-    records = [json.loads(l) for l in (folder / "runs/r/metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(folder / "runs/r")
     assert records[0]["workers"] == 2
     for layer in (0, 1):  # each layer's pretraining (RBM or autoencoder) learned on the averaged replicas
         ce = [r["recon_ce_train"] for r in records if r["phase"] == "pretrain" and r["layer"] == layer]
@@ -132,50 +86,25 @@ def test_two_nodes_on_loopback(folder):
     load_model(folder / "runs/r/finetuned")
 
 
-def _worker_pids(config_path: str):
-    pids = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if f"-m layerwise train {config_path}" in cmd and "torch.distributed.run" not in cmd:
-            pids.append(int(p.name))
-    return pids
-
-
 def test_a_killed_worker_is_restarted_and_the_run_finishes_as_if_uninterrupted(folder):
-    ref = _layerwise("train", "long.toml", "--workers", "2", "--name", "ref", "--quiet")
+    ref = run_layerwise("train", "long.toml", "--workers", "2", "--name", "ref", "--quiet")
     assert ref.returncode == 0, ref.stderr
-    ref_log = [json.loads(l) for l in (folder / "runs/ref/metrics.jsonl").read_text().splitlines()]
+    ref_log = read_metrics(folder / "runs/ref")
     # the guard rolls back late in the first layer (rising loss: 3 epochs above the best);
     # the first kill falls between that best epoch and the rollback, so the restarted
     # workers must roll back to the good state (each its own momentum) from the checkpoint
     rollbacks = [e["epoch"] for e in ref_log if e["phase"] == "guard" and e["where"] == "pretraining of layer 1"]
     assert rollbacks and rollbacks[0] >= 12, rollbacks
-    proc = subprocess.Popen([sys.executable, "-m", "layerwise", "train", "long.toml", "--workers", "2",
-                             "--max-restarts", "3", "--quiet"], env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    metrics = folder / "runs/long/metrics.jsonl"
-
-    def kill_a_worker_once(phase, count):
-        deadline = time.monotonic() + 120
-        while not metrics.exists() or metrics.read_text().count(f'"{phase}"') < count:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        victims = _worker_pids("runs/long/config.toml")
-        assert len(victims) == 2, victims
-        os.kill(max(victims), signal.SIGKILL)
-
-    kill_a_worker_once("pretrain", rollbacks[0] - 2)  # in the first layer's pretraining
-    kill_a_worker_once("finetune", 2)  # and again in fine-tuning, after the restart
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    records = [json.loads(l) for l in metrics.read_text().splitlines()]
-    assert [r["from"] for r in records if r["phase"] == "resume"] == ["pretrain", "finetune"]
+    # worker 1 kills itself halfway through an epoch (60 batches each) of the first layer,
+    # then, restarted, halfway through the third epoch of fine-tuning
+    kills = f"1/pretrain layer 1@{rollbacks[0] - 1}.30,1/finetune@3.30"
+    res = run_layerwise("train", "long.toml", "--workers", "2", "--max-restarts", "3", "--quiet",
+                        env=worker_env(LAYERWISE_TEST_KILL=kills))
+    assert res.returncode == 0, res.stderr[-3000:]
+    records = read_metrics(folder / "runs/long")
+    resumed = [r for r in records if r["phase"] == "resume"]
+    assert [(r["from"], r["layer"], r["epoch"]) for r in resumed] == [("pretrain", 0, rollbacks[0] - 2),
+                                                                     ("finetune", None, 2)], resumed
     assert records[-1]["phase"] == "test"
     model, manifest = load_model(folder / "runs/long/finetuned")
     assert manifest["metrics"]["test_accuracy"] > 0.9
@@ -183,9 +112,7 @@ def test_a_killed_worker_is_restarted_and_the_run_finishes_as_if_uninterrupted(f
     # result is bitwise the uninterrupted run's, rollback included
     assert [e for e in records if e["phase"] == "guard"] == [e for e in ref_log if e["phase"] == "guard"]
     for artifact in ("pretrained", "finetuned"):
-        a, _ = read_artifact(folder / "runs/ref" / artifact)
-        b, _ = read_artifact(folder / "runs/long" / artifact)
-        assert all(torch.equal(a[k], b[k]) for k in a), artifact
+        assert_same_weights(folder / "runs/ref" / artifact, folder / "runs/long" / artifact)
 
 
 def test_replica_drift_fires_at_an_absurd_learning_rate(folder):
@@ -194,8 +121,8 @@ def test_replica_drift_fires_at_an_absurd_learning_rate(folder):
     recipe = RECIPE.format(pre=3, ft=2, unit="rbm")
     at = recipe.index("[finetune]")
     (folder / "absurd.toml").write_text(recipe[:at] + recipe[at:].replace("learning_rate = 0.1", "learning_rate = 1000.0", 1))
-    res = _layerwise("train", "absurd.toml", "--workers", "2", "--quiet")
-    events = [json.loads(l) for l in (folder / "runs/absurd/metrics.jsonl").read_text().splitlines()]
+    res = run_layerwise("train", "absurd.toml", "--workers", "2", "--quiet")
+    events = read_metrics(folder / "runs/absurd")
     drift = [e for e in events if e["phase"] == "guard" and e["what"].startswith("replica drift")]
     assert len(drift) == 3, [e.get("what") for e in events if e["phase"] == "guard"]
     assert all("(bound 0.5)" in e["what"] and e["where"] == "fine-tuning" for e in drift)
@@ -209,7 +136,7 @@ def test_replica_drift_fires_at_an_absurd_learning_rate(folder):
     # relative to the bare weights, the drift there was 0.56)
     (folder / "steady.toml").write_text(RECIPE.format(pre=40, ft=2, unit="rbm")
                                         .replace("average_optimizer_state = true", "average_optimizer_state = false"))
-    ok = _layerwise("train", "steady.toml", "--workers", "2", "--quiet")
+    ok = run_layerwise("train", "steady.toml", "--workers", "2", "--quiet")
     assert ok.returncode == 0, ok.stderr
-    healthy = [json.loads(l) for l in (folder / "runs/steady/metrics.jsonl").read_text().splitlines()]
+    healthy = read_metrics(folder / "runs/steady")
     assert not [e for e in healthy if e["phase"] == "guard" and "drift" in e["what"]]

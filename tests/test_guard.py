@@ -16,7 +16,7 @@ from layerwise.guard import (
     grew_past,
     worse_than_best_for,
 )
-from layerwise.pipeline import train
+from layerwise.jobs import train
 from layerwise.pretrain import pretrain
 from layerwise.stack import DeepBeliefNet
 
@@ -113,26 +113,23 @@ def test_nan_loss_in_finetuning_is_rolled_back():
     assert [r["epoch"] for r in res.records if r["phase"] == "finetune"] == [1, 2, 3]
 
 
-def test_rbm_at_learning_rate_10_recovers_or_stops_and_never_saves_nan(tmp_path):
+def test_rbm_at_learning_rate_10_stops_with_a_diagnosis_and_never_saves_nan(tmp_path):
+    """Seeded, lr 10 saturates the first layer at every rate the guard tries (measured on
+    1 and 2 threads: 88% of the hidden units at 1.25): the run stops with a diagnosis."""
     cfg = config.from_dict({
         "name": "lr10", "threads": 1, "data": {"source": "digits"}, "model": {"hidden": [48, 32]},
         "pretrain": {"epochs": 10, "batch_size": 20, "learning_rate": 10.0},
         "finetune": {"epochs": 5, "batch_size": 20, "learning_rate": 0.1},
     })
     run = tmp_path / "runs" / "lr10"
-    try:
-        res = train(cfg, runs_dir=tmp_path / "runs")
-        outcome = "recovered"
-        assert res.pretrained["metrics"]["guard_events"], "lr 10 went through without a rollback"
-    except DivergenceError as e:
-        outcome = "stopped"
-        assert "diverged" in str(e) and "rates tried: 10 -> 5 -> 2.5 -> 1.25" in str(e)
-        assert not (run / "pretrained").exists()
-    from safetensors.torch import load_file
-
-    for f in run.rglob("*.safetensors"):
-        assert all(torch.isfinite(t).all() for t in load_file(str(f)).values() if t.is_floating_point()), f
-    assert outcome in ("recovered", "stopped")
+    with pytest.raises(DivergenceError) as e:
+        train(cfg, runs_dir=tmp_path / "runs")
+    assert "pretraining of layer 1 diverged" in str(e.value) and "rates tried: 10 -> 5 -> 2.5 -> 1.25" in str(e.value)
+    assert "% of the hidden units are saturated" in e.value.what
+    # it diverged at the end of epoch 1, before the first checkpoint: the epoch-end save
+    # saw the guard's verdict first, so no diverged state reached the disk at all
+    assert not (run / "pretrained").exists()
+    assert not list(run.rglob("*.safetensors"))
 
 
 def test_guard_is_silent_on_a_healthy_run():
@@ -164,5 +161,5 @@ def test_training_after_a_rollback_leaves_the_good_state_alone():
         g.diverge("test", 0, 1)
     for _ in range(3):
         step()
-    kept = [v["momentum_buffer"] for v in g.state()[1]["state"].values()]
+    kept = [v["momentum_buffer"] for v in g.state_dict()["good_optimizer"]["state"].values()]
     assert all(torch.equal(a, b) for a, b in zip(good_momentum, kept))

@@ -1,6 +1,10 @@
 """Argument checks that raise built-in exceptions in one message form.
 
 "The 'n_hidden' parameter of BernoulliRBM must be an int in the range [1, inf). Got 0 instead."
+
+Units, the stack, averaging, the runtime policy and recipes (owner "the recipe", the
+parameter named by its key, ``pretrain.learning_rate``) all speak it. Wrong types raise
+TypeError, wrong values ValueError; a recipe turns both into ValueError.
 """
 
 from __future__ import annotations
@@ -17,24 +21,51 @@ def _interval(low, high, low_open=False, high_open=False) -> str:
     return f"{left}{lo}, {hi}{right}"
 
 
+def describe(owner: str, name: str) -> str:
+    return f"The '{name}' parameter of {owner}"
+
+
+def fail(owner: str, name: str, expected: str, value, error=ValueError, show_type: bool = False):
+    """Raise ``error`` with the message "The 'name' parameter of owner must be expected.
+    Got value instead." """
+    got = f"{value!r} ({type(value).__name__})" if show_type else repr(value)
+    raise error(f"{describe(owner, name)} must be {expected}. Got {got} instead.")
+
+
+def check_bool(owner: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        fail(owner, name, "true or false", value, TypeError, show_type=True)
+    return value
+
+
+def check_str(owner: str, name: str, value) -> str:
+    if not isinstance(value, str):
+        fail(owner, name, "a str", value, TypeError, show_type=True)
+    return value
+
+
+def check_choice(owner: str, name: str, value, choices) -> object:
+    """Raise ValueError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        fail(owner, name, "one of " + ", ".join(map(repr, choices)), value)
+    return value
+
+
 def check_int(owner: str, name: str, value, *, low=None, high=None) -> int:
     """Raise TypeError/ValueError unless ``value`` is an int in [low, high]."""
-    what = f"The '{name}' parameter of {owner} must be an int in the range {_interval(low, high)}."
+    expected = f"an int in the range {_interval(low, high)}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{what} Got {value!r} ({type(value).__name__}) instead.")
+        fail(owner, name, expected, value, TypeError, show_type=True)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{what} Got {value!r} instead.")
+        fail(owner, name, expected, value)
     return int(value)
 
 
 def check_range(owner: str, name: str, value, *, low=None, high=None, low_open=False, high_open=False) -> float:
     """Raise TypeError/ValueError unless ``value`` is a finite real number in the interval."""
-    what = (
-        f"The '{name}' parameter of {owner} must be a float in the range "
-        f"{_interval(low, high, low_open, high_open)}."
-    )
+    expected = f"a float in the range {_interval(low, high, low_open, high_open)}"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{what} Got {value!r} ({type(value).__name__}) instead.")
+        fail(owner, name, expected, value, TypeError, show_type=True)
     v = float(value)
     bad = not math.isfinite(v)
     if low is not None:
@@ -42,5 +73,5 @@ def check_range(owner: str, name: str, value, *, low=None, high=None, low_open=F
     if high is not None:
         bad = bad or v > high or (high_open and v == high)
     if bad:
-        raise ValueError(f"{what} Got {value!r} instead.")
+        fail(owner, name, expected, value)
     return v

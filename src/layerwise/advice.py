@@ -179,3 +179,46 @@ def format_findings(findings: list[Finding]) -> str:
         lines.append(f"        why: {fd.why}")
         lines.append(f"        fix: {fd.fix}")
     return "\n".join(lines)
+
+
+def data_facts(cfg) -> dict | None:
+    """What the rules need to know of a ``[data]`` config's data, read without validating
+    it (so bad data becomes a finding, not an exception): n_inputs, n_labels, range,
+    whether validation data exists. None where the data is not at hand (MNIST not
+    downloaded yet, a missing file): nothing is downloaded here."""
+    import numpy as np
+
+    from layerwise.data import MNIST_NPZ, Splits, cache_dir, load_digits, load_mnist, load_npz
+
+    try:
+        if cfg.source == "mnist":
+            if not (cache_dir() / MNIST_NPZ).exists():
+                return None
+            splits = load_mnist(report=lambda m: None)
+        elif cfg.source == "digits":
+            splits = load_digits()
+        else:
+            train = load_npz(cfg.train)
+            splits = Splits(train, load_npz(cfg.validation) if cfg.validation else None, None, None)
+    except (OSError, ValueError, ImportError):
+        return None
+    x, y = np.asarray(splits.train.x), splits.train.y
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+        return None
+    finite = x[np.isfinite(x)]
+    return {
+        "n_inputs": int(x.shape[1]),
+        "n_labels": None if y is None or len(y) == 0 else int(np.max(y)) + 1,
+        "range": (float(finite.min()), float(finite.max())) if finite.size else None,
+        "has_validation": True,  # a split is held out when no validation file is given
+    }
+
+
+def recipe_findings(cfg: RunConfig, *, workers: int = 1) -> tuple[list[Finding], bool]:
+    """The findings for a recipe, with its data inspected where it is at hand; and
+    whether it was."""
+    facts = data_facts(cfg.data)
+    if facts is None:
+        return check(cfg, workers=workers), False
+    return check(cfg, n_inputs=facts["n_inputs"], n_labels_in_data=facts["n_labels"], data_range=facts["range"],
+                 has_validation=facts["has_validation"], workers=workers), True

@@ -16,20 +16,17 @@ manifest.json (schema_version 1)::
     parent             weights_sha256 of the artifact this one was made from, or null
     created            UTC time, ISO 8601
 
-Writes are atomic: the folder is assembled under a temporary name, every file fsynced,
-then renamed into place and the parent folder fsynced. A pretrained artifact's files are
-made read-only. Loading checks the weights hash first.
+Writes are atomic (``_files.atomic_folder``): the folder is assembled under a temporary
+name, every file fsynced, then renamed into place and the parent folder fsynced. A
+pretrained artifact's files are made read-only. Loading checks the weights hash first.
+Resumable training state is not an artifact: ``checkpointing`` writes it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
-import os
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 
 import torch
@@ -37,31 +34,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from layerwise import __version__
+from layerwise._files import atomic_folder, sha256_file
 
 SCHEMA_VERSION = 1
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def write_artifact(
@@ -81,13 +58,12 @@ def write_artifact(
     folder = Path(folder)
     if folder.exists():
         raise FileExistsError(f"artifact folder '{folder}' already exists; it is never overwritten")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
-    try:
+    manifest: dict = {}
+
+    def fill(tmp: Path) -> None:
         weights = tmp / WEIGHTS
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(weights))
-        _fsync_file(weights)
-        manifest = {
+        manifest.update({
             "schema_version": SCHEMA_VERSION,
             "layerwise_version": __version__,
             "kind": kind,
@@ -98,18 +74,13 @@ def write_artifact(
             "weights_sha256": sha256_file(weights),
             "parent": parent,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
+        })
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _fsync_file(tmp / MANIFEST)
         if read_only:
             for p in (weights, tmp / MANIFEST):
                 p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, folder)
-        _fsync_dir(folder.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_folder(folder, fill)
     return manifest
 
 
@@ -194,45 +165,3 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, dict]:
     model.load_state_dict(tensors, strict=False)
     model.eval()
     return model, manifest
-
-
-# -- resumable training state -----------------------------------------------------------
-CHECKPOINT = "state.safetensors"
-
-
-def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Atomically replace ``folder/state.safetensors`` with these tensors and JSON ``meta``
-    (kept in the safetensors header). Written to a temporary file, fsynced, renamed over
-    the old one, and the folder fsynced: a crash at any point leaves the previous
-    checkpoint or the new one, never a torn file."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".state.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata={"layerwise": json.dumps(meta)})
-        _fsync_file(Path(tmp))
-        os.replace(tmp, folder / CHECKPOINT)
-        _fsync_dir(folder)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return folder / CHECKPOINT
-
-
-def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read (tensors, meta) of a checkpoint folder; a clear error if it is missing or torn."""
-    from safetensors import safe_open
-
-    path = Path(folder) / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at '{path}'")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["layerwise"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError, ValueError) as e:
-        raise ValueError(f"checkpoint '{path}' is unreadable ({type(e).__name__}: {e})") from None
-    return tensors, meta

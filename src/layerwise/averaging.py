@@ -9,8 +9,8 @@ optimizer state. Here the tensors to average are named explicitly (``trained_ten
 and one flat all_reduce carries them all (one call per round: up to twice as fast as one
 per tensor for the 1.67M-parameter 784-500-500-2000-10 net).
 
-This module is the first part of distributed training; the launcher and the loop
-integration build on it.
+Process groups (joining, leaving, launching workers) are ``distributed``'s; the loop
+calls the averager.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import time
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from layerwise._checks import check_int
 
 
 def trained_tensors(module: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -103,9 +105,7 @@ class PeriodicAverager:
 
     def __init__(self, period: int, tensors_fn, group=None, *, rank: int | None = None, world: int | None = None,
                  max_drift: float | None = None, drift_floor: float = DRIFT_FLOOR_RMS):
-        if not isinstance(period, int) or period < 1:
-            raise ValueError(f"The 'period' parameter of PeriodicAverager must be an int in the range [1, inf). Got {period!r} instead.")
-        self.period = period
+        self.period = check_int("PeriodicAverager", "period", period, low=1)
         self.tensors_fn = tensors_fn
         self.group = group
         self.step = 0

@@ -8,22 +8,9 @@
 
 from __future__ import annotations
 
-import os
-
-# Idle OpenMP threads that spin steal the core from everything else on a busy machine
-# (2 threads ran 3-20x slower on a shared 2-core box); passive waiting avoids that.
-# This must be set before torch starts its thread pool.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import argparse  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-
-def _set_threads(n: int | None) -> None:
-    import torch
-
-    torch.set_num_threads(n or min(2, os.cpu_count() or 1))
+import argparse
+import sys
+from pathlib import Path
 
 
 def _at_least(low: int):
@@ -52,42 +39,38 @@ def _err(msg: str) -> int:
 
 
 def cmd_train(args) -> int:
-    from layerwise import config
-    from layerwise.pipeline import resume, train
+    from layerwise import config, jobs, runtime
+    from layerwise.distributed import run_worker, under_torchrun
+    from layerwise.runs import read_config
 
     echo = None if args.quiet else _say
     bars = not args.quiet and sys.stderr.isatty()
     if args.resume:
         if args.recipe or args.name:
             return _err("--resume takes the run folder alone: its config.toml is the recipe")
-        _set_threads(args.threads)
-        result = resume(args.resume, progress=bars, echo=echo)
+        runtime.apply(args.threads, read_config(args.resume).threads)
+        _print_result(jobs.resume(args.resume, progress=bars, echo=echo))
+        return 0
+    if not args.recipe:
+        return _err("train needs a RECIPE (or --resume RUN_FOLDER)")
+    cfg = config.load(args.recipe)
+    if args.name:
+        cfg.name = args.name
+    if args.threads:
+        cfg.threads = args.threads  # recorded in the run's config.toml
+    if under_torchrun():  # one worker of a distributed run (torchrun, or --workers)
+        runtime.apply(args.threads, cfg.threads, local_workers=runtime.local_workers())
+        run_worker(lambda: jobs.worker_main(cfg, args.runs_dir, echo=echo),
+                   timeout_minutes=cfg.distributed.timeout_minutes, on_result=_print_result)
+    if not _advise_or_stop(cfg, args.strict, args.quiet, workers=args.workers):
+        return 2
+    if args.workers > 1:
+        result = jobs.train_workers(cfg, args.workers, runs_dir=args.runs_dir, max_restarts=args.max_restarts, echo=echo)
+        if echo is not None:
+            return 0  # rank 0's own summary came through echo
     else:
-        if not args.recipe:
-            return _err("train needs a RECIPE (or --resume RUN_FOLDER)")
-        cfg = config.load(args.recipe)
-        if args.name:
-            cfg.name = args.name
-        if args.threads:
-            cfg.threads = args.threads
-        from layerwise.pipeline import train_workers, under_torchrun, worker_main
-
-        if under_torchrun():  # one worker of a distributed run (torchrun, or --workers)
-            result = worker_main(cfg, args.runs_dir, echo=echo)
-            if result is None:  # not rank 0: nothing to report
-                os._exit(0)
-            _print_result(result)
-            sys.stdout.flush()
-            os._exit(0)
-        if not _advise_or_stop(cfg, args.strict, args.quiet, workers=args.workers):
-            return 2
-        if args.workers > 1:
-            result = train_workers(cfg, args.workers, runs_dir=args.runs_dir, max_restarts=args.max_restarts, echo=echo)
-            if echo is not None:
-                return 0  # rank 0's own summary came through echo
-        else:
-            _set_threads(cfg.threads)
-            result = train(cfg, runs_dir=args.runs_dir, progress=bars, echo=echo)
+        runtime.apply(args.threads, cfg.threads)
+        result = jobs.train(cfg, runs_dir=args.runs_dir, progress=bars, echo=echo)
     _print_result(result)
     return 0
 
@@ -100,14 +83,13 @@ def _print_result(result) -> None:
         print(f"test accuracy: {100 * result.test_accuracy:.2f}%")
     else:
         print("test accuracy: n/a (the recipe names no test data)")
-    print(f"run folder: {result.run_dir}")
+    print(f"run folder: {result.run_dir}", flush=True)
 
 
 def _advise_or_stop(cfg, strict: bool, quiet: bool, workers: int = 1) -> bool:
     """Show the advisor's findings; False (stop before any work) on an error, or on a
     warning with --strict."""
-    from layerwise.advice import format_findings
-    from layerwise.pipeline import recipe_findings
+    from layerwise.advice import format_findings, recipe_findings
 
     findings, _ = recipe_findings(cfg, workers=workers)
     blocking = [f for f in findings if f.severity == "error" or (strict and f.severity == "warning")]
@@ -124,8 +106,7 @@ def cmd_check(args) -> int:
     import json
 
     from layerwise import config
-    from layerwise.advice import format_findings
-    from layerwise.pipeline import recipe_findings
+    from layerwise.advice import format_findings, recipe_findings
 
     cfg = config.load(args.recipe)
     findings, inspected = recipe_findings(cfg, workers=args.workers)
@@ -141,51 +122,30 @@ def cmd_check(args) -> int:
 
 
 def cmd_probe_lr(args) -> int:
-    from layerwise import config
-    from layerwise.pipeline import join_group, launch_workers, leave_group, load_splits, under_torchrun, workers_failed
-    from layerwise.probe import geometric_grid, probe_lr
+    from layerwise import config, jobs, runtime
+    from layerwise.distributed import run_worker, under_torchrun
+    from layerwise.probe import geometric_grid
 
     cfg = config.load(args.recipe)
     grid = geometric_grid(args.low, args.high, args.points)
-    worker = under_torchrun()
-    say = (lambda s: None) if args.quiet else _say
-    if args.workers > 1 and not worker:
-        # bad data stops here, and MNIST is fetched once, not by every worker
-        load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=say)
-        # the same command as N worker processes; rank 0 prints and writes
-        argv = ["probe-lr", str(args.recipe), "--low", str(args.low), "--high", str(args.high), "--points",
-                str(args.points), "--subset", str(args.subset), "--epochs", str(args.epochs), "--out", str(args.out)]
-        argv += ["--threads", str(args.threads)] if args.threads else []
-        argv += ["--quiet"] if args.quiet else []
-        proc = launch_workers(argv, args.workers, on_line=_say)
-        if proc.returncode != 0:
-            raise workers_failed(proc, args.workers)
+    echo = None if args.quiet else _say
+    trial = {"grid": grid, "subset": args.subset, "epochs": args.epochs}
+    if under_torchrun():  # one worker of `probe-lr --workers N`
+        runtime.apply(args.threads, cfg.threads, local_workers=runtime.local_workers())
+        run_worker(lambda: jobs.probe(cfg, **trial, echo=echo, in_group=True),
+                   timeout_minutes=cfg.distributed.timeout_minutes, on_result=lambda res: _print_probe(res, args))
+    if args.workers > 1:
+        jobs.probe_workers(args.recipe, args.workers, low=args.low, high=args.high, points=args.points,
+                           subset=args.subset, epochs=args.epochs, out=args.out, threads=args.threads,
+                           quiet=args.quiet, echo=_say)
         return 0
-    rank = 0
-    if worker:
-        if args.threads:
-            cfg.threads = args.threads
-        rank, _ = join_group(cfg)
-    else:
-        _set_threads(args.threads or cfg.threads)
-    echo = None if args.quiet or rank else _say
-    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or (lambda s: None))
-    if not cfg.model.hidden:
-        from layerwise.advice import suggest_layers
-
-        cfg.model.hidden = suggest_layers(splits.n_inputs)
-    res = probe_lr(cfg, splits, grid=grid, subset=args.subset, epochs=args.epochs, report=echo,
-                   distributed=cfg.distributed if worker else None)
-    if rank == 0:
-        _write_probe(res, args)
-    if worker:
-        leave_group()
-        os._exit(0)
+    runtime.apply(args.threads, cfg.threads)
+    _print_probe(jobs.probe(cfg, **trial, echo=echo), args)
     return 0
 
 
-def _write_probe(res: dict, args) -> None:
-    import json
+def _print_probe(res: dict, args) -> None:
+    from layerwise.probe import write_results
 
     if res["workers"] > 1:
         print(f"{res['workers']} workers, averaging every {res['averaging_frequency']} batches "
@@ -198,17 +158,10 @@ def _write_probe(res: dict, args) -> None:
             print(f"{phase}: no stable rate in [{args.low:g}, {args.high:g}]; try lower rates")
         else:
             print(f"{phase}: largest stable rate {r['largest_stable']:g}, recommended {r['recommended']:g}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        from layerwise.plots import probe_plot
-
-        probe_plot(res, out.with_suffix(".png"))
-        print(f"plot: {out.with_suffix('.png')}")
-    except ImportError:
-        pass
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2))
-    print(f"data: {out.with_suffix('.json')}", flush=True)
+    png, data = write_results(res, args.out)
+    if png is not None:
+        print(f"plot: {png}")
+    print(f"data: {data}", flush=True)
 
 
 def cmd_advise(args) -> int:
@@ -237,14 +190,11 @@ def _classifier(path):
 
 
 def cmd_evaluate(args) -> int:
-    import torch
-
-    from layerwise import config
-    from layerwise.data import load_npz, validate
+    from layerwise import config, runtime
+    from layerwise.data import as_tensors, load_npz, load_splits, validate
     from layerwise.finetune import evaluate
-    from layerwise.pipeline import load_splits
 
-    _set_threads(args.threads)
+    runtime.apply(args.threads)
     model, manifest = _classifier(args.model)
     arch = manifest["architecture"]
     if args.data:
@@ -255,7 +205,7 @@ def cmd_evaluate(args) -> int:
         if ds is None:
             return _err(f"the config of '{args.model}' names no test data; pass --data FILE.npz")
         ds = validate(ds, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
-    loss, acc = evaluate(model, torch.from_numpy(ds.x), torch.from_numpy(ds.y))
+    loss, acc = evaluate(model, *as_tensors(ds))
     print(f"data: {ds.name} ({len(ds)} samples)")
     print(f"loss: {loss:.4f}")
     print(f"test accuracy: {100 * acc:.2f}%")
@@ -264,18 +214,19 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     import numpy as np
-    import torch
 
-    from layerwise.data import _atomic_write_bytes, load_npz, validate
+    from layerwise import runtime
+    from layerwise._files import atomic_write
+    from layerwise.data import as_tensors, load_npz, validate
     from layerwise.finetune import predict_proba
 
-    _set_threads(args.threads)
+    runtime.apply(args.threads)
     model, manifest = _classifier(args.model)
     ds = validate(load_npz(args.data), n_inputs=manifest["architecture"]["sizes"][0], n_labels=manifest["architecture"]["n_labels"])
-    proba = predict_proba(model, torch.from_numpy(ds.x)).numpy()
+    proba = predict_proba(model, as_tensors(ds)[0]).numpy()
     labels = proba.argmax(1)
     if args.out:
-        _atomic_write_bytes(Path(args.out), lambda f: np.savez(f, labels=labels, probabilities=proba))
+        atomic_write(args.out, lambda f: np.savez(f, labels=labels, probabilities=proba))
         print(f"wrote labels and probabilities of {len(labels)} samples to {args.out}")
     else:
         print("index,label,probability")
@@ -287,39 +238,39 @@ def cmd_predict(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from layerwise import config
-    from layerwise.pipeline import pretrain_stage
+    from layerwise import config, jobs, runtime
+    from layerwise.runs import read_config
 
     echo = None if args.quiet else _say
     bars = not args.quiet and sys.stderr.isatty()
     if args.resume:
         if args.recipe or args.out:
             return _err("--resume takes the pretraining folder alone (plus --data/--epochs)")
-        _set_threads(args.threads)
-        res = pretrain_stage(args.resume, data=args.data, epochs=args.epochs, progress=bars, echo=echo)
+        runtime.apply(args.threads, read_config(args.resume, "staged pretraining folder").threads)
+        res = jobs.pretrain_stage(args.resume, data=args.data, epochs=args.epochs, progress=bars, echo=echo)
     else:
         if not (args.recipe and args.data and args.out):
             return _err("pretrain needs RECIPE --data FILE.npz --out FOLDER (or --resume FOLDER)")
         cfg = config.load(args.recipe)
         if args.threads:
             cfg.threads = args.threads
-        _set_threads(cfg.threads)
-        res = pretrain_stage(args.out, cfg=cfg, data=args.data, epochs=args.epochs, progress=bars, echo=echo)
+        runtime.apply(args.threads, cfg.threads)
+        res = jobs.pretrain_stage(args.out, cfg=cfg, data=args.data, epochs=args.epochs, progress=bars, echo=echo)
     print(f"stage {res.stage}: {res.seconds:.1f} s, {len(res.manifest['stages'])} stage(s) recorded")
     print(f"pretrained net: {res.artifact}")
     return 0
 
 
 def cmd_finetune(args) -> int:
-    from layerwise import config
-    from layerwise.pipeline import finetune_pretrained
+    from layerwise import config, jobs, runtime
 
     cfg = config.load(args.recipe)
     if args.threads:
         cfg.threads = args.threads
-    _set_threads(cfg.threads)
+    runtime.apply(args.threads, cfg.threads)
     echo = None if args.quiet else _say
-    res = finetune_pretrained(args.pretrained, cfg, args.out, progress=not args.quiet and sys.stderr.isatty(), echo=echo)
+    res = jobs.finetune_pretrained(args.pretrained, cfg, args.out, progress=not args.quiet and sys.stderr.isatty(),
+                                   echo=echo)
     print(f"fine-tuning {res.seconds_finetune:.1f} s")
     if res.test_accuracy is not None:
         print(f"test accuracy: {100 * res.test_accuracy:.2f}%")
@@ -462,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
+    from layerwise import runtime
+
+    runtime.set_wait_policy()  # before anything imports torch: OpenMP reads it when torch loads
     from layerwise.loop import clear_stop
 
     args = build_parser().parse_args(argv)

@@ -1,20 +1,24 @@
 """Typed run configuration: TOML in, validated dataclasses, TOML out.
 
-A recipe has the sections ``[data]``, ``[model]``, ``[pretrain]``, ``[finetune]`` and the
-top-level keys ``name``, ``seed`` and ``threads``. Unknown keys and wrong types raise
-``ValueError`` naming the key (``pretrain.learning_rat``) and, for typos, the nearest
-valid key.
+A recipe has the sections ``[data]``, ``[model]``, ``[pretrain]``, ``[finetune]``,
+``[checkpoint]``, ``[guard]``, ``[distributed]`` and the top-level keys ``name``, ``seed``
+and ``threads``. Unknown keys raise ``ValueError`` naming the key
+(``pretrain.learning_rat``) and, for typos, the nearest valid key; wrong types and values
+raise ``ValueError`` in the one message form of ``_checks``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import tomli_w
+
+from layerwise._checks import check_bool, check_choice, check_int, check_range, check_str, describe, fail
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -150,20 +154,28 @@ _BOUNDS = {
 }
 
 
-def _in_interval(value, interval: str) -> bool:
-    lo_s, hi_s = interval[1:-1].split(", ")
-    lo, hi = float(lo_s), float(hi_s)
-    above = value > lo if interval[0] == "(" else value >= lo
-    below = value < hi if interval[-1] == ")" else value <= hi
-    return above and below
+OWNER = "the recipe"  # config errors read "The 'pretrain.epochs' parameter of the recipe must be ..."
+_BOUNDS["model.hidden"] = "[1, inf)"  # each hidden layer size
 
 
-def _type_name(tp) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+def _limits(key: str) -> dict:
+    """The check_int / check_range bounds of a key from its interval "[low, high)"."""
+    interval = _BOUNDS.get(key.split("[")[0])
+    if interval is None:
+        return {}
+    num = lambda t: None if t == "inf" else (float(t) if "." in t or "e" in t else int(t))  # noqa: E731
+    lo, hi = (num(t) for t in interval[1:-1].split(", "))
+    out = {"low": lo, "high": hi}
+    if interval[0] == "(":
+        out["low_open"] = True
+    if interval[-1] == ")" and hi is not None:
+        out["high_open"] = True
+    return out
 
 
 def _coerce(key: str, value, tp):
-    """Check ``value`` against the annotation ``tp``; return it converted."""
+    """Check ``value`` against the annotation ``tp`` and the key's bounds and choices;
+    return it converted. Raises TypeError or ValueError in the _checks form."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
@@ -173,42 +185,21 @@ def _coerce(key: str, value, tp):
         return _coerce(key, value, inner)
     if origin is list:
         (inner,) = args
-        if not isinstance(value, list):
-            raise ValueError(f"config key '{key}' must be a list of integers; got {value!r}")
+        if not isinstance(value, list) or not value:
+            fail(OWNER, key, "a non-empty list of ints", value, TypeError, show_type=True)
         return [_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
     if tp is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"config key '{key}' must be true or false; got {value!r}")
-        return value
+        return check_bool(OWNER, key, value)
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"config key '{key}' must be an integer; got {value!r}")
-        return value
+        limits = _limits(key)
+        assert not limits.get("low_open") and not limits.get("high_open"), key  # integer bounds are closed
+        return check_int(OWNER, key, value, low=limits.get("low"), high=limits.get("high"))
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"config key '{key}' must be a finite number; got {value!r}")
-        return float(value)
+        return check_range(OWNER, key, value, **_limits(key))
     if tp is str:
-        if not isinstance(value, str):
-            raise ValueError(f"config key '{key}' must be a string; got {value!r}")
-        return value
+        check_str(OWNER, key, value)
+        return check_choice(OWNER, key, value, CHOICES[key]) if key in CHOICES else value
     raise TypeError(f"unsupported config type {tp} for '{key}'")  # pragma: no cover
-
-
-def _check_value(key: str, value) -> None:
-    if value is None:
-        return
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ValueError(f"config key '{key}' must be one of {', '.join(map(repr, CHOICES[key]))}; got {value!r}")
-    if key == "model.hidden":
-        if not value:
-            raise ValueError("config key 'model.hidden' must list at least one hidden layer size")
-        for i, n in enumerate(value):
-            if n < 1:
-                raise ValueError(f"config key 'model.hidden[{i}]' must be at least 1; got {n}")
-        return
-    if key in _BOUNDS and not _in_interval(value, _BOUNDS[key]):
-        raise ValueError(f"config key '{key}' must be in the range {_BOUNDS[key]}; got {value!r}")
 
 
 def _build(cls, section: dict, prefix: str):
@@ -224,12 +215,13 @@ def _build(cls, section: dict, prefix: str):
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
-                raise ValueError(f"config key '{full}' must be a table [{full}]; got {value!r}")
+                fail(OWNER, full, f"a table [{full}]", value)
             kwargs[key] = _build(tp, value, f"{full}.")
             continue
-        value = _coerce(full, value, tp)
-        _check_value(full, value)
-        kwargs[key] = value
+        try:
+            kwargs[key] = _coerce(full, value, tp)
+        except TypeError as e:  # a recipe's every mistake is a ValueError
+            raise ValueError(str(e)) from None
     return cls(**kwargs)
 
 
@@ -238,18 +230,16 @@ def from_dict(d: dict) -> RunConfig:
     cfg = _build(RunConfig, d, "")
     p = cfg.pretrain
     if p.sparsity_cost and p.sparsity_target is None:
-        raise ValueError("config key 'pretrain.sparsity_cost' is set but 'pretrain.sparsity_target' is not")
+        raise ValueError(f"{describe(OWNER, 'pretrain.sparsity_cost')} is set but 'pretrain.sparsity_target' is not.")
     if cfg.data.source == "npz" and not cfg.data.train:
-        raise ValueError("config key 'data.train' must name a .npz file when data.source = \"npz\"")
+        fail(OWNER, "data.train", "the path of a .npz file when data.source = 'npz'", cfg.data.train)
     if cfg.data.source != "npz":
         for key in ("train", "validation", "test"):
             if getattr(cfg.data, key):
-                raise ValueError(
-                    f"config key 'data.{key}' is only used with data.source = \"npz\"; "
-                    f"data.source is {cfg.data.source!r}"
-                )
+                raise ValueError(f"{describe(OWNER, 'data.' + key)} is only used with data.source = 'npz'; "
+                                 f"data.source is {cfg.data.source!r}.")
     if cfg.model.unit == "autoencoder" and cfg.model.visible != "bernoulli":
-        raise ValueError("config key 'model.visible' must be \"bernoulli\" for model.unit = \"autoencoder\"")
+        fail(OWNER, "model.visible", "'bernoulli' for model.unit = 'autoencoder'", cfg.model.visible)
     return cfg
 
 
@@ -276,32 +266,15 @@ def load(path: str | Path) -> RunConfig:
     return cfg
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} to TOML")  # pragma: no cover
-
-
 def to_toml(cfg: RunConfig) -> str:
-    """The resolved config as TOML (keys whose value is None are left out)."""
+    """The resolved config as TOML. TOML has no null: a None whose default is None is
+    left out, any other None is written as "none" (which the reader takes as None)."""
     d, defaults = cfg.to_dict(), RunConfig().to_dict()
 
-    def entries(values: dict, dflt: dict) -> list[str]:
-        # TOML has no null: a None whose default is not None is written as "none"
-        return [
-            f"{k} = {_toml_value('none' if v is None else v)}"
-            for k, v in values.items()
-            if not isinstance(v, dict) and (v is not None or dflt[k] is not None)
-        ]
+    def entries(values: dict, dflt: dict) -> dict:
+        return {k: "none" if v is None else v for k, v in values.items()
+                if not isinstance(v, dict) and (v is not None or dflt[k] is not None)}
 
-    lines = entries(d, defaults)
-    for section, values in d.items():
-        if isinstance(values, dict):
-            lines += [f"\n[{section}]"] + entries(values, defaults[section])
-    return "\n".join(lines) + "\n"
+    out = entries(d, defaults)
+    out.update({section: entries(values, defaults[section]) for section, values in d.items() if isinstance(values, dict)})
+    return tomli_w.dumps(out)

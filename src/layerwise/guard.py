@@ -99,6 +99,10 @@ class GuardEvent:
         return {"phase": "guard", "event": "rollback", "what": self.what, "where": self.where,
                 "epoch": self.epoch, "batch": self.batch, "lr_before": self.lr_before, "lr_after": self.lr_after}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "GuardEvent":
+        return cls(d["what"], d["where"], d["epoch"], d["batch"], d["lr_before"], d["lr_after"])
+
 
 @dataclass
 class DivergenceGuard:
@@ -143,26 +147,28 @@ class DivergenceGuard:
     def current_lr(self) -> float:
         return self.lr * self.lr_scale
 
-    def state(self) -> tuple[dict, dict | None, dict]:
-        """(last good weights, last good optimizer state or None, the rest as plain
-        data): what a checkpoint holds so that a resumed guard acts as this one would."""
-        return self._good, self._good_opt, {
-            "start_norm": self.start_norm, "history": list(self.history),
-            "good_history": list(self._good_history), "batches": self._batches,
+    def state_dict(self) -> dict:
+        """What a checkpoint holds so that a resumed guard acts as this one would: the
+        last good weights and optimizer state, the loss histories, the batch counter and
+        the rollbacks so far."""
+        return {
+            "good": self._good, "good_optimizer": self._good_opt, "start_norm": self.start_norm,
+            "history": list(self.history), "good_history": list(self._good_history), "batches": self._batches,
+            "events": [e.to_dict() for e in self.events],
         }
 
-    def load_state(self, good: dict, good_opt: dict | None, data: dict) -> None:
-        """Take over the state another guard's ``state()`` returned."""
-        self._good = {k: v.clone() for k, v in good.items()}
-        self._good_opt = copy.deepcopy(good_opt)
-        self.start_norm = data["start_norm"]
-        self.history = list(data["history"])
-        self._good_history = list(data["good_history"])
-        self._batches = data["batches"]
+    def load_state_dict(self, state: dict) -> None:
+        self._good = {k: v.clone() for k, v in state["good"].items()}
+        self._good_opt = copy.deepcopy(state["good_optimizer"])
+        self.start_norm = state["start_norm"]
+        self.history = list(state["history"])
+        self._good_history = list(state["good_history"])
+        self._batches = state["batches"]
+        self.events = [GuardEvent.from_dict(e) for e in state["events"]]
 
     def snapshot(self) -> None:
         """Remember the current state as the last good one (in memory; checkpoints save it
-        through ``state()``)."""
+        through ``state_dict()``)."""
         self._good = copy.deepcopy(self.module.state_dict())
         self._good_opt = None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict())
         self._good_history = list(self.history)
@@ -229,10 +235,9 @@ class DivergenceGuard:
             self.snapshot()  # the best state so far is the one to roll back to
 
 
-def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer, records: list, reporter,
-               state: tuple | None = None):
+def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer, records: list, reporter):
     """A DivergenceGuard from its config (None when disabled) that logs its rollbacks
-    to the records and the reporter; ``state`` (from a checkpoint) continues a guard."""
+    to the records and the reporter."""
     if cfg is None or not cfg.enabled:
         return None
 
@@ -240,12 +245,6 @@ def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer
         records.append(event)
         reporter.log(event)
 
-    guard = DivergenceGuard(module, where, lr, optimizer, lr_factor=cfg.lr_factor, max_rollbacks=cfg.max_rollbacks,
-                            max_growth=cfg.max_growth, rising_epochs=cfg.rising_epochs, check_every=cfg.check_every,
-                            max_dead=cfg.max_dead, log=log)
-    # a resumed run restores its rollbacks (and so its lowered rate) from the records
-    keys = ("what", "where", "epoch", "batch", "lr_before", "lr_after")
-    guard.events = [GuardEvent(*(e[k] for k in keys)) for e in records if e.get("phase") == "guard" and e["where"] == where]
-    if state is not None:
-        guard.load_state(*state)
-    return guard
+    return DivergenceGuard(module, where, lr, optimizer, lr_factor=cfg.lr_factor, max_rollbacks=cfg.max_rollbacks,
+                           max_growth=cfg.max_growth, rising_epochs=cfg.rising_epochs, check_every=cfg.check_every,
+                           max_dead=cfg.max_dead, log=log)

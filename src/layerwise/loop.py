@@ -9,6 +9,9 @@ go through a ``Reporter``; the library itself never prints.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,11 +98,18 @@ class LoopPosition:
     order: torch.Tensor | None = None
     stopped: bool = False  # end_epoch asked to stop (early stopping)
 
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch, "order": self.order, "stopped": self.stopped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch, self.order, self.stopped = state["epoch"], state["batch"], state["order"], state["stopped"]
+
 
 class Checkpointer:
     """When to checkpoint: after every ``every_epochs`` epochs and/or when
     ``every_seconds`` have passed (checked after each batch), or every ``every_batches``
-    batches. ``save(position)`` writes the state; the owner of the loop supplies it."""
+    batches. ``save(position)`` writes the state; the owner of the loop supplies it. The
+    loop asks whether a checkpoint is due, has the guard verify the weights, then saves."""
 
     def __init__(self, save: Callable[[LoopPosition], None], *, every_epochs: int | None = 1,
                  every_seconds: float | None = None, every_batches: int | None = None):
@@ -107,26 +117,53 @@ class Checkpointer:
         self.every_epochs = every_epochs
         self.every_seconds = every_seconds
         self.every_batches = every_batches
-        self.guard = None  # set by run_loop: nothing diverged is ever saved
         self._last = time.monotonic()
         self._batches = 0
 
     def save_now(self, pos: LoopPosition) -> None:
-        if self.guard is not None:
-            self.guard.verify(pos.epoch, pos.batch)  # may roll back instead
         self.save(pos)
         self._last = time.monotonic()
 
-    def after_batch(self, pos: LoopPosition) -> None:
+    def due_after_batch(self) -> bool:
+        """Count a batch; True when a mid-epoch checkpoint is due."""
         self._batches += 1
-        if (self.every_batches and self._batches % self.every_batches == 0) or (
-            self.every_seconds and time.monotonic() - self._last >= self.every_seconds
-        ):
-            self.save_now(pos)
+        return bool((self.every_batches and self._batches % self.every_batches == 0) or (
+            self.every_seconds and time.monotonic() - self._last >= self.every_seconds))
 
-    def after_epoch(self, pos: LoopPosition) -> None:
-        if self.every_epochs and (pos.epoch % self.every_epochs == 0 or pos.stopped):
-            self.save_now(pos)
+    def due_after_epoch(self, pos: LoopPosition) -> bool:
+        return bool(self.every_epochs and (pos.epoch % self.every_epochs == 0 or pos.stopped))
+
+
+def kill_point(desc: str, rank: int = 0) -> tuple[int, int, int] | None:
+    """For tests that kill a run at a chosen batch, deterministically: the
+    ``LAYERWISE_TEST_KILL`` environment variable lists, comma-separated, one kill point
+    per life of the process (its restart count under torchrun, else 0), each
+    ``[RANK/]LOOP@EPOCH.BATCH[:INT]``: in the loop whose description starts with LOOP
+    ("pretrain layer 2", "finetune"), right after batch BATCH of epoch EPOCH (both
+    counted from 1), the process sends itself SIGKILL (SIGINT with ``:INT``, as a Ctrl-C
+    does). Returns (epoch, batch, signal) for this loop, or None."""
+    spec = os.environ.get("LAYERWISE_TEST_KILL")
+    if not spec:
+        return None
+    lives = spec.split(",")
+    life = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if life >= len(lives) or not lives[life].strip():
+        return None
+    m = re.fullmatch(r"(?:(\d+)/)?(.+)@(\d+)\.(\d+)(:INT)?", lives[life].strip())
+    if m is None:
+        raise ValueError(f"LAYERWISE_TEST_KILL: cannot read {lives[life]!r}; expected [RANK/]LOOP@EPOCH.BATCH[:INT]")
+    who, loop, epoch, batch, sigint = m.groups()
+    if (who is not None and int(who) != rank) or not desc.startswith(loop):
+        return None
+    return int(epoch), int(batch), signal.SIGINT if sigint else signal.SIGKILL
+
+
+def _checkpoint(checkpointer: Checkpointer, guard, pos: LoopPosition) -> None:
+    """Nothing diverged is ever saved: the guard looks at the weights first (and rolls
+    back instead, raising Rollback, if they hold NaN or Inf)."""
+    if guard is not None:
+        guard.verify(pos.epoch, pos.batch)
+    checkpointer.save_now(pos)
 
 
 def run_loop(
@@ -155,14 +192,13 @@ def run_loop(
 
     pos = position if position is not None else LoopPosition()
     rank, world = (averager.rank, averager.world) if averager is not None else (0, 1)
-    if checkpointer is not None:
-        checkpointer.guard = guard
     n = x.shape[0]
     if world > 1:
         # every worker draws the same permutation (same seed) and takes its own share:
         # disjoint shards, reshuffled every epoch, of equal length so rounds line up
         n = n // world
     n_batches = (n + batch_size - 1) // batch_size
+    kill = kill_point(desc, rank)
     while pos.epoch < epochs and not pos.stopped:
         epoch = pos.epoch
         t0 = time.perf_counter()
@@ -188,12 +224,14 @@ def run_loop(
                     averager.after_step()
                 if guard is not None and world == 1:  # distributed: NaN shows at the averaging round
                     guard.after_batch(epoch, pos.batch, loss)
+                if kill is not None and kill[:2] == (epoch + 1, pos.batch):
+                    os.kill(os.getpid(), kill[2])
                 if _stop_requested:
                     if checkpointer is not None:
-                        checkpointer.save_now(pos)  # a consistent state: between two batches
+                        _checkpoint(checkpointer, guard, pos)  # a consistent state: between two batches
                     raise KeyboardInterrupt
-                if checkpointer is not None and pos.batch < n_batches:
-                    checkpointer.after_batch(pos)
+                if checkpointer is not None and pos.batch < n_batches and checkpointer.due_after_batch():
+                    _checkpoint(checkpointer, guard, pos)
             if averager is not None:
                 averager.average_now()  # validation and early stopping see the averaged weights
             stop = end_epoch(epoch, time.perf_counter() - t0)
@@ -213,6 +251,6 @@ def run_loop(
         finally:
             bar.close()
         pos.epoch, pos.batch, pos.order, pos.stopped = epoch + 1, 0, None, bool(stop)
-        if checkpointer is not None:
-            checkpointer.after_epoch(pos)
+        if checkpointer is not None and checkpointer.due_after_epoch(pos):
+            _checkpoint(checkpointer, guard, pos)
     return pos.epoch

@@ -1,8 +1,10 @@
 """Greedy layer-wise pretraining: for each layer, run the shared loop with that unit's
 step, on the mean activations of the layers below.
 
-Per epoch each layer reports the reconstruction cross-entropy on (a fixed subset of)
-the training data and on held-out data; RBMs also report the free-energy gap
+Pretraining knows a unit only through the ``Unit`` protocol (``step``, ``step_options``,
+``transform``, ``reconstruction_cross_entropy``, ``metrics``). Per epoch each layer
+reports its ``metrics`` on (a fixed subset of) the training data and on held-out data:
+the reconstruction cross-entropy, and for RBMs the free-energy gap
 ``mean F(held-out) - mean F(train)``, which grows when the RBM overfits (Hinton's
 practical guide, section 6).
 """
@@ -15,50 +17,42 @@ import torch
 
 from layerwise.averaging import from_rank0, make_averager
 from layerwise.config import DistributedConfig, GuardConfig, PretrainConfig
-from layerwise.guard import dead_fraction, make_guard
+from layerwise.guard import DivergenceGuard, dead_fraction, make_guard
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
 from layerwise.stack import DeepBeliefNet
-from layerwise.units import DenoisingAutoencoder
+from layerwise.units import Unit
 
 
 def momentum_at(cfg: PretrainConfig, epoch: int) -> float:
     return cfg.momentum if epoch < cfg.momentum_switch_epoch else cfg.final_momentum
 
 
-def _step_kwargs(unit, cfg: PretrainConfig) -> dict:
-    if isinstance(unit, DenoisingAutoencoder):
-        return {"weight_decay": cfg.weight_decay, "noise": cfg.noise}
-    return {
-        "weight_decay": cfg.weight_decay,
-        "k": cfg.cd_k,
-        "persistent": cfg.persistent,
-        "sparsity_target": cfg.sparsity_target,
-        "sparsity_cost": cfg.sparsity_cost,
-    }
-
-
 @torch.no_grad()
-def layer_metrics(unit, train_x: torch.Tensor, held_x: torch.Tensor | None) -> dict:
-    """Reconstruction cross-entropy (nats per example) on train and held-out inputs, and
-    for RBMs the free-energy gap. Both inputs should be subsets of equal size."""
-    m = {"recon_ce_train": float(unit.reconstruction_cross_entropy(train_x)),
-         "dead_units": dead_fraction(unit.transform(train_x))}
-    if held_x is not None:
-        m["recon_ce_heldout"] = float(unit.reconstruction_cross_entropy(held_x))
-        if hasattr(unit, "free_energy"):
-            n = min(len(train_x), len(held_x))
-            gap = unit.free_energy(held_x[:n]).mean() - unit.free_energy(train_x[:n]).mean()
-            m["free_energy_gap"] = float(gap)
-    return m
+def layer_metrics(unit: Unit, train_x: torch.Tensor, held_x: torch.Tensor | None) -> dict:
+    """The unit's own per-epoch numbers (reconstruction cross-entropy in nats per example
+    on train and held-out inputs; for RBMs the free-energy gap) and the fraction of
+    saturated hidden units. Both inputs should be subsets of equal size."""
+    return {**unit.metrics(train_x, held_x), "dead_units": dead_fraction(unit.transform(train_x))}
 
 
 @dataclass
 class PretrainProgress:
-    """The greedy state: which layer is training and where its loop stands."""
+    """The greedy state: which layer is training, where its loop stands, and the guard
+    watching it (set by ``pretrain`` for the layer in progress)."""
 
     layer: int = 0
     position: LoopPosition = field(default_factory=LoopPosition)
-    guard_state: tuple | None = None  # the checkpointed guard of the layer in progress
+    guard: DivergenceGuard | None = None
+    guard_state: dict | None = None  # a checkpointed guard, taken over by the layer in progress
+
+    def state_dict(self) -> dict:
+        return {"layer": self.layer, "loop": self.position.state_dict(),
+                "guard": None if self.guard is None else self.guard.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.layer = state["layer"]
+        self.position.load_state_dict(state["loop"])
+        self.guard, self.guard_state = None, state["guard"]
 
 
 def pretrain(
@@ -82,8 +76,8 @@ def pretrain(
     Returns the per-epoch metric records (also sent to ``reporter``).
 
     To resume, pass the ``progress``, the data-order ``generator`` and the ``records``
-    of the interrupted run (a checkpoint holds them); ``progress`` is updated in place,
-    so a ``checkpointer`` can save it.
+    of the interrupted run (a checkpoint holds them); ``progress`` is updated in place
+    (and holds the guard of the layer in progress), so a ``checkpointer`` can save it.
     """
     reporter = reporter or Reporter()
     generator = generator if generator is not None else torch.Generator().manual_seed(seed)
@@ -97,10 +91,11 @@ def pretrain(
         unit = dbn.layers[i]
         if progress.layer != i:
             progress.layer, progress.position = i, LoopPosition()
-        kwargs = _step_kwargs(unit, cfg)
-        g = make_guard(guard, unit, f"pretraining of layer {i + 1}", cfg.learning_rate, None, records, reporter,
-                       progress.guard_state)
-        progress.guard_state = None
+        kwargs = unit.step_options(cfg)
+        g = make_guard(guard, unit, f"pretraining of layer {i + 1}", cfg.learning_rate, None, records, reporter)
+        if g is not None and progress.guard_state is not None:
+            g.load_state_dict(progress.guard_state)
+        progress.guard, progress.guard_state = g, None
 
         def step(xb, _yb, epoch, unit=unit, kwargs=kwargs, g=g):
             lr = cfg.learning_rate if g is None else g.current_lr
@@ -132,8 +127,7 @@ def pretrain(
             # the next layer trains on this layer's mean activations
             inp = _chunked(unit, inp)
             held = None if held is None else _chunked(unit, held)
-    progress.layer = len(dbn.layers)
-    progress.position = LoopPosition()
+    progress.layer, progress.position, progress.guard = len(dbn.layers), LoopPosition(), None
     return records
 
 

@@ -23,11 +23,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from layerwise.config import DistributedConfig, FinetuneConfig, RunConfig
+from layerwise.distributed import rank_world
 from layerwise.finetune import evaluate, finetune
 from layerwise.guard import DivergenceError, dead_fraction, first_non_finite
 from layerwise.pretrain import pretrain
@@ -120,9 +122,7 @@ def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, e
     ``distributed`` (inside an initialized process group): every trial trains with
     parameter averaging across the group, each worker on its share of the subset; every
     rank returns the same result, because its decisions are taken on averaged weights."""
-    from layerwise.pipeline import dist_rank_world
-
-    workers = dist_rank_world()[1] if distributed is not None else 1
+    workers = rank_world()[1] if distributed is not None else 1
     n = min(subset, len(splits.train))
     x = torch.from_numpy(np.ascontiguousarray(splits.train.x[:n]))
     y = torch.from_numpy(splits.train.y[:n])
@@ -164,3 +164,22 @@ def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, e
         largest, rec = recommend(points)
         out[phase] = {"points": [p.__dict__ for p in points], "largest_stable": largest, "recommended": rec}
     return out
+
+
+def write_results(res: dict, out: str | Path) -> tuple[Path | None, Path]:
+    """Write ``OUT.json`` (every number) and, with matplotlib, ``OUT.png`` (loss against
+    rate); return their paths (None for a plot not drawn)."""
+    import json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = None
+    try:
+        from layerwise.plots import probe_plot
+
+        png = out.with_suffix(".png")
+        probe_plot(res, png)
+    except ImportError:
+        png = None
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2))
+    return png, out.with_suffix(".json")

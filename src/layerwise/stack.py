@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from layerwise._checks import check_int, check_range
+from layerwise._checks import check_choice, check_int, check_range, fail
 from layerwise.units import BernoulliRBM, DenoisingAutoencoder, GaussianBernoulliRBM
 
 UNITS = ("rbm", "autoencoder")
@@ -38,15 +38,13 @@ class DeepBeliefNet(nn.Module):
         super().__init__()
         check_int("DeepBeliefNet", "n_visible", n_visible, low=1)
         if not isinstance(hidden, (list, tuple)) or not hidden:
-            raise ValueError(f"The 'hidden' parameter of DeepBeliefNet must be a non-empty list of ints. Got {hidden!r} instead.")
-        for n in hidden:
-            check_int("DeepBeliefNet", "hidden", n, low=1)
-        if unit not in UNITS:
-            raise ValueError(f"The 'unit' parameter of DeepBeliefNet must be one of {UNITS}. Got {unit!r} instead.")
-        if visible not in VISIBLE:
-            raise ValueError(f"The 'visible' parameter of DeepBeliefNet must be one of {VISIBLE}. Got {visible!r} instead.")
+            fail("DeepBeliefNet", "hidden", "a non-empty list of ints", hidden)
+        for i, n in enumerate(hidden):
+            check_int("DeepBeliefNet", f"hidden[{i}]", n, low=1)
+        check_choice("DeepBeliefNet", "unit", unit, UNITS)
+        check_choice("DeepBeliefNet", "visible", visible, VISIBLE)
         if unit == "autoencoder" and visible != "bernoulli":
-            raise ValueError("The 'visible' parameter of DeepBeliefNet must be 'bernoulli' for autoencoder units.")
+            fail("DeepBeliefNet", "visible", "'bernoulli' for autoencoder units", visible)
         check_range("DeepBeliefNet", "init_std", init_std, low=0.0)
         self.n_visible = n_visible
         self.hidden = list(hidden)

@@ -107,6 +107,17 @@ class DenoisingAutoencoder(nn.Module):
                 vel.mul_(momentum).add_(g, alpha=-lr)
                 p.add_(vel)
 
+    def step_options(self, cfg) -> dict:
+        return {"weight_decay": cfg.weight_decay, "noise": cfg.noise}
+
+    @torch.no_grad()
+    def metrics(self, train_x: torch.Tensor, held_x: torch.Tensor | None) -> dict[str, float]:
+        """Reconstruction cross-entropy on training and held-out inputs."""
+        m = {"recon_ce_train": float(self.reconstruction_cross_entropy(train_x))}
+        if held_x is not None:
+            m["recon_ce_heldout"] = float(self.reconstruction_cross_entropy(held_x))
+        return m
+
     def reset_training_state(self) -> None:
         for name in ("weight_velocity", "visible_bias_velocity", "hidden_bias_velocity"):
             getattr(self, name).zero_()

@@ -178,6 +178,22 @@ class _RBM(nn.Module):
             v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target, sparsity_cost
         )
 
+    def step_options(self, cfg) -> dict:
+        return {"weight_decay": cfg.weight_decay, "k": cfg.cd_k, "persistent": cfg.persistent,
+                "sparsity_target": cfg.sparsity_target, "sparsity_cost": cfg.sparsity_cost}
+
+    @torch.no_grad()
+    def metrics(self, train_x: torch.Tensor, held_x: torch.Tensor | None) -> dict[str, float]:
+        """Reconstruction cross-entropy on training and held-out inputs, and the
+        free-energy gap ``mean F(held-out) - mean F(train)``, which grows when the RBM
+        overfits (Hinton's practical guide, section 6)."""
+        m = {"recon_ce_train": float(self.reconstruction_cross_entropy(train_x))}
+        if held_x is not None:
+            m["recon_ce_heldout"] = float(self.reconstruction_cross_entropy(held_x))
+            n = min(len(train_x), len(held_x))
+            m["free_energy_gap"] = float(self.free_energy(held_x[:n]).mean() - self.free_energy(train_x[:n]).mean())
+        return m
+
     @torch.no_grad()
     def update_from_samples(
         self,

@@ -1,0 +1,80 @@
+"""Durable writes: a file or a folder appears whole under its name, or not at all.
+
+A crash at any point leaves the previous version or the new one, never a torn file:
+the content goes to a temporary name in the same folder, is fsynced, renamed over the
+target, and the folder is fsynced so that the rename itself survives a power cut.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # read-only files too (a pretrained artifact's)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Replace ``path`` by what ``write(f)`` writes into a binary file object."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_folder(folder: str | os.PathLike, fill: Callable[[Path], object]) -> Path:
+    """Create ``folder`` with what ``fill(tmp)`` writes into a temporary folder beside it
+    (every file fsynced), renamed into place; an existing folder is never replaced."""
+    folder = Path(folder)
+    if folder.exists():
+        raise FileExistsError(f"folder '{folder}' already exists; it is never overwritten")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        fill(tmp)
+        for p in tmp.iterdir():
+            if p.is_file():
+                fsync_file(p)
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, folder)
+        fsync_dir(folder.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder

@@ -1,0 +1,171 @@
+"""Process groups: rank and world, joining and leaving, launching workers through
+PyTorch's own launcher (``torch.distributed.run``), reporting failed workers, and the
+per-worker state that a checkpoint carries.
+
+Averaging itself (the all_reduce and its policy) is ``averaging``'s. Every worker runs
+the same job; ``is_writer()`` is the one place that decides who writes: rank 0.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import torch
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) outside torch.distributed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_writer() -> bool:
+    """Rank 0 alone writes checkpoints, artifacts, metrics and plots."""
+    return rank_world()[0] == 0
+
+
+def under_torchrun() -> bool:
+    """True inside a process started by torchrun / torch.distributed.run."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def join_group(timeout_minutes: float) -> tuple[int, int]:
+    """Join the process group of a torchrun-started worker (gloo; NCCL on GPUs is for
+    later: the units run on CPU); return (rank, world size)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def leave_group() -> None:
+    """Leave the process group: barrier, destroy, flush. The caller then ends with
+    ``os._exit`` (a plain interpreter exit of a gloo worker sometimes aborted with
+    'terminate called without an active exception')."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def barrier() -> None:
+    """Wait for every worker (nothing outside a group)."""
+    import torch.distributed as dist
+
+    if rank_world()[1] > 1:
+        dist.barrier()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_workers(args: list[str], workers: int, *, max_restarts: int = 0, on_line=None) -> subprocess.CompletedProcess:
+    """Run ``python -m layerwise ARGS`` as ``workers`` processes through PyTorch's
+    elastic launcher on loopback with a free port. Each line the workers print goes to
+    ``on_line`` as it comes (progress); returns the finished process with its stdout and
+    stderr."""
+    import tempfile
+
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(workers),
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+        "--max-restarts", str(max_restarts), "-m", "layerwise", *args,
+    ]
+    env = dict(os.environ)
+    # a restarted group must not read the dead workers' addresses from a reused store
+    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    lines = []
+    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a full stderr pipe would stall the workers
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+            for line in proc.stdout:
+                lines.append(line)
+                if on_line is not None:
+                    try:
+                        on_line(line.rstrip("\n"))
+                    except (BrokenPipeError, OSError):  # our reader left (`| head`): keep training, stop echoing
+                        on_line = None
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), err.read())
+
+
+def workers_failed(proc: subprocess.CompletedProcess, workers: int, hint: str = "") -> RuntimeError:
+    """The error for a group of workers that exited non-zero: the workers' own error
+    lines (each once; the launcher's report that follows them says only which rank
+    exited), else the last lines of their output."""
+    text = (proc.stderr or "") + (proc.stdout or "")
+    errors = list(dict.fromkeys(line.strip() for line in text.splitlines()
+                                if line.startswith("layerwise: error:") or re.match(r"\w*(Error|Exception): ", line)))
+    if errors:
+        body = "the workers reported:\n" + "\n".join(errors[-10:])
+    else:
+        body = "the last lines:\n" + "\n".join(text.strip().splitlines()[-15:])
+    return RuntimeError(f"the {workers} workers failed (exit {proc.returncode}); {body}{hint}")
+
+
+def gather_local_state(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Collective (every rank calls it at the same point): the tensors that differ
+    between workers even right after an averaging round (momentum, PCD chains, optimizer
+    state) of every rank but 0, sent to rank 0 and keyed ``rank{r}/{name}``; {} on the
+    other ranks and outside a distributed run. Values travel as float64, exact for the
+    float32 and integer tensors of a checkpoint."""
+    import torch.distributed as dist
+
+    rank, world = rank_world()
+    if world == 1:
+        return {}
+    names = sorted(local)
+    flat = torch.cat([local[k].detach().reshape(-1).to(torch.float64) for k in names] or [torch.zeros(0, dtype=torch.float64)])
+    parts = [torch.empty_like(flat) for _ in range(world)] if rank == 0 else None
+    dist.gather(flat, parts, dst=0)
+    if rank != 0:
+        return {}
+    out = {}
+    for r in range(1, world):
+        offset = 0
+        for k in names:
+            v = local[k]
+            out[f"rank{r}/{k}"] = parts[r][offset : offset + v.numel()].reshape(v.shape).to(v.dtype).clone()
+            offset += v.numel()
+    return out
+
+
+def take_local_state(tensors: dict[str, torch.Tensor], saved_world: int) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors as this rank saved them: its own ``rank{r}/`` entries in
+    place of rank 0's. Only when the group has the size that wrote the checkpoint;
+    otherwise every rank goes on from rank 0's state."""
+    rank, world = rank_world()
+    if rank == 0 or saved_world != world:
+        return tensors
+    prefix = f"rank{rank}/"
+    return {**tensors, **{k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}}
+
+
+def run_worker(job, *, timeout_minutes: float, on_result=None):
+    """The life of one torchrun-started worker: join the group, run ``job()``, hand
+    rank 0's result to ``on_result``, leave the group and end the process with
+    ``os._exit(0)`` (a plain interpreter exit of a gloo worker sometimes aborted with
+    'terminate called without an active exception'). An exception in ``job`` propagates
+    as usual, and the process exits with its error."""
+    rank, _ = join_group(timeout_minutes)
+    result = job()
+    if rank == 0 and on_result is not None:
+        on_result(result)
+    leave_group()
+    os._exit(0)

@@ -1,0 +1,145 @@
+"""What the jobs share: the checkpoint trees of pretraining and fine-tuning (built from
+each object's ``state_dict``), the checkpoint policy of a recipe, and the metrics that
+manifests record."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from layerwise import checkpointing
+from layerwise.config import RunConfig
+from layerwise.data import Splits, as_tensors
+from layerwise.distributed import take_local_state
+from layerwise.finetune import FinetuneState, evaluate
+from layerwise.pretrain import PretrainProgress
+from layerwise.stack import DeepBeliefNet
+
+# checkpoint paths whose tensors differ between the workers of a group even right after
+# an averaging round (see distributed.gather_local_state)
+FINETUNE_LOCAL = ("optimizer/", "finetune/guard/good_optimizer/")
+
+
+def silent(_line: str) -> None:
+    pass
+
+
+def checkpoint_policy(cfg: RunConfig) -> dict:
+    """The Checkpointer's keyword arguments from a recipe's [checkpoint]."""
+    cc = cfg.checkpoint
+    return {"every_epochs": cc.every_epochs, "every_batches": cc.every_batches,
+            "every_seconds": None if cc.every_minutes is None else 60 * cc.every_minutes}
+
+
+def pretraining_state(dbn: DeepBeliefNet, generator: torch.Generator, progress: PretrainProgress) -> dict:
+    """Everything greedy pretraining needs to go on exactly: every parameter and buffer
+    of every unit (momentum, PCD chains, sparsity statistics), every generator, and the
+    progress (layer, loop position and data order, the guard of the layer in progress)."""
+    return {"dbn": dbn.state_dict(),
+            "generators": {"units": [layer.generator.get_state() for layer in dbn.layers], "loop": generator.get_state()},
+            "progress": progress.state_dict()}
+
+
+def load_pretraining_state(state: dict, dbn: DeepBeliefNet, generator: torch.Generator,
+                           progress: PretrainProgress) -> None:
+    dbn.load_state_dict(state["dbn"])
+    for layer, g in zip(dbn.layers, state["generators"]["units"]):
+        layer.generator.set_state(g)
+    generator.set_state(state["generators"]["loop"])
+    progress.load_state_dict(state["progress"])
+
+
+def pretrain_local_keys(dbn: DeepBeliefNet, layer: int) -> set[str]:
+    """Checkpoint paths of the unit buffers (momentum, PCD chains, sparsity statistics):
+    unlike the parameters, averaging leaves them different on every worker; so does the
+    guard's copy of them for the layer in progress."""
+    keys = {f"dbn/{k}" for k, _ in dbn.named_buffers()}
+    if layer < len(dbn.layers):
+        keys |= {f"progress/guard/good/{k}" for k, _ in dbn.layers[layer].named_buffers()}
+    return keys
+
+
+def finetuning_state(clf: torch.nn.Module, optimizer: torch.optim.Optimizer, fstate: FinetuneState) -> dict:
+    """The weights, the optimizer state and the fine-tuning state (best weights so far,
+    generators, data order and position, early stopping, the guard)."""
+    return {"model": clf.state_dict(), "optimizer": optimizer.state_dict(), "finetune": fstate.state_dict()}
+
+
+def load_finetuning_state(state: dict, clf: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                          fstate: FinetuneState) -> None:
+    clf.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    fstate.load_state_dict(state["finetune"])
+
+
+def loop_of(ckpt: dict) -> dict:
+    """The loop position a checkpoint stands at."""
+    return (ckpt["progress"] if ckpt["phase"] == "pretrain" else ckpt["finetune"])["loop"]
+
+
+def read_checkpoint(folder: Path) -> dict | None:
+    """The checkpoint tree of a run folder as this worker saved it (None: there is none)."""
+    if not checkpointing.exists(folder / "checkpoint"):
+        return None
+    tensors, meta = checkpointing.load_checkpoint(folder / "checkpoint")
+    return checkpointing.unflatten(take_local_state(tensors, meta.get("world", 1)), meta)
+
+
+def pretrain_metrics(records: list[dict]) -> dict:
+    """A pretrained manifest's metrics: each layer's last reconstruction cross-entropy
+    and free-energy gap (where measured), and the guard's rollbacks."""
+    last = {f"layer{r['layer']}_{k}": v for r in records if r["phase"] == "pretrain"
+            for k, v in r.items() if k.startswith(("recon", "free"))}
+    last["guard_events"] = [r for r in records if r["phase"] == "guard"]
+    return last
+
+
+def final_metrics(clf, result, ft, seconds: float, splits: Splits) -> tuple[dict, float | None, float | None]:
+    """The finetuned manifest's metrics: validation (unless it was trained on) and test."""
+    metrics = {"seconds": round(seconds, 2), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+               "guard_events": [r for r in result.records if r["phase"] == "guard"]}
+    val_acc = test_acc = None
+    if ft.train_on_validation:
+        metrics["validation"] = "joined the training data (train_on_validation)"
+    elif splits.validation is not None:
+        metrics["validation_loss"], val_acc = evaluate(clf, *as_tensors(splits.validation))
+        metrics["validation_accuracy"] = val_acc
+    if splits.test is not None:
+        metrics["test_loss"], test_acc = evaluate(clf, *as_tensors(splits.test))
+        metrics["test_accuracy"] = test_acc
+    return metrics, val_acc, test_acc
+
+
+def write_plots(folder: Path, metrics_path: Path, dbn: DeepBeliefNet, say) -> None:
+    """Learning curves (from every record of the log: resumed runs too) and filters."""
+    try:
+        from layerwise import plots
+    except ImportError:
+        say("plots skipped: matplotlib is not installed (pip install 'layerwise[plots]')")
+        return
+    records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    plots.write_run_plots(folder, records, dbn.layers[0].weight)
+
+
+class Stopwatch:
+    """Seconds per phase, carried over from a checkpoint and counted on."""
+
+    def __init__(self, seconds: dict | None = None):
+        self.seconds = dict(seconds or {"pretrain": 0.0, "finetune": 0.0})
+        self._phase, self._t0 = None, 0.0
+
+    def start(self, phase: str) -> None:
+        self._phase, self._t0 = phase, time.perf_counter()
+
+    def stop(self) -> None:
+        self.seconds = self.now()
+        self._phase = None
+
+    def now(self) -> dict:
+        out = dict(self.seconds)
+        if self._phase is not None:
+            out[self._phase] += time.perf_counter() - self._t0
+        return out

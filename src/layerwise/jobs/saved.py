@@ -1,0 +1,90 @@
+"""``layerwise finetune PRETRAINED --recipe R --out OUT``: fine-tune a copy of a saved
+pretrained net into a new artifact whose manifest names the pretrained net as its
+parent. The pretrained files are only read: a good pretrained net is a product in
+itself, and fine-tuning destroys its blend of features."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from layerwise import checkpointing
+from layerwise.artifacts import classifier_architecture, load_model, write_artifact
+from layerwise.config import RunConfig
+from layerwise.data import as_tensors, load_splits
+from layerwise.finetune import FinetuneState, finetune, make_optimizer
+from layerwise.jobs.common import checkpoint_policy, final_metrics, finetuning_state, load_finetuning_state, silent
+from layerwise.loop import Checkpointer, Reporter
+from layerwise.runs import RunResult, partial_dir, resolve_config, run_lock
+
+
+def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str | Path, *, progress: bool = False,
+                        echo=None) -> RunResult:
+    """Fine-tune a saved pretrained net with a recipe's data and [finetune] settings.
+
+    Until ``out_dir`` is written, checkpoints (the recipe's [checkpoint] policy) go to
+    ``OUT.partial/``; the same command run again after a crash or Ctrl-C goes on from the
+    last one (bitwise equal on CPU with the same threads), and the folder is removed once
+    ``out_dir`` is written. A ``.partial`` of another net, recipe or data is refused."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise FileExistsError(f"output folder '{out_dir}' already exists; it is never overwritten")
+    dbn, pre_manifest = load_model(pretrained_dir)
+    if pre_manifest["kind"] != "pretrained":
+        raise ValueError(f"'{pretrained_dir}' holds a {pre_manifest['kind']} net; finetune needs a pretrained one")
+    splits = load_splits(cfg.data, visible=dbn.visible, seed=cfg.seed, report=echo or silent)
+    if splits.n_inputs != dbn.n_visible:
+        raise ValueError(
+            f"{splits.train.name}: the data has {splits.n_inputs} features per sample; "
+            f"the pretrained net '{pretrained_dir}' expects {dbn.n_visible}"
+        )
+    recorded = resolve_config(cfg, dbn.n_visible, hidden=dbn.hidden).to_dict()
+    # what a checkpoint must match to be continued: the parent, the recipe, the data
+    identity = {"parent": pre_manifest["weights_sha256"], "config": json.loads(json.dumps(recorded)),
+                "data": splits.train.fingerprint}
+    work = partial_dir(out_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    with run_lock(work):
+        ckpt = checkpointing.load_state(work / "checkpoint") if checkpointing.exists(work / "checkpoint") else None
+        if ckpt is not None and ckpt.get("identity") != identity:
+            raise ValueError(
+                f"'{work}' holds an interrupted fine-tuning of another pretrained net, recipe or data; "
+                f"delete it to start over, or choose another --out"
+            )
+        reporter = Reporter(None, progress=progress, echo=echo)
+        ft = cfg.finetune
+        clf = dbn.to_classifier(splits.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden,
+                                seed=cfg.seed)
+        optimizer = make_optimizer(clf, ft)
+        fstate = FinetuneState(generator=torch.Generator().manual_seed(cfg.seed))
+        seconds = 0.0
+        if ckpt is not None:
+            load_finetuning_state(ckpt, clf, optimizer, fstate)
+            seconds = ckpt["seconds"]
+            loop = ckpt["finetune"]["loop"]
+            reporter.log({"phase": "resume", "from": "finetune", "epoch": loop["epoch"], "batch": loop["batch"]})
+        t0 = time.perf_counter()
+
+        def save(pos):
+            tree = {"phase": "finetune", **finetuning_state(clf, optimizer, fstate), "identity": identity,
+                    "seconds": seconds + time.perf_counter() - t0}
+            checkpointing.save_state(work / "checkpoint", tree)
+
+        (x_train, y_train), (x_val, y_val) = as_tensors(splits.train), as_tensors(splits.validation)
+        result = finetune(clf, x_train, y_train, x_val, y_val, ft, seed=cfg.seed, reporter=reporter,
+                          optimizer=optimizer, state=fstate, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
+                          guard=cfg.guard)
+        seconds += time.perf_counter() - t0
+        metrics, val_acc, test_acc = final_metrics(clf, result, ft, seconds, splits)
+        manifest = write_artifact(
+            out_dir, clf.state_dict(), kind="finetuned",
+            architecture=classifier_architecture(dbn.sizes, splits.n_labels, ft.dropout_input, ft.dropout_hidden),
+            config=recorded, stages=pre_manifest.get("stages", []), metrics=metrics,
+            parent=pre_manifest["weights_sha256"],
+        )
+    shutil.rmtree(work)
+    return RunResult(out_dir, test_acc, val_acc, pre_manifest, manifest, 0.0, seconds)

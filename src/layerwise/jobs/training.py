@@ -1,0 +1,223 @@
+"""``layerwise train``: config -> data -> pretrain -> pretrained artifact (written before
+fine-tuning, read-only) -> fine-tune -> finetuned artifact -> test accuracy -> plots.
+
+``train`` starts a new run folder, ``resume`` goes on from a folder's last checkpoint;
+both end in ``train_in``, which every worker of a distributed group runs as well. Rank 0
+alone writes (``distributed.is_writer``): every write goes through ``Run``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from layerwise import config as config_mod
+from layerwise.advice import corrected_lr
+from layerwise.artifacts import classifier_architecture, read_artifact, write_artifact
+from layerwise.checkpointing import flatten, save_checkpoint
+from layerwise.config import RunConfig
+from layerwise.data import Splits, as_tensors, load_splits
+from layerwise.distributed import barrier, gather_local_state, is_writer, rank_world
+from layerwise.finetune import FinetuneState, finetune, make_optimizer
+from layerwise.jobs.common import (
+    FINETUNE_LOCAL, Stopwatch, checkpoint_policy, final_metrics, finetuning_state, load_finetuning_state,
+    load_pretraining_state, loop_of, pretrain_local_keys, pretrain_metrics, pretraining_state, read_checkpoint,
+    silent, write_plots,
+)
+from layerwise.loop import Checkpointer, Reporter
+from layerwise.pretrain import PretrainProgress, pretrain
+from layerwise.runs import RunResult, claim_run_dir, continue_log, read_config, run_lock
+from layerwise.stack import DeepBeliefNet
+
+METRICS = "metrics.jsonl"
+
+
+def train(cfg: RunConfig, *, runs_dir: str | Path = "runs", progress: bool = False, echo=None) -> RunResult:
+    """Run a whole recipe in a new run folder; returns where it went and what it reached."""
+    # validate the data before creating anything on disk
+    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
+    run_dir, resolved = claim_run_dir(cfg, runs_dir, splits.n_inputs)
+    with run_lock(run_dir):
+        return train_in(run_dir, resolved, splits, None, progress=progress, echo=echo)
+
+
+def resume(run_dir: str | Path, *, progress: bool = False, echo=None) -> RunResult:
+    """Continue an interrupted ``train`` run from its last checkpoint."""
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    cfg.name = run_dir.name
+    with run_lock(run_dir):
+        if (run_dir / "finetuned").exists():
+            raise ValueError(f"run '{run_dir}' is complete (finetuned/ exists); nothing to resume")
+        splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
+        return train_in(run_dir, cfg, splits, read_checkpoint(run_dir), progress=progress, echo=echo)
+
+
+def train_in(folder: Path, cfg: RunConfig, splits: Splits, ckpt: dict | None, *, progress: bool = False,
+             echo=None) -> RunResult | None:
+    """Train in a claimed and locked run folder from its checkpoint tree (None: from the
+    start). Returns what rank 0 wrote; None on the other workers."""
+    run = Run.open(folder, cfg, splits, ckpt, progress, echo)
+    dbn = DeepBeliefNet(splits.n_inputs, run.cfg.model.hidden, unit=run.cfg.model.unit, visible=run.cfg.model.visible,
+                        seed=run.cfg.seed, init_std=run.cfg.model.init_std)
+    if ckpt is None or ckpt["phase"] == "pretrain":
+        pre_manifest = pretrain_phase(run, dbn, ckpt)
+    else:
+        pre_tensors, pre_manifest = read_artifact(folder / "pretrained")
+        dbn.load_state_dict(pre_tensors, strict=False)
+    return finetune_phase(run, dbn, pre_manifest, ckpt if ckpt is not None and ckpt["phase"] == "finetune" else None)
+
+
+@dataclass
+class Run:
+    """A run folder as one worker sees it: the config it trains with, the config that
+    artifacts record, its data, the metrics log, the clock. Only the writer (rank 0)
+    writes; on the other workers ``checkpoint`` runs its collective part alone."""
+
+    folder: Path
+    cfg: RunConfig
+    recorded: dict
+    splits: Splits
+    writer: bool
+    world: int
+    reporter: Reporter
+    clock: Stopwatch = field(default_factory=Stopwatch)
+
+    @classmethod
+    def open(cls, folder: Path, cfg: RunConfig, splits: Splits, ckpt: dict | None, progress: bool, echo) -> "Run":
+        world = rank_world()[1]
+        trained, recorded = for_group(cfg, world)
+        writer = is_writer()
+        # a run that died before its first checkpoint starts its log over
+        reporter = (continue_log(folder / METRICS, ckpt["metrics_lines"] if ckpt else 0, progress, echo)
+                    if writer else Reporter())
+        run = cls(folder, trained, recorded, splits, writer, world, reporter, Stopwatch(ckpt and ckpt["seconds"]))
+        if ckpt is None:
+            run.reporter.log({
+                "phase": "start", "folder": str(folder),
+                "architecture": "-".join(map(str, [splits.n_inputs, *trained.model.hidden, splits.n_labels])),
+                "unit": cfg.model.unit, "train": len(splits.train), "validation": len(splits.validation or []),
+                "test": len(splits.test or []), "threads": torch.get_num_threads(), "workers": world,
+            })
+        else:
+            pos = loop_of(ckpt)
+            run.reporter.log({"phase": "resume", "from": ckpt["phase"], "layer": ckpt.get("progress", {}).get("layer"),
+                              "epoch": pos["epoch"], "batch": pos["batch"]})
+        return run
+
+    @property
+    def stages(self) -> list[dict]:
+        train = self.splits.train
+        return [{"data": train.name, "fingerprint": train.fingerprint, "samples": len(train),
+                 "epochs_per_layer": self.cfg.pretrain.epochs}]
+
+    def checkpoint(self, tree: dict, local) -> None:
+        """Save a checkpoint tree. Collective in a group: each worker's own tensors (the
+        paths ``local(path)`` accepts) go to rank 0, which writes them beside its own."""
+        tensors, meta = flatten(tree)
+        others = gather_local_state({k: v for k, v in tensors.items() if local(k)})
+        if self.writer:
+            meta.update(metrics_lines=self.reporter.lines, seconds=self.clock.now(), world=self.world if others else 1)
+            save_checkpoint(self.folder / "checkpoint", {**tensors, **others}, meta)
+
+
+def for_group(cfg: RunConfig, world: int) -> tuple[RunConfig, dict]:
+    """(the config the workers train with, the config artifacts record). A group of N
+    workers trains at the learning rates corrected for N (``lr_correction``), and
+    checkpoints at epoch ends only: mid-epoch, the replicas are apart."""
+    recorded = cfg.to_dict()
+    if world == 1:
+        return cfg, recorded
+    trained = config_mod.from_dict(recorded)
+    corr = cfg.distributed.lr_correction
+    trained.pretrain.learning_rate = corrected_lr(cfg.pretrain.learning_rate, world, corr)
+    trained.finetune.learning_rate = corrected_lr(cfg.finetune.learning_rate, world, corr)
+    trained.checkpoint.every_batches = trained.checkpoint.every_minutes = None
+    recorded["distributed"]["workers"] = world
+    recorded["distributed"]["effective_learning_rates"] = {
+        "pretrain": trained.pretrain.learning_rate, "finetune": trained.finetune.learning_rate}
+    return trained, recorded
+
+
+def pretrain_phase(run: Run, dbn: DeepBeliefNet, ckpt: dict | None) -> dict | None:
+    """Greedy pretraining from the checkpoint (or the start), then the pretrained
+    artifact, written once and read-only, before any fine-tuning. Its manifest (None on
+    the workers that do not write)."""
+    cfg = run.cfg
+    generator = torch.Generator().manual_seed(cfg.seed)
+    progress, records = PretrainProgress(), []
+    if ckpt is not None:
+        load_pretraining_state(ckpt, dbn, generator, progress)
+        records = ckpt["records"]
+
+    def save(pos):
+        if run.world == 1 or pos.order is None:  # a mid-epoch save in a group (Ctrl-C) keeps the epoch-end one
+            tree = {"phase": "pretrain", **pretraining_state(dbn, generator, progress), "records": records}
+            run.checkpoint(tree, pretrain_local_keys(dbn, progress.layer).__contains__)
+
+    run.clock.start("pretrain")
+    (x_train, _), (x_held, _) = as_tensors(run.splits.train), as_tensors(run.splits.validation)
+    pretrain(dbn, x_train, x_held, cfg.pretrain, seed=cfg.seed, reporter=run.reporter, progress=progress,
+             generator=generator, records=records, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
+             guard=cfg.guard, distributed=cfg.distributed if run.world > 1 else None)
+    run.clock.stop()
+    manifest = write_pretrained(run, dbn, records) if run.writer else None
+    barrier()  # the pretrained net is on disk before anyone fine-tunes
+    return manifest
+
+
+def write_pretrained(run: Run, dbn: DeepBeliefNet, records: list[dict]) -> dict:
+    """Write the pretrained artifact (read-only), or check the one already there."""
+    folder = run.folder / "pretrained"
+    if folder.exists():
+        # died after writing it and before the next checkpoint: a single-process replay
+        # is exact, so the weights must be the ones on disk (a restarted group goes on
+        # from the saved net: its replay is exact only at the checkpoint's group size)
+        on_disk, manifest = read_artifact(folder)
+        if run.world > 1:
+            dbn.load_state_dict(on_disk, strict=False)
+        elif any(not torch.equal(on_disk[k], v) for k, v in dbn.model_state().items()):
+            raise RuntimeError(f"'{folder}' differs from the resumed pretraining; not overwriting it")
+    else:
+        metrics = {**pretrain_metrics(records), "seconds": round(run.clock.seconds["pretrain"], 2)}
+        manifest = write_artifact(folder, dbn.model_state(), kind="pretrained", architecture=dbn.architecture(),
+                                  config=run.recorded, stages=run.stages, metrics=metrics, read_only=True)
+    run.reporter.log({"phase": "saved", "artifact": "pretrained", "sha256": manifest["weights_sha256"][:16]})
+    return manifest
+
+
+def finetune_phase(run: Run, dbn: DeepBeliefNet, pre_manifest: dict | None, ckpt: dict | None) -> RunResult | None:
+    """Fine-tune the unrolled net from the checkpoint (or the start), then write the
+    finetuned artifact, evaluate, plot. The result (None on the workers that do not write)."""
+    cfg, ft, splits = run.cfg, run.cfg.finetune, run.splits
+    clf = dbn.to_classifier(splits.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden, seed=cfg.seed)
+    optimizer = make_optimizer(clf, ft)
+    fstate = FinetuneState(generator=torch.Generator().manual_seed(cfg.seed))
+    if ckpt is not None:
+        load_finetuning_state(ckpt, clf, optimizer, fstate)
+
+    def save(pos):
+        if run.world == 1 or pos.order is None:  # a mid-epoch save in a group (Ctrl-C) keeps the epoch-end one
+            run.checkpoint({"phase": "finetune", **finetuning_state(clf, optimizer, fstate)},
+                           lambda path: path.startswith(FINETUNE_LOCAL))
+
+    run.clock.start("finetune")
+    (x_train, y_train), (x_val, y_val) = as_tensors(splits.train), as_tensors(splits.validation)
+    result = finetune(clf, x_train, y_train, x_val, y_val, ft, seed=cfg.seed, reporter=run.reporter, optimizer=optimizer,
+                      state=fstate, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)), guard=cfg.guard,
+                      distributed=cfg.distributed if run.world > 1 else None)
+    run.clock.stop()
+    if not run.writer:
+        return None
+    seconds = run.clock.seconds
+    metrics, val_acc, test_acc = final_metrics(clf, result, ft, seconds["finetune"], splits)
+    finetuned = write_artifact(
+        run.folder / "finetuned", clf.state_dict(), kind="finetuned",
+        architecture=classifier_architecture(dbn.sizes, splits.n_labels, ft.dropout_input, ft.dropout_hidden),
+        config=run.recorded, stages=run.stages, metrics=metrics, parent=pre_manifest["weights_sha256"],
+    )
+    run.reporter.log({"phase": "test", **metrics, "seconds_pretrain": round(seconds["pretrain"], 2)})
+    write_plots(run.folder / "plots", run.folder / METRICS, dbn, run.reporter.echo or silent)
+    return RunResult(run.folder, test_acc, val_acc, pre_manifest, finetuned, seconds["pretrain"], seconds["finetune"])

@@ -1,0 +1,83 @@
+"""Distributed jobs on one machine or many: ``train --workers N`` and ``probe-lr
+--workers N`` launch N copies of the same command through PyTorch's launcher; each copy
+(a worker, started by ``--workers`` or by torchrun on a cluster) runs ``worker_main`` or
+``probe`` inside ``distributed.run_worker``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from layerwise.config import RunConfig
+from layerwise.data import load_splits
+from layerwise.distributed import barrier, is_writer, launch_workers, workers_failed
+from layerwise.jobs.common import read_checkpoint, silent
+from layerwise.jobs.training import train_in
+from layerwise.runs import RunResult, claim_run_dir, read_config, resolve_config, result_from_disk, run_lock, write_config
+
+
+def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None) -> RunResult | None:
+    """One worker of a distributed run, inside a joined group: trains in
+    ``runs_dir/NAME``. Rank 0 creates the folder and writes everything, the others only
+    train. A restarted group (``--max-restarts``) resumes from the last checkpoint."""
+    run_dir = Path(runs_dir) / (cfg.name or "run")
+    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=silent)
+    if is_writer():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / "config.toml").exists():
+            write_config(run_dir, resolve_config(cfg, splits.n_inputs))
+    barrier()
+    if (run_dir / "finetuned").exists():  # complete: a group restarted after its last worker finished, or a rerun
+        return result_from_disk(run_dir) if is_writer() else None
+    cfg = read_config(run_dir)
+    cfg.name = run_dir.name
+    return train_in(run_dir, cfg, splits, read_checkpoint(run_dir), echo=echo if is_writer() else None)
+
+
+def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs", max_restarts: int = 0,
+                  echo=None) -> RunResult:
+    """``layerwise train RECIPE --workers N`` on one machine: claim a run folder, then
+    start N workers on loopback; return what rank 0 wrote. ``echo`` gets rank 0's
+    progress lines as they come, and its summary at the end."""
+    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
+    runs_dir = Path(runs_dir)
+    run_dir, _ = claim_run_dir(cfg, runs_dir, splits.n_inputs)
+    with run_lock(run_dir):
+        # rank 0 prints its progress (and, at the end, the summary) unless quiet
+        quiet = ["--quiet"] if echo is None else []
+        proc = launch_workers(["train", str(run_dir / "config.toml"), "--runs-dir", str(runs_dir), *quiet], workers,
+                              max_restarts=max_restarts, on_line=echo)
+    if proc.returncode != 0:
+        raise workers_failed(proc, workers, f"\ncontinue with `layerwise train --resume {run_dir}` once fixed")
+    return result_from_disk(run_dir)
+
+
+def probe(cfg: RunConfig, *, grid: list[float], subset: int, epochs: int, echo=None, in_group: bool = False) -> dict:
+    """``layerwise probe-lr``: the learning-rate probe on the recipe's data. ``in_group``:
+    as one worker of a joined group (``probe-lr --workers N``), where every trial trains
+    with parameter averaging across the group; every rank returns the same result, and
+    only rank 0 reports."""
+    from layerwise.probe import probe_lr
+
+    echo = echo if is_writer() else None
+    splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
+    cfg = resolve_config(cfg, splits.n_inputs)
+    return probe_lr(cfg, splits, grid=grid, subset=subset, epochs=epochs, report=echo,
+                    distributed=cfg.distributed if in_group else None)
+
+
+def probe_workers(recipe: str | Path, workers: int, *, low: float, high: float, points: int, subset: int, epochs: int,
+                  out: str | Path, threads: int | None = None, quiet: bool = False, echo=None) -> None:
+    """``layerwise probe-lr RECIPE --workers N``: check the data once (and fetch MNIST
+    once, not in every worker), then run the probe as N workers on loopback; rank 0
+    prints and writes the results, and ``echo`` gets its lines as they come."""
+    from layerwise import config
+
+    cfg = config.load(recipe)
+    load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=silent if quiet else (echo or silent))
+    argv = ["probe-lr", str(recipe), "--low", str(low), "--high", str(high), "--points", str(points),
+            "--subset", str(subset), "--epochs", str(epochs), "--out", str(out)]
+    argv += ["--threads", str(threads)] if threads else []
+    argv += ["--quiet"] if quiet else []
+    proc = launch_workers(argv, workers, on_line=echo)
+    if proc.returncode != 0:
+        raise workers_failed(proc, workers)

@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 PIP     = $(BIN)/pip install --quiet -c constraints.txt
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test hinton bench clean
+.PHONY: install demo test test-fast hinton bench clean
 
 $(BIN)/layerwise: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ demo: install
 	$(BIN)/layerwise data fetch mnist
 	$(BIN)/layerwise train recipes/quick-mnist.toml
 
+# everything (what CI runs)
 test: install
 	$(BIN)/python -m pytest -q
+
+# about a minute: no subprocess training runs, no worker groups, no downloads
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not distributed and not network"
 
 # The classic 784-500-500-2000-10 deep belief net (about 12 minutes on 2 cores).
 hinton: install

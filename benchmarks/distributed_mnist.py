@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from layerwise import runtime  # noqa: E402
+
+runtime.set_wait_policy()  # the process policy, before torch loads (OpenMP reads it then)
 
 import argparse  # noqa: E402
 import re  # noqa: E402
@@ -56,7 +58,7 @@ def _round_worker(rank: int, world: int, store: str, queue) -> None:
     from layerwise.averaging import average_tensors, trained_tensors
     from layerwise.stack import DeepBeliefNet
 
-    torch.set_num_threads(1)
+    runtime.apply(1)
     dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
     clf = DeepBeliefNet(784, [500, 500, 2000]).to_classifier(10)
     tensors = trained_tensors(clf)

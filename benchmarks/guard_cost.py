@@ -12,9 +12,10 @@ epoch (precise). Target: under 2% of step time.
 
 from __future__ import annotations
 
-import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from layerwise import runtime  # noqa: E402
+
+runtime.set_wait_policy()  # the process policy, before torch loads (OpenMP reads it then)
 
 import argparse  # noqa: E402
 import subprocess  # noqa: E402
@@ -50,7 +51,7 @@ def _time_guard_methods() -> dict:
 
 
 def run_one(what: str, guard: bool, threads: int) -> tuple[float, float]:
-    torch.set_num_threads(threads)
+    runtime.apply(threads)
     spent = _time_guard_methods()
     s = load_mnist(report=lambda m: None)
     x, y = torch.from_numpy(s.train.x), torch.from_numpy(s.train.y)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from layerwise import runtime  # noqa: E402
+
+runtime.set_wait_policy()  # the process policy, before torch loads (OpenMP reads it then)
 
 import argparse  # noqa: E402
 import platform  # noqa: E402
@@ -22,7 +24,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from layerwise import config  # noqa: E402
-from layerwise.pipeline import train  # noqa: E402
+from layerwise.jobs import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +35,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--runs-dir", default="runs", help="where the run folder goes")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    runtime.apply(args.threads)
     cfg = config.load(args.recipe)
     t0 = time.perf_counter()
     res = train(cfg, runs_dir=args.runs_dir, echo=lambda s: print(s, flush=True))

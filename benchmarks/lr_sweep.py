@@ -13,9 +13,10 @@ at chance for the first epochs).
 
 from __future__ import annotations
 
-import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from layerwise import runtime  # noqa: E402
+
+runtime.set_wait_policy()  # the process policy, before torch loads (OpenMP reads it then)
 
 import argparse  # noqa: E402
 import itertools  # noqa: E402

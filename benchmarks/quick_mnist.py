@@ -8,9 +8,10 @@ wall time on 2 cores. Both numbers are printed side by side.
 
 from __future__ import annotations
 
-import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from layerwise import runtime  # noqa: E402
+
+runtime.set_wait_policy()  # the process policy, before torch loads (OpenMP reads it then)
 
 import argparse  # noqa: E402
 import time  # noqa: E402
@@ -20,7 +21,8 @@ import torch  # noqa: E402
 
 from layerwise import config  # noqa: E402
 from layerwise.finetune import evaluate, finetune  # noqa: E402
-from layerwise.pipeline import load_splits, train  # noqa: E402
+from layerwise.data import load_splits  # noqa: E402
+from layerwise.jobs import train  # noqa: E402
 from layerwise.stack import build_classifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +35,7 @@ def main() -> None:
     ap.add_argument("--runs-dir", default="runs", help="where the run folder goes")
     ap.add_argument("--skip-random", action="store_true", help="do not run the random-initialisation baseline")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    runtime.apply(args.threads)
     cfg = config.load(args.recipe)
     t0 = time.perf_counter()
     res = train(cfg, runs_dir=args.runs_dir)

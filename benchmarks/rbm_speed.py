@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from layerwise import runtime  # noqa: E402
+
+runtime.set_wait_policy()  # the process policy, before torch loads (OpenMP reads it then)
 
 import argparse  # noqa: E402
 import subprocess  # noqa: E402
@@ -91,7 +93,7 @@ CONTENDERS = ("layerwise", "scikit-learn", "learnergy", "torch.mm roofline")
 
 
 def run_one(name: str, threads: int) -> float | None:
-    torch.set_num_threads(threads)
+    runtime.apply(threads)
     xs = load_mnist(report=lambda m: None).train.x
     x = torch.from_numpy(xs)
     if name == "layerwise":

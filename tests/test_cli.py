@@ -1,12 +1,10 @@
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import DIGITS_RECIPE, run_layerwise
 from layerwise.cli import main
 
 RECIPE = """
@@ -117,12 +115,10 @@ def test_nan_in_training_data_is_refused(tmp_path, npz_files, capsys, monkeypatc
     assert "train.npz: array 'x' contains NaN (1 non-finite values; first at row 5, column 3)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_digits_recipe_through_the_installed_command(tmp_path):
     """The smoke recipe end to end, as a user runs it (a subprocess of `layerwise`)."""
-    recipe = Path(__file__).parent.parent / "recipes" / "digits.toml"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "layerwise", "train", str(recipe), "--quiet", "--threads", "1"],
-                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    proc = run_layerwise("train", DIGITS_RECIPE, "--quiet", "--threads", "1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     acc = float([l for l in proc.stdout.splitlines() if l.startswith("test accuracy:")][0].split()[-1].rstrip("%"))
     assert acc >= 95.0, proc.stdout

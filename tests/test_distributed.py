@@ -62,7 +62,7 @@ def test_one_worker_under_torchrun_equals_the_single_process_run(folder):
     (folder / "one.toml").write_text((folder / "r.toml").read_text().replace("seed = 3", 'seed = 3\nname = "one"'))
     one = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "1",
                           "--standalone", "-m", "layerwise", "train", "one.toml", "--quiet"],
-                         env=worker_env(), capture_output=True, text=True, timeout=300)
+                         env=worker_env(), capture_output=True, text=True, timeout=1200)
     assert one.returncode == 0, one.stderr
     for artifact in ("pretrained", "finetuned"):
         assert_same_weights(folder / "runs" / "single" / artifact, folder / "runs" / "one" / artifact)
@@ -75,7 +75,7 @@ def test_two_nodes_on_loopback(folder):
                                "-m", "layerwise", "train", "r.toml", "--quiet"],
                               env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for rank in (0, 1)]
-    outs = [n.communicate(timeout=300) for n in nodes]
+    outs = [n.communicate(timeout=1200) for n in nodes]
     assert [n.returncode for n in nodes] == [0, 0], [o[1][-2000:] for o in outs]
     assert "test accuracy:" in outs[0][0]
     records = read_metrics(folder / "runs/r")

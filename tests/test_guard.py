@@ -1,9 +1,8 @@
-import math
 
-import numpy as np
 import pytest
 import torch
 
+from conftest import digits_splits
 from layerwise import config
 from layerwise.config import FinetuneConfig, GuardConfig, PretrainConfig
 from layerwise.finetune import finetune
@@ -20,13 +19,6 @@ from layerwise.jobs import train
 from layerwise.pretrain import pretrain
 from layerwise.stack import DeepBeliefNet
 
-
-def _digits():
-    from layerwise.data import load_digits
-
-    s = load_digits()
-    t = lambda d: (torch.from_numpy(d.x), torch.from_numpy(d.y))  # noqa: E731
-    return t(s.train), t(s.validation)
 
 
 def test_pure_checks():
@@ -69,7 +61,7 @@ def test_guard_rolls_back_to_the_best_state_and_lowers_the_rate():
 
 
 def test_injected_nan_mid_epoch_is_caught_and_training_finishes_finite():
-    (x, _), (xv, _) = _digits()
+    (x, _), (xv, _), _ = digits_splits()
     dbn = DeepBeliefNet(64, [32], seed=0)
     unit = dbn.layers[0]
     real_step, calls = unit.step, {"n": 0}
@@ -95,7 +87,7 @@ def test_injected_nan_mid_epoch_is_caught_and_training_finishes_finite():
 
 
 def test_nan_loss_in_finetuning_is_rolled_back():
-    (x, y), (xv, yv) = _digits()
+    (x, y), (xv, yv), _ = digits_splits()
     clf = DeepBeliefNet(64, [32], seed=0).to_classifier(10)
     real_forward, calls = clf.forward, {"n": 0}
 
@@ -133,7 +125,7 @@ def test_rbm_at_learning_rate_10_stops_with_a_diagnosis_and_never_saves_nan(tmp_
 
 
 def test_guard_is_silent_on_a_healthy_run():
-    (x, y), (xv, yv) = _digits()
+    (x, y), (xv, yv), _ = digits_splits()
     dbn = DeepBeliefNet(64, [32, 16], seed=0)
     recs = pretrain(dbn, x, xv, PretrainConfig(epochs=10, batch_size=20, learning_rate=0.05), seed=0, guard=GuardConfig())
     assert not [r for r in recs if r["phase"] == "guard"]

@@ -1,10 +1,10 @@
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import DIGITS_RECIPE
 from layerwise import config
 from layerwise.cli import main
 from layerwise.data import load_digits
@@ -37,7 +37,7 @@ def _brute_force_stable(epochs: int) -> dict:
 
 
 def test_probe_recommends_a_rate_inside_the_brute_force_stable_region():
-    cfg = config.load(__import__("pathlib").Path(__file__).parent.parent / "recipes" / "digits.toml")
+    cfg = config.load(DIGITS_RECIPE)
     s = load_digits()
     res = probe_lr(cfg, s, grid=GRID, subset=2000, epochs=2)
     oracle = _brute_force_stable(epochs=8)
@@ -65,7 +65,7 @@ def test_recommend_keeps_a_margin_below_the_edge():
 
 
 def test_probe_command_writes_plot_and_json(tmp_path, capsys):
-    recipe = __import__("pathlib").Path(__file__).parent.parent / "recipes" / "digits.toml"
+    recipe = DIGITS_RECIPE
     assert main(["probe-lr", str(recipe), "--low", "0.01", "--high", "10", "--points", "4", "--epochs", "2",
                  "--out", str(tmp_path / "p"), "--quiet", "--threads", "1"]) == 0
     out = capsys.readouterr().out
@@ -111,10 +111,12 @@ def _brute_force_stable_averaged(grid, epochs: int, workers: int = 2, period: in
     return out
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_probe_with_two_workers_recommends_a_rate_the_averaged_replicas_survive(tmp_path, capsys):
     import json
 
-    recipe = Path(__file__).parent.parent / "recipes" / "digits.toml"
+    recipe = DIGITS_RECIPE
     assert main(["probe-lr", str(recipe), "--low", "0.001", "--high", "1000", "--points", "7", "--epochs", "2",
                  "--subset", "2000", "--workers", "2", "--out", str(tmp_path / "p")]) == 0
     out = capsys.readouterr().out
@@ -150,7 +152,7 @@ def test_a_diverging_starting_stack_is_reported_and_the_pretraining_sweep_kept(t
     import json
 
     recipe = tmp_path / "hot.toml"
-    recipe.write_text((Path(__file__).parent.parent / "recipes" / "digits.toml").read_text()
+    recipe.write_text(DIGITS_RECIPE.read_text()
                       .replace("learning_rate = 0.05", "learning_rate = 1000.0"))
     assert main(["probe-lr", str(recipe), "--low", "100", "--high", "1000", "--points", "2", "--epochs", "2",
                  "--out", str(tmp_path / "p"), "--quiet", "--threads", "1"]) == 0

@@ -2,6 +2,7 @@
 LAYERWISE_TEST_KILL) and resumed ends bitwise equal to an uninterrupted run (CPU, one
 thread, fixed seed)."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def test_second_writer_to_a_run_folder_is_refused(recipe, tmp_path):
         first.send_signal(signal.SIGCONT)
     assert second.returncode == 2
     assert f"run folder '{run}' is in use by another layerwise process (pid {first.pid})" in second.stderr
-    out, err = first.communicate(timeout=300)
+    out, err = first.communicate(timeout=1200)
     assert first.returncode == 0, err
     weights(run / "finetuned")  # the first run finished and its artifacts load (hash checked)
 
@@ -185,3 +186,13 @@ def test_resume_is_exact_across_a_later_guard_rollback(recipe, tmp_path, monkeyp
     again = read_metrics(tmp_path / "runs/stopped")
     assert [e for e in again if e["phase"] == "guard"] == [e for e in events if e["phase"] == "guard"]
     assert res.test_accuracy == ref.test_accuracy
+
+
+def test_a_checkpoint_of_another_format_is_refused_with_a_way_out(tmp_path):
+    from safetensors.torch import save_file
+
+    (tmp_path / "ck").mkdir()
+    save_file({"dbn.layers.0.weight": torch.zeros(2, 3)}, str(tmp_path / "ck" / "state.safetensors"),
+              metadata={"layerwise": json.dumps({"phase": "pretrain", "epoch": 1})})  # the unversioned layout
+    with pytest.raises(ValueError, match="is in checkpoint format 1; this layerwise reads format 2. Resume it with"):
+        load_checkpoint(tmp_path / "ck")

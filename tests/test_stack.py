@@ -3,19 +3,13 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import digits_splits
 from layerwise.config import FinetuneConfig, PretrainConfig
 from layerwise.finetune import evaluate, finetune
 from layerwise.pretrain import pretrain
 from layerwise.stack import DeepBeliefNet
 from layerwise.units import BernoulliRBM, DenoisingAutoencoder, GaussianBernoulliRBM
 
-
-def _digits():
-    from layerwise.data import load_digits
-
-    s = load_digits()
-    t = lambda d: (torch.from_numpy(d.x), torch.from_numpy(d.y))  # noqa: E731
-    return t(s.train), t(s.validation), t(s.test)
 
 
 @pytest.mark.parametrize("unit, visible", [("rbm", "bernoulli"), ("rbm", "gaussian"), ("autoencoder", "bernoulli")])
@@ -45,7 +39,7 @@ def test_layer_types():
 
 
 def test_greedy_pretraining_trains_each_layer_on_the_mean_activations_below():
-    (x, _), (xv, _), _ = _digits()
+    (x, _), (xv, _), _ = digits_splits()
     cfg = PretrainConfig(epochs=2, batch_size=50, learning_rate=0.05)
     dbn = DeepBeliefNet(64, [32, 16], seed=0)
     records = pretrain(dbn, x, xv, cfg, seed=7)
@@ -66,7 +60,7 @@ def test_greedy_pretraining_trains_each_layer_on_the_mean_activations_below():
 
 
 def test_pretraining_records_falling_cross_entropy_and_free_energy_gap():
-    (x, _), (xv, _), _ = _digits()
+    (x, _), (xv, _), _ = digits_splits()
     dbn = DeepBeliefNet(64, [32], seed=0)
     recs = pretrain(dbn, x, xv, PretrainConfig(epochs=5, batch_size=20, learning_rate=0.05), seed=0)
     assert recs[-1]["recon_ce_train"] < recs[0]["recon_ce_train"]
@@ -75,7 +69,7 @@ def test_pretraining_records_falling_cross_entropy_and_free_energy_gap():
 
 
 def test_finetuning_beats_the_pretrained_features_with_a_linear_head():
-    (x, y), (xv, yv), (xt, yt) = _digits()
+    (x, y), (xv, yv), (xt, yt) = digits_splits()
     dbn = DeepBeliefNet(64, [32, 16], seed=0)
     pretrain(dbn, x, xv, PretrainConfig(epochs=10, batch_size=20, learning_rate=0.05), seed=0)
     ft = FinetuneConfig(epochs=30, batch_size=20, learning_rate=0.1, momentum=0.9, patience=None)
@@ -93,7 +87,7 @@ def test_finetuning_beats_the_pretrained_features_with_a_linear_head():
 
 
 def test_early_stopping_keeps_the_best_weights():
-    (x, y), (xv, yv), _ = _digits()
+    (x, y), (xv, yv), _ = digits_splits()
     dbn = DeepBeliefNet(64, [32], seed=0)
     # a large learning rate and no regularisation overfit quickly, so patience triggers
     ft = FinetuneConfig(epochs=60, batch_size=10, learning_rate=0.5, momentum=0.9, patience=3)
@@ -108,7 +102,7 @@ def test_early_stopping_keeps_the_best_weights():
 
 @pytest.mark.parametrize("unit", ["autoencoder", "rbm"])
 def test_every_layer_of_a_stack_learns(unit):
-    (x, _), (xv, _), _ = _digits()
+    (x, _), (xv, _), _ = digits_splits()
     dbn = DeepBeliefNet(64, [32, 16], unit=unit, seed=0)
     untrained = DeepBeliefNet(64, [32, 16], unit=unit, seed=0)
     cfg = PretrainConfig(epochs=6, batch_size=20, learning_rate=0.05 if unit == "rbm" else 0.01, persistent=unit == "rbm")

@@ -3,17 +3,13 @@ lineage in the catalog."""
 
 import hashlib
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import make_patterns
+from conftest import make_patterns, run_layerwise, worker_env
 from layerwise.artifacts import read_artifact
 from layerwise.cli import main
 
@@ -86,15 +82,11 @@ def test_staged_pretraining_continues_exactly(folder):
     for out in ("a", "b"):
         assert main(["pretrain", "r.toml", "--data", "part1.npz", "--out", out, "--quiet"]) == 0
     assert main(["pretrain", "--resume", "a", "--data", "part2.npz", "--epochs", "4", "--quiet"]) == 0
-    cmd = [sys.executable, "-m", "layerwise", "pretrain", "--resume", "b", "--data", "part2.npz", "--epochs", "4", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    metrics = folder / "b/metrics.jsonl"
-    while sum(json.loads(l)["phase"] == "pretrain" for l in metrics.read_text().splitlines() if l.endswith("}")) < 6:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.003)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # 400 samples in batches of 10: 40 batches an epoch, a checkpoint every 5; the
+    # process kills itself in the third epoch of stage 2's first layer
+    killed = run_layerwise("pretrain", "--resume", "b", "--data", "part2.npz", "--epochs", "4", "--quiet",
+                           env=worker_env(LAYERWISE_TEST_KILL="pretrain layer 1@3.17"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (folder / "b/stage-2").exists()
     assert main(["pretrain", "--resume", "b", "--data", "part1.npz", "--quiet"]) == 2  # finish the stage first
     assert main(["pretrain", "--resume", "b", "--quiet"]) == 0

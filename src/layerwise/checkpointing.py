@@ -26,6 +26,7 @@ from safetensors.torch import save
 from layerwise._files import atomic_write
 
 CHECKPOINT = "state.safetensors"
+FORMAT = "2"  # 2: state trees (1, before: flat tensor names, unversioned)
 SEP = "/"
 _TENSOR = "__tensor__"  # {"__tensor__": path}: a tensor stored under that path
 _ITEMS = "__items__"  # {"__items__": [[key, value], ...]}: a dict with integer keys
@@ -74,12 +75,13 @@ def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], meta: 
     """Atomically replace ``folder/state.safetensors`` with these tensors and the JSON
     ``meta`` (kept in the safetensors header)."""
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    blob = save(flat, metadata={"layerwise": json.dumps(meta)})
+    blob = save(flat, metadata={"layerwise": json.dumps(meta), "layerwise_format": FORMAT})
     return atomic_write(Path(folder) / CHECKPOINT, lambda f: f.write(blob))
 
 
 def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
-    """Read (tensors, meta) of a checkpoint folder; a clear error if it is missing or torn."""
+    """Read (tensors, meta) of a checkpoint folder; a clear error if it is missing, torn,
+    or written in another format."""
     from safetensors import safe_open
 
     path = Path(folder) / CHECKPOINT
@@ -87,10 +89,17 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
         raise FileNotFoundError(f"no checkpoint at '{path}'")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["layerwise"])
+            header = f.metadata() or {}
+            meta = json.loads(header["layerwise"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError, ValueError) as e:
         raise ValueError(f"checkpoint '{path}' is unreadable ({type(e).__name__}: {e})") from None
+    if header.get("layerwise_format", "1") != FORMAT:
+        raise ValueError(
+            f"checkpoint '{path}' is in checkpoint format {header.get('layerwise_format', '1')}; this layerwise reads "
+            f"format {FORMAT}. Resume it with the layerwise version that wrote it, or delete the checkpoint folder "
+            "to start over"
+        )
     return tensors, meta
 
 

@@ -3,13 +3,9 @@ import copy
 import pytest
 import torch
 
+from conftest import digits_pixels
 from layerwise.units import DenoisingAutoencoder
 
-
-def _digits():
-    from sklearn.datasets import load_digits
-
-    return torch.tensor(load_digits().data / 16.0, dtype=torch.float32)
 
 
 def test_step_is_sgd_with_momentum_on_autograd_gradient():
@@ -44,7 +40,7 @@ def test_masking_noise_zeroes_the_given_fraction():
 
 
 def test_reconstruction_falls_on_digits_and_input_untouched():
-    x = _digits()
+    x = digits_pixels()
     before = x.clone()
     dae = DenoisingAutoencoder(64, 32, seed=0)
     start = float(dae.reconstruction_cross_entropy(x).detach())

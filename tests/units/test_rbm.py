@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from conftest import digits_pixels
 from layerwise.units import BernoulliRBM, GaussianBernoulliRBM
 
 
@@ -196,15 +197,10 @@ def test_same_seed_same_result_and_generator_is_private():
     assert torch.equal(a.weight, b.weight)
 
 
-def _digits():
-    from sklearn.datasets import load_digits
-
-    return torch.tensor(load_digits().data / 16.0, dtype=torch.float32)
-
 
 @pytest.mark.parametrize("persistent", [False, True])
 def test_reconstruction_cross_entropy_falls_on_digits(persistent):
-    x = _digits()
+    x = digits_pixels()
     rbm = BernoulliRBM(64, 32, seed=0)
     start = float(rbm.reconstruction_cross_entropy(x))
     gen = torch.Generator().manual_seed(0)
@@ -219,7 +215,7 @@ def test_reconstruction_cross_entropy_falls_on_digits(persistent):
 
 
 def test_sparsity_target_lowers_hidden_activity():
-    x = _digits()[:600]
+    x = digits_pixels()[:600]
     acts = {}
     for target in (None, 0.05):
         rbm = BernoulliRBM(64, 32, seed=0)
@@ -231,7 +227,7 @@ def test_sparsity_target_lowers_hidden_activity():
 
 
 def test_gaussian_rbm_learns_standardized_data():
-    x = _digits()
+    x = digits_pixels()
     x = (x - x.mean(0)) / (x.std(0) + 1e-3)
     rbm = GaussianBernoulliRBM(64, 32, seed=0)
     start = float(rbm.reconstruction_cross_entropy(x))

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from layerwise._checks import check_int, check_range
+from layerwise._checks import check_range
+from layerwise.units.base import UnitBase
 
 
-class DenoisingAutoencoder(nn.Module):
+class DenoisingAutoencoder(UnitBase):
     """Tied-weight sigmoid autoencoder trained on masked inputs in [0, 1]."""
 
     visible_kind = "bernoulli"
@@ -33,29 +33,15 @@ class DenoisingAutoencoder(nn.Module):
         init_std: float | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__()
-        name = type(self).__name__
-        check_int(name, "n_visible", n_visible, low=1)
-        check_int(name, "n_hidden", n_hidden, low=1)
-        self.n_visible = n_visible
-        self.n_hidden = n_hidden
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(n_visible, n_hidden, seed=seed)
         # Glorot-uniform range for sigmoid units (4 * sqrt(6 / (fan_in + fan_out))) unless given
         if init_std is None:
             bound = 4.0 * (6.0 / (n_visible + n_hidden)) ** 0.5
             weight = (torch.rand(n_hidden, n_visible, generator=self.generator, dtype=dtype) * 2 - 1) * bound
         else:
-            check_range(name, "init_std", init_std, low=0.0)
+            check_range(type(self).__name__, "init_std", init_std, low=0.0)
             weight = torch.randn(n_hidden, n_visible, generator=self.generator, dtype=dtype) * init_std
-        self.weight = nn.Parameter(weight)
-        self.visible_bias = nn.Parameter(torch.zeros(n_visible, dtype=dtype))
-        self.hidden_bias = nn.Parameter(torch.zeros(n_hidden, dtype=dtype))
-        self.register_buffer("weight_velocity", torch.zeros_like(weight))
-        self.register_buffer("visible_bias_velocity", torch.zeros(n_visible, dtype=dtype))
-        self.register_buffer("hidden_bias_velocity", torch.zeros(n_hidden, dtype=dtype))
-
-    def extra_repr(self) -> str:
-        return f"n_visible={self.n_visible}, n_hidden={self.n_hidden}"
+        self._init_parameters(weight, requires_grad=True)
 
     def mean_hiddens(self, v: torch.Tensor) -> torch.Tensor:
         """h = sigmoid(c + v W^T), shape (batch, n_hidden)."""
@@ -86,15 +72,8 @@ class DenoisingAutoencoder(nn.Module):
         """The loss with no corruption: what the unit reports per epoch (no graph)."""
         return self.loss(v, 0.0)
 
-    def step(
-        self,
-        v: torch.Tensor,
-        *,
-        lr: float,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
-        noise: float = 0.25,
-    ) -> None:
+    def step(self, v: torch.Tensor, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+             noise: float = 0.25) -> None:
         """One gradient step with momentum on the minibatch ``v`` (batch, n_visible)."""
         params = (self.weight, self.visible_bias, self.hidden_bias)
         with torch.enable_grad():

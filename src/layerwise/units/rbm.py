@@ -35,9 +35,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from layerwise._checks import check_int, check_range
+from layerwise.units.base import UnitBase
 
 
 def _bernoulli(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -46,7 +46,7 @@ def _bernoulli(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(p.shape, generator=generator, dtype=p.dtype).lt_(p)
 
 
-class _RBM(nn.Module):
+class _RBM(UnitBase):
     """Shared mechanics of the RBMs: parameters, hidden side, CD/PCD updates."""
 
     visible_kind = "abstract"
@@ -60,29 +60,15 @@ class _RBM(nn.Module):
         init_std: float = 0.01,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        super().__init__()
-        name = type(self).__name__
-        check_int(name, "n_visible", n_visible, low=1)
-        check_int(name, "n_hidden", n_hidden, low=1)
-        check_range(name, "init_std", init_std, low=0.0)
-        self.n_visible = n_visible
-        self.n_hidden = n_hidden
-        self.generator = torch.Generator().manual_seed(seed)
+        super().__init__(n_visible, n_hidden, seed=seed)
+        check_range(type(self).__name__, "init_std", init_std, low=0.0)
         weight = torch.randn(n_hidden, n_visible, generator=self.generator, dtype=dtype)
-        self.weight = nn.Parameter(weight * init_std, requires_grad=False)
-        self.visible_bias = nn.Parameter(torch.zeros(n_visible, dtype=dtype), requires_grad=False)
-        self.hidden_bias = nn.Parameter(torch.zeros(n_hidden, dtype=dtype), requires_grad=False)
-        # Momentum ("velocity") of each parameter: training state, saved with checkpoints.
-        self.register_buffer("weight_velocity", torch.zeros_like(weight))
-        self.register_buffer("visible_bias_velocity", torch.zeros(n_visible, dtype=dtype))
-        self.register_buffer("hidden_bias_velocity", torch.zeros(n_hidden, dtype=dtype))
+        # updated by hand under no_grad: no graph is ever built by accident
+        self._init_parameters(weight * init_std, requires_grad=False)
         # Running mean of hidden probabilities q, for the sparsity target (Lee et al. 2008).
         self.register_buffer("hidden_activity", torch.zeros(n_hidden, dtype=dtype))
         # Persistent-CD fantasy particles (n_chains, n_visible); empty until the first PCD step.
         self.register_buffer("persistent_chains", torch.zeros(0, n_visible, dtype=dtype))
-
-    def extra_repr(self) -> str:
-        return f"n_visible={self.n_visible}, n_hidden={self.n_hidden}"
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the number of persistent chains is the batch size they were started with

@@ -1,31 +1,10 @@
-"""The ``layerwise`` command. Thin: parses arguments, calls the library, prints.
-
-    layerwise train recipes/quick-mnist.toml          pretrain, back up, fine-tune, test
-    layerwise evaluate runs/quick-mnist/finetuned     test accuracy of a saved classifier
-    layerwise predict runs/quick-mnist/finetuned x.npz --out predictions.npz
-    layerwise data fetch mnist                        download MNIST into the user cache
-"""
+"""One function per ``layerwise`` command: each takes the parsed arguments, calls the
+library and prints; it returns the exit status (2 for a clear error)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
-
-
-def _at_least(low: int):
-    """An argparse type: an int of at least ``low``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    return parse
 
 
 def _say(line: str) -> None:
@@ -38,13 +17,17 @@ def _err(msg: str) -> int:
     return 2
 
 
+def _progress(args) -> tuple:
+    """(the echo of each record, whether to draw progress bars): bars on a terminal only."""
+    return (None if args.quiet else _say), (not args.quiet and sys.stderr.isatty())
+
+
 def cmd_train(args) -> int:
     from layerwise import config, jobs, runtime
     from layerwise.distributed import run_worker, under_torchrun
     from layerwise.runs import read_config
 
-    echo = None if args.quiet else _say
-    bars = not args.quiet and sys.stderr.isatty()
+    echo, bars = _progress(args)
     if args.resume:
         if args.recipe or args.name:
             return _err("--resume takes the run folder alone: its config.toml is the recipe")
@@ -241,8 +224,7 @@ def cmd_pretrain(args) -> int:
     from layerwise import config, jobs, runtime
     from layerwise.runs import read_config
 
-    echo = None if args.quiet else _say
-    bars = not args.quiet and sys.stderr.isatty()
+    echo, bars = _progress(args)
     if args.resume:
         if args.recipe or args.out:
             return _err("--resume takes the pretraining folder alone (plus --data/--epochs)")
@@ -268,9 +250,8 @@ def cmd_finetune(args) -> int:
     if args.threads:
         cfg.threads = args.threads
     runtime.apply(args.threads, cfg.threads)
-    echo = None if args.quiet else _say
-    res = jobs.finetune_pretrained(args.pretrained, cfg, args.out, progress=not args.quiet and sys.stderr.isatty(),
-                                   echo=echo)
+    echo, bars = _progress(args)
+    res = jobs.finetune_pretrained(args.pretrained, cfg, args.out, progress=bars, echo=echo)
     print(f"fine-tuning {res.seconds_finetune:.1f} s")
     if res.test_accuracy is not None:
         print(f"test accuracy: {100 * res.test_accuracy:.2f}%")
@@ -303,138 +284,3 @@ def cmd_data_fetch(args) -> int:
     path = fetch_mnist()
     print(f"mnist: {path}")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="layerwise", description="Layer-wise pretraining and fine-tuning of deep nets.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("train", help="pretrain, save the pretrained net, fine-tune, evaluate")
-    t.add_argument("recipe", nargs="?", help="TOML recipe, e.g. recipes/quick-mnist.toml")
-    t.add_argument("--resume", metavar="RUN_FOLDER",
-                   help="continue an interrupted run (e.g. runs/NAME) from its last checkpoint")
-    t.add_argument("--name", help="run name (default: the recipe's name, else its file stem)")
-    t.add_argument("--runs-dir", default="runs", help="folder that holds run folders (default: runs)")
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: the recipe's, else min(2, cores))")
-    t.add_argument("--quiet", action="store_true", help="print only the final summary")
-    t.add_argument("--strict", action="store_true", help="treat the advisor's warnings as errors")
-    t.add_argument("--workers", type=_at_least(1), default=1,
-                   help="train on N worker processes on this machine, averaging parameters (torch.distributed, gloo)")
-    t.add_argument("--max-restarts", type=_at_least(0), default=0,
-                   help="with --workers: restart the group this many times when a worker dies, from the last checkpoint")
-    t.set_defaults(func=cmd_train)
-
-    c = sub.add_parser("check", help="check a recipe against the guide's rules of thumb")
-    c.add_argument("recipe", help="TOML recipe")
-    c.add_argument("--workers", type=_at_least(1), default=1, help="number of workers the recipe will run on")
-    c.add_argument("--strict", action="store_true", help="exit with status 2 on warnings too")
-    c.add_argument("--format", choices=("text", "json"), default="text", help="output format")
-    c.set_defaults(func=cmd_check)
-
-    pr = sub.add_parser("probe-lr", help="measure the largest stable learning rate on the recipe's data")
-    pr.add_argument("recipe", help="TOML recipe")
-    pr.add_argument("--low", type=float, default=1e-4, help="lowest rate of the grid (default 1e-4)")
-    pr.add_argument("--high", type=float, default=10.0, help="highest rate of the grid (default 10)")
-    pr.add_argument("--points", type=int, default=11, help="rates in the geometric grid (default 11)")
-    pr.add_argument("--subset", type=int, default=5000, help="training samples used (default 5000)")
-    pr.add_argument("--epochs", type=int, default=2, help="epochs per trial (default 2)")
-    pr.add_argument("--workers", type=_at_least(1), default=1,
-                    help="probe N averaged worker processes on this machine, as `train --workers N` trains")
-    pr.add_argument("--out", default="probe-lr", help="path stem of the PNG plot and JSON results (default probe-lr)")
-    pr.add_argument("--threads", type=int, help="torch CPU threads")
-    pr.add_argument("--quiet", action="store_true", help="print only the summary")
-    pr.set_defaults(func=cmd_probe_lr)
-
-    a = sub.add_parser("advise", help="suggest a net and hyperparameters, with reasons")
-    a.add_argument("--inputs", type=int, required=True, help="input features, e.g. 784")
-    a.add_argument("--labels", type=int, required=True, help="number of labels, e.g. 10")
-    a.add_argument("--workers", type=_at_least(1), default=1, help="workers that will average parameters")
-    a.add_argument("--samples", type=int, help="training samples (for the batch size)")
-    a.add_argument("--format", choices=("text", "json"), default="text", help="output format")
-    a.set_defaults(func=cmd_advise)
-
-    pt = sub.add_parser("pretrain", help="staged pretraining: feed data, pause, resume when more arrives")
-    pt.add_argument("recipe", nargs="?", help="recipe for the first stage ([model], [pretrain])")
-    pt.add_argument("--data", help=".npz with an array x: the data of this stage")
-    pt.add_argument("--out", help="pretraining folder to create (first stage)")
-    pt.add_argument("--resume", metavar="FOLDER", help="go on in a pretraining folder: finish an interrupted stage, or a new stage with --data")
-    pt.add_argument("--epochs", type=int, help="epochs per layer for this stage (default: the recipe's)")
-    pt.add_argument("--threads", type=int, help="torch CPU threads")
-    pt.add_argument("--quiet", action="store_true", help="print only the final summary")
-    pt.set_defaults(func=cmd_pretrain)
-
-    ft = sub.add_parser("finetune", help="fine-tune a copy of a saved pretrained net into a new artifact")
-    ft.add_argument("pretrained", help="a pretrained artifact folder, e.g. runs/NAME/pretrained")
-    ft.add_argument("--recipe", required=True, help="recipe whose [data] and [finetune] are used")
-    ft.add_argument("--out", required=True, help="new artifact folder (must not exist)")
-    ft.add_argument("--threads", type=int, help="torch CPU threads")
-    ft.add_argument("--quiet", action="store_true", help="print only the final summary")
-    ft.set_defaults(func=cmd_finetune)
-
-    mo = sub.add_parser("models", help="list the saved nets under a folder, with their lineage")
-    mo.add_argument("dir", nargs="?", default="runs", help="folder to search (default: runs)")
-    mo.add_argument("--format", choices=("table", "json"), default="table", help="output format")
-    mo.set_defaults(func=cmd_models)
-
-    e = sub.add_parser("evaluate", help="accuracy of a finetuned net on its test data or a .npz file")
-    e.add_argument("model", help="a finetuned artifact folder, e.g. runs/NAME/finetuned")
-    e.add_argument("--data", help=".npz with x and y (default: the test split of the run's data)")
-    e.add_argument("--threads", type=int, help="torch CPU threads")
-    e.set_defaults(func=cmd_evaluate)
-
-    r = sub.add_parser("predict", help="labels and probabilities for the inputs in a .npz file")
-    r.add_argument("model", help="a finetuned artifact folder")
-    r.add_argument("data", help=".npz with an array x")
-    r.add_argument("--out", help="write labels and probabilities to this .npz instead of printing")
-    r.add_argument("--threads", type=int, help="torch CPU threads")
-    r.set_defaults(func=cmd_predict)
-
-    d = sub.add_parser("data", help="data sets")
-    dsub = d.add_subparsers(dest="data_command", required=True)
-    f = dsub.add_parser("fetch", help="download a data set into the user cache")
-    f.add_argument("dataset", help="mnist")
-    f.set_defaults(func=cmd_data_fetch)
-    return p
-
-
-def _on_first_interrupt(signum, frame) -> None:
-    """First Ctrl-C: let the loop finish its batch and checkpoint; a second one stops at once."""
-    import signal
-
-    from layerwise.loop import request_stop
-
-    request_stop()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    print("\nlayerwise: stopping after this batch and saving a checkpoint (Ctrl-C again to stop now)",
-          file=sys.stderr, flush=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import signal
-    import threading
-
-    from layerwise import runtime
-
-    runtime.set_wait_policy()  # before anything imports torch: OpenMP reads it when torch loads
-    from layerwise.loop import clear_stop
-
-    args = build_parser().parse_args(argv)
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, _on_first_interrupt)
-    try:
-        return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as e:
-        return _err(str(e))
-    except KeyboardInterrupt:
-        print("layerwise: interrupted; continue with `layerwise train --resume RUN_FOLDER` "
-              "(or `layerwise pretrain --resume FOLDER`, or the same `layerwise finetune` command)", file=sys.stderr)
-        return 130
-    finally:
-        clear_stop()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -104,7 +104,7 @@ class Run:
         else:
             pos = loop_of(ckpt)
             run.reporter.log({"phase": "resume", "from": ckpt["phase"], "layer": ckpt.get("progress", {}).get("layer"),
-                              "epoch": pos["epoch"], "batch": pos["batch"]})
+                              "epoch": pos["epoch"], "batch": pos["batch"], "threads": torch.get_num_threads()})
         return run
 
     @property
@@ -155,7 +155,8 @@ def pretrain_phase(run: Run, dbn: DeepBeliefNet, ckpt: dict | None) -> dict | No
     def save(pos):
         if run.world == 1 or pos.order is None:  # a mid-epoch save in a group (Ctrl-C) keeps the epoch-end one
             tree = {"phase": "pretrain", **pretraining_state(dbn, generator, progress), "records": records}
-            run.checkpoint(tree, pretrain_local_keys(dbn, progress.layer).__contains__)
+            local = pretrain_local_keys(dbn, progress.layer)
+            run.checkpoint(tree, lambda path: path in local)
 
     run.clock.start("pretrain")
     (x_train, _), (x_held, _) = as_tensors(run.splits.train), as_tensors(run.splits.validation)

@@ -1,0 +1,97 @@
+"""The process policy: one precedence for threads (flag > recipe > default), on --resume too."""
+
+import os
+
+import pytest
+import torch
+
+from conftest import read_metrics
+from layerwise import config, runtime
+from layerwise.cli import main
+from layerwise.jobs import train
+
+RECIPE = """
+name = "t"
+seed = 1
+threads = 1
+[data]
+source = "npz"
+train = "{train}"
+test = "{test}"
+[model]
+hidden = [24, 12]
+[pretrain]
+epochs = 2
+batch_size = 20
+learning_rate = 0.1
+[finetune]
+epochs = 4
+batch_size = 20
+learning_rate = 0.5
+"""
+
+
+def test_threads_precedence_and_defaults():
+    cores = os.cpu_count() or 1
+    assert runtime.resolve_threads(3, 1) == 3  # the flag wins
+    assert runtime.resolve_threads(None, 1) == 1  # then the recipe
+    assert runtime.resolve_threads() == min(2, cores)
+    assert runtime.resolve_threads(local_workers=cores) == 1  # a worker's fair share of the cores
+    with pytest.raises(ValueError, match="The 'threads' parameter of the runtime policy must be an int in the range"):
+        runtime.resolve_threads(None, 0)
+    with pytest.raises(ValueError, match="The 'device' parameter of the runtime policy must be one of 'cpu'. Got 'cuda'"):
+        runtime.apply(device="cuda")
+    r = runtime.apply(threads=2)
+    assert (r.threads, r.device, torch.get_num_threads()) == (2, "cpu", 2)
+    assert r.wait_policy == os.environ["OMP_WAIT_POLICY"]
+
+
+def test_train_leaves_the_thread_count_alone(tmp_path, npz_files):
+    """Library functions take the policy as given: a recipe's threads = 1 is the command's
+    to apply, not train()'s."""
+    (tmp_path / "r.toml").write_text(RECIPE.format(train=npz_files[0], test=npz_files[1]))
+    torch.set_num_threads(2)
+    train(config.load(tmp_path / "r.toml"), runs_dir=tmp_path / "runs")
+    assert torch.get_num_threads() == 2
+
+
+def _interrupted(tmp_path, npz_files, name):
+    (tmp_path / "r.toml").write_text(RECIPE.format(train=npz_files[0], test=npz_files[1]))
+    cfg = config.load(tmp_path / "r.toml")
+    cfg.name = name
+
+    def stop_in_finetuning(line):
+        if line.startswith("phase=finetune epoch=2 "):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, runs_dir=tmp_path / "runs", echo=stop_in_finetuning)
+    return tmp_path / "runs" / name
+
+
+@pytest.mark.parametrize("flag, expected", [(["--threads", "2"], 2), ([], 1)])
+def test_resume_applies_the_flag_else_the_runs_recipe(tmp_path, npz_files, flag, expected):
+    run = _interrupted(tmp_path, npz_files, "t")
+    torch.set_num_threads(3)  # neither: what the process had before the command applied its policy
+    assert main(["train", "--resume", str(run), "--quiet", *flag]) == 0
+    resumed = [r for r in read_metrics(run) if r["phase"] == "resume"]
+    assert len(resumed) == 1 and resumed[0]["threads"] == expected, resumed
+
+
+def test_kill_points_of_the_tests_are_read_per_loop_rank_and_life(monkeypatch):
+    import signal
+
+    from layerwise.loop import kill_point
+
+    monkeypatch.setenv("LAYERWISE_TEST_KILL", "1/pretrain layer 1@12.30,finetune@3.30:INT")
+    assert kill_point("pretrain layer 1/2 (36->48)", rank=1) == (12, 30, signal.SIGKILL)
+    assert kill_point("pretrain layer 1/2 (36->48)", rank=0) is None  # another rank
+    assert kill_point("finetune", rank=1) is None  # another loop
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # the second life of a restarted worker
+    assert kill_point("finetune", rank=0) == (3, 30, signal.SIGINT)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    assert kill_point("finetune", rank=0) is None
+    monkeypatch.setenv("LAYERWISE_TEST_KILL", "finetune-3")
+    monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
+    with pytest.raises(ValueError, match=r"LAYERWISE_TEST_KILL: cannot read 'finetune-3'; expected \[RANK/\]LOOP@EPOCH.BATCH"):
+        kill_point("finetune")

@@ -74,6 +74,10 @@ def test_two_stages_are_recorded_and_a_wrong_width_stage_changes_nothing(folder,
     # a new stage needs new data
     assert main(["pretrain", "--resume", "p", "--quiet"]) == 2
     assert "stage 2 is finished; a new stage needs --data FILE.npz" in capsys.readouterr().err
+    # a staged folder is not a train run: the error names the command that goes on with it
+    assert main(["train", "--resume", "p", "--quiet"]) == 2
+    assert "belongs to a 'stage' job, not to 'train': continue it with `layerwise pretrain --resume FOLDER`" in (
+        capsys.readouterr().err)
 
 
 def test_staged_pretraining_continues_exactly(folder):

@@ -23,16 +23,9 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def fsync_dir(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file or a folder (its entries: a rename in it) to disk; read-only files too."""
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)  # read-only files too (a pretrained artifact's)
     try:
         os.fsync(fd)
     finally:
@@ -50,7 +43,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        fsync(path.parent)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -70,10 +63,10 @@ def atomic_folder(folder: str | os.PathLike, fill: Callable[[Path], object]) -> 
         fill(tmp)
         for p in tmp.iterdir():
             if p.is_file():
-                fsync_file(p)
+                fsync(p)
         os.chmod(tmp, 0o755)
         os.rename(tmp, folder)
-        fsync_dir(folder.parent)
+        fsync(folder.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

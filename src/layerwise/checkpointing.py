@@ -107,17 +107,24 @@ def exists(folder: str | Path) -> bool:
     return (Path(folder) / CHECKPOINT).is_file()
 
 
+_COMMANDS = {"train": "`layerwise train --resume RUN_FOLDER`", "stage": "`layerwise pretrain --resume FOLDER`",
+             "finetune": "the same `layerwise finetune` command"}
+
+
 def save_state(folder: str | Path, tree: Any) -> Path:
     """Write a state tree as a checkpoint."""
     return save_checkpoint(folder, *flatten(tree))
 
 
-def load_state(folder: str | Path) -> Any:
-    """The state tree of a checkpoint folder."""
+def load_state(folder: str | Path, job: str | None = None, *, take=None) -> Any:
+    """The state tree of a checkpoint folder; ``job`` (when given) must be the kind of job
+    that wrote it. ``take(tensors, meta)`` may pick the tensors first (a worker's own)."""
     path = Path(folder) / CHECKPOINT
+    tensors, meta = load_checkpoint(folder)
+    if job is not None and meta.get("job") != job:
+        raise ValueError(f"checkpoint '{path}' belongs to a {meta.get('job')!r} job, not to {job!r}: "
+                         f"continue it with {_COMMANDS.get(meta.get('job'), 'the command that started it')}")
     try:
-        return unflatten(*load_checkpoint(folder))
+        return unflatten(take(tensors, meta) if take else tensors, meta)
     except ValueError as e:
-        if str(e).startswith("checkpoint '"):
-            raise
         raise ValueError(f"checkpoint '{path}' is unreadable ({e})") from None

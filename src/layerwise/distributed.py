@@ -163,9 +163,9 @@ def run_worker(job, *, timeout_minutes: float, on_result=None):
     ``os._exit(0)`` (a plain interpreter exit of a gloo worker sometimes aborted with
     'terminate called without an active exception'). An exception in ``job`` propagates
     as usual, and the process exits with its error."""
-    rank, _ = join_group(timeout_minutes)
+    join_group(timeout_minutes)
     result = job()
-    if rank == 0 and on_result is not None:
+    if is_writer() and on_result is not None:
         on_result(result)
     leave_group()
     os._exit(0)

@@ -146,9 +146,7 @@ def finetune(
     if st.generator is None:
         st.generator = torch.Generator().manual_seed(seed)
 
-    g = make_guard(guard, model, "fine-tuning", cfg.learning_rate, optimizer, st.records, reporter)
-    if g is not None and st.guard_state is not None:
-        g.load_state_dict(st.guard_state)
+    g = make_guard(guard, model, "fine-tuning", cfg.learning_rate, optimizer, st.records, reporter, st.guard_state)
     st.guard, st.guard_state = g, None
     if g is not None:
         def restart_epoch():

@@ -235,9 +235,10 @@ class DivergenceGuard:
             self.snapshot()  # the best state so far is the one to roll back to
 
 
-def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer, records: list, reporter):
+def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer, records: list, reporter,
+               state: dict | None = None):
     """A DivergenceGuard from its config (None when disabled) that logs its rollbacks
-    to the records and the reporter."""
+    to the records and the reporter; ``state`` (a checkpointed ``state_dict``) continues one."""
     if cfg is None or not cfg.enabled:
         return None
 
@@ -245,6 +246,9 @@ def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer
         records.append(event)
         reporter.log(event)
 
-    return DivergenceGuard(module, where, lr, optimizer, lr_factor=cfg.lr_factor, max_rollbacks=cfg.max_rollbacks,
-                           max_growth=cfg.max_growth, rising_epochs=cfg.rising_epochs, check_every=cfg.check_every,
-                           max_dead=cfg.max_dead, log=log)
+    guard = DivergenceGuard(module, where, lr, optimizer, lr_factor=cfg.lr_factor, max_rollbacks=cfg.max_rollbacks,
+                            max_growth=cfg.max_growth, rising_epochs=cfg.rising_epochs, check_every=cfg.check_every,
+                            max_dead=cfg.max_dead, log=log)
+    if state is not None:
+        guard.load_state_dict(state)
+    return guard

@@ -32,7 +32,8 @@ def layer_metrics(unit: Unit, train_x: torch.Tensor, held_x: torch.Tensor | None
     """The unit's own per-epoch numbers (reconstruction cross-entropy in nats per example
     on train and held-out inputs; for RBMs the free-energy gap) and the fraction of
     saturated hidden units. Both inputs should be subsets of equal size."""
-    return {**unit.metrics(train_x, held_x), "dead_units": dead_fraction(unit.transform(train_x))}
+    m = unit.metrics(train_x, held_x)
+    return {"recon_ce_train": m.pop("recon_ce_train"), "dead_units": dead_fraction(unit.transform(train_x)), **m}
 
 
 @dataclass
@@ -92,9 +93,8 @@ def pretrain(
         if progress.layer != i:
             progress.layer, progress.position = i, LoopPosition()
         kwargs = unit.step_options(cfg)
-        g = make_guard(guard, unit, f"pretraining of layer {i + 1}", cfg.learning_rate, None, records, reporter)
-        if g is not None and progress.guard_state is not None:
-            g.load_state_dict(progress.guard_state)
+        g = make_guard(guard, unit, f"pretraining of layer {i + 1}", cfg.learning_rate, None, records, reporter,
+                       progress.guard_state)
         progress.guard, progress.guard_state = g, None
 
         def step(xb, _yb, epoch, unit=unit, kwargs=kwargs, g=g):

@@ -23,6 +23,7 @@ from layerwise.config import RunConfig
 from layerwise.loop import Reporter
 
 CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
 
 
 @dataclass

@@ -4,7 +4,8 @@ else in layerwise changes torch's thread count or the environment.
 
 - **Threads**: the ``--threads`` flag, else the recipe's ``threads`` (on ``--resume``, the
   run's ``config.toml``), else the default: ``min(2, cores)``, or in a worker of a
-  distributed run ``cores // local workers`` (at least 1).
+  distributed run ``cores // workers on this machine`` (at least 1; all the cores for a
+  single worker per node).
 - **OpenMP wait policy**: ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it.
   Idle OpenMP threads that spin steal the core from everything else on a busy machine
   (two threads ran 3-20x slower on a shared 2-core box). OpenMP reads it when torch
@@ -33,12 +34,14 @@ class Runtime:
     wait_policy: str  # OMP_WAIT_POLICY: "PASSIVE", or the user's own
 
 
-def default_threads(local_workers: int = 1) -> int:
+def default_threads(local_workers: int | None = None) -> int:
+    """``min(2, cores)`` for a process of its own; a fair share of the cores for a worker
+    of a group with ``local_workers`` on this machine."""
     cores = os.cpu_count() or 1
-    return max(1, cores // local_workers) if local_workers > 1 else min(2, cores)
+    return min(2, cores) if local_workers is None else max(1, cores // local_workers)
 
 
-def resolve_threads(flag: int | None = None, recipe: int | None = None, *, local_workers: int = 1) -> int:
+def resolve_threads(flag: int | None = None, recipe: int | None = None, *, local_workers: int | None = None) -> int:
     """flag > recipe > default."""
     for name, value in (("--threads", flag), ("threads", recipe)):
         if value is not None:
@@ -52,7 +55,7 @@ def set_wait_policy() -> str:
     return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def apply(threads: int | None = None, recipe_threads: int | None = None, *, local_workers: int = 1,
+def apply(threads: int | None = None, recipe_threads: int | None = None, *, local_workers: int | None = None,
           device: str = "cpu") -> Runtime:
     """Apply the process policy (see the module docstring) and return what holds now."""
     check_choice("the runtime policy", "device", device, DEVICES)
@@ -65,5 +68,5 @@ def apply(threads: int | None = None, recipe_threads: int | None = None, *, loca
 
 
 def local_workers() -> int:
-    """Workers on this machine in a torchrun-started group (1 outside one)."""
+    """Workers on this machine in a torchrun-started group."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))

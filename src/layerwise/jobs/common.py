@@ -81,11 +81,12 @@ def loop_of(ckpt: dict) -> dict:
 
 
 def read_checkpoint(folder: Path) -> dict | None:
-    """The checkpoint tree of a run folder as this worker saved it (None: there is none)."""
+    """The checkpoint tree of a ``train`` run folder as this worker saved it (None: there
+    is none)."""
     if not checkpointing.exists(folder / "checkpoint"):
         return None
-    tensors, meta = checkpointing.load_checkpoint(folder / "checkpoint")
-    return checkpointing.unflatten(take_local_state(tensors, meta.get("world", 1)), meta)
+    return checkpointing.load_state(folder / "checkpoint", "train",
+                                    take=lambda tensors, meta: take_local_state(tensors, meta.get("world", 1)))
 
 
 def pretrain_metrics(records: list[dict]) -> dict:

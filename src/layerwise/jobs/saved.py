@@ -49,7 +49,7 @@ def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str
     work = partial_dir(out_dir)
     work.mkdir(parents=True, exist_ok=True)
     with run_lock(work):
-        ckpt = checkpointing.load_state(work / "checkpoint") if checkpointing.exists(work / "checkpoint") else None
+        ckpt = checkpointing.load_state(work / "checkpoint", "finetune") if checkpointing.exists(work / "checkpoint") else None
         if ckpt is not None and ckpt.get("identity") != identity:
             raise ValueError(
                 f"'{work}' holds an interrupted fine-tuning of another pretrained net, recipe or data; "
@@ -70,7 +70,7 @@ def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str
         t0 = time.perf_counter()
 
         def save(pos):
-            tree = {"phase": "finetune", **finetuning_state(clf, optimizer, fstate), "identity": identity,
+            tree = {"job": "finetune", "phase": "finetune", **finetuning_state(clf, optimizer, fstate), "identity": identity,
                     "seconds": seconds + time.perf_counter() - t0}
             checkpointing.save_state(work / "checkpoint", tree)
 

@@ -23,7 +23,7 @@ from layerwise.data import Dataset, as_tensors, load_npz, validate
 from layerwise.jobs.common import checkpoint_policy, load_pretraining_state, pretrain_metrics, pretraining_state
 from layerwise.loop import Checkpointer, LoopPosition
 from layerwise.pretrain import PretrainProgress, pretrain
-from layerwise.runs import continue_log, read_config, resolve_config, run_lock, write_config
+from layerwise.runs import METRICS, continue_log, read_config, resolve_config, run_lock, write_config
 from layerwise.stack import DeepBeliefNet
 
 
@@ -57,7 +57,7 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
         write_config(out_dir, cfg)
     cfg = read_config(out_dir, "staged pretraining folder")
     with run_lock(out_dir):
-        ckpt = checkpointing.load_state(out_dir / "checkpoint") if checkpointing.exists(out_dir / "checkpoint") else None
+        ckpt = checkpointing.load_state(out_dir / "checkpoint", "stage") if checkpointing.exists(out_dir / "checkpoint") else None
         new = ckpt is None or ckpt["stage_done"]
         stage, ds = _stage_and_data(out_dir, cfg, ckpt, data, epochs)
         resolved = resolve_config(cfg, ds.x.shape[1])
@@ -71,12 +71,12 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
         before = [] if ckpt is None else ckpt["stages"]
         number = len(before) + 1
         # an interrupted stage replays what it logged after its checkpoint
-        reporter = continue_log(out_dir / "metrics.jsonl", None if new else ckpt["metrics_lines"], progress, echo)
+        reporter = continue_log(out_dir / METRICS, None if new else ckpt["metrics_lines"], progress, echo)
         reporter.log({"phase": "stage", "stage": number, "data": stage["data"], "samples": stage["samples"],
                       "epochs_per_layer": stage["epochs_per_layer"], "resumed": not new})
 
         def save(pos, done=False):
-            tree = {"phase": "pretrain", "stage_done": done, "stage": stage, "stages": before + ([stage] if done else []),
+            tree = {"job": "stage", "phase": "pretrain", "stage_done": done, "stage": stage, "stages": before + ([stage] if done else []),
                     **pretraining_state(dbn, generator, prog), "records": records, "metrics_lines": reporter.lines}
             checkpointing.save_state(out_dir / "checkpoint", tree)
 

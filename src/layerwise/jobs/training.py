@@ -3,7 +3,8 @@ fine-tuning, read-only) -> fine-tune -> finetuned artifact -> test accuracy -> p
 
 ``train`` starts a new run folder, ``resume`` goes on from a folder's last checkpoint;
 both end in ``train_in``, which every worker of a distributed group runs as well. Rank 0
-alone writes (``distributed.is_writer``): every write goes through ``Run``.
+alone writes (``distributed.is_writer``, held as ``Run.writer``): checkpoints go through
+``Run.checkpoint``, and the artifacts and plots are written only where ``run.writer``.
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ from layerwise.jobs.common import (
 )
 from layerwise.loop import Checkpointer, Reporter
 from layerwise.pretrain import PretrainProgress, pretrain
-from layerwise.runs import RunResult, claim_run_dir, continue_log, read_config, run_lock
+from layerwise.runs import METRICS, RunResult, claim_run_dir, continue_log, read_config, run_lock
 from layerwise.stack import DeepBeliefNet
-
-METRICS = "metrics.jsonl"
 
 
 def train(cfg: RunConfig, *, runs_dir: str | Path = "runs", progress: bool = False, echo=None) -> RunResult:
@@ -154,7 +153,7 @@ def pretrain_phase(run: Run, dbn: DeepBeliefNet, ckpt: dict | None) -> dict | No
 
     def save(pos):
         if run.world == 1 or pos.order is None:  # a mid-epoch save in a group (Ctrl-C) keeps the epoch-end one
-            tree = {"phase": "pretrain", **pretraining_state(dbn, generator, progress), "records": records}
+            tree = {"job": "train", "phase": "pretrain", **pretraining_state(dbn, generator, progress), "records": records}
             local = pretrain_local_keys(dbn, progress.layer)
             run.checkpoint(tree, lambda path: path in local)
 
@@ -201,7 +200,7 @@ def finetune_phase(run: Run, dbn: DeepBeliefNet, pre_manifest: dict | None, ckpt
 
     def save(pos):
         if run.world == 1 or pos.order is None:  # a mid-epoch save in a group (Ctrl-C) keeps the epoch-end one
-            run.checkpoint({"phase": "finetune", **finetuning_state(clf, optimizer, fstate)},
+            run.checkpoint({"job": "train", "phase": "finetune", **finetuning_state(clf, optimizer, fstate)},
                            lambda path: path.startswith(FINETUNE_LOCAL))
 
     run.clock.start("finetune")

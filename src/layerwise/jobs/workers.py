@@ -5,25 +5,28 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from layerwise.config import RunConfig
 from layerwise.data import load_splits
-from layerwise.distributed import barrier, is_writer, launch_workers, workers_failed
+from layerwise.distributed import barrier, is_writer, launch_workers, rank_world, under_torchrun, workers_failed
 from layerwise.jobs.common import read_checkpoint, silent
 from layerwise.jobs.training import train_in
-from layerwise.runs import RunResult, claim_run_dir, read_config, resolve_config, result_from_disk, run_lock, write_config
+from layerwise.runs import CONFIG, RunResult, claim_run_dir, read_config, resolve_config, result_from_disk, run_lock, write_config
 
 
 def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None) -> RunResult | None:
     """One worker of a distributed run, inside a joined group: trains in
     ``runs_dir/NAME``. Rank 0 creates the folder and writes everything, the others only
     train. A restarted group (``--max-restarts``) resumes from the last checkpoint."""
+    if under_torchrun() and rank_world()[1] == 1 and int(os.environ["WORLD_SIZE"]) > 1:
+        raise RuntimeError("worker_main runs inside a joined process group: call it through distributed.run_worker")
     run_dir = Path(runs_dir) / (cfg.name or "run")
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=silent)
     if is_writer():
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / "config.toml").exists():
+        if not (run_dir / CONFIG).exists():
             write_config(run_dir, resolve_config(cfg, splits.n_inputs))
     barrier()
     if (run_dir / "finetuned").exists():  # complete: a group restarted after its last worker finished, or a rerun
@@ -44,7 +47,7 @@ def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs"
     with run_lock(run_dir):
         # rank 0 prints its progress (and, at the end, the summary) unless quiet
         quiet = ["--quiet"] if echo is None else []
-        proc = launch_workers(["train", str(run_dir / "config.toml"), "--runs-dir", str(runs_dir), *quiet], workers,
+        proc = launch_workers(["train", str(run_dir / CONFIG), "--runs-dir", str(runs_dir), *quiet], workers,
                               max_restarts=max_restarts, on_line=echo)
     if proc.returncode != 0:
         raise workers_failed(proc, workers, f"\ncontinue with `layerwise train --resume {run_dir}` once fixed")

@@ -203,8 +203,10 @@ def data_facts(cfg) -> dict | None:
     except (OSError, ValueError, ImportError):
         return None
     x, y = np.asarray(splits.train.x), splits.train.y
-    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+    if x.ndim != 2 or x.shape[1] == 0 or not np.issubdtype(x.dtype, np.number):
         return None
+    if y is not None and not (np.issubdtype(np.asarray(y).dtype, np.number) and np.isfinite(y).all()):
+        y = None  # not labels: the data check says so, with the file
     finite = x[np.isfinite(x)]
     return {
         "n_inputs": int(x.shape[1]),

@@ -37,6 +37,7 @@ from layerwise import __version__
 from layerwise._files import atomic_folder, sha256_file
 
 SCHEMA_VERSION = 1
+READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH  # 0444; writable artifacts are 0644
 WEIGHTS = "weights.safetensors"
 MANIFEST = "manifest.json"
 
@@ -76,9 +77,8 @@ def write_artifact(
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         })
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if read_only:
-            for p in (weights, tmp / MANIFEST):
-                p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        for p in (weights, tmp / MANIFEST):  # readable by all who share the folder; read-only: 0444
+            p.chmod(READ_ONLY if read_only else READ_ONLY | stat.S_IWUSR)
 
     atomic_folder(folder, fill)
     return manifest
@@ -95,6 +95,8 @@ def read_manifest(folder: str | Path) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"'{path}' is not valid JSON ({e}); the manifest is corrupt") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"'{path}' is corrupt: it holds {json.dumps(manifest)[:40]}, not a JSON object")
     for key in ("schema_version", "kind", "architecture", "weights_sha256"):
         if key not in manifest:
             raise ValueError(f"'{path}' lacks the key '{key}'; the manifest is corrupt")
@@ -136,6 +138,10 @@ def classifier_architecture(sizes: list[int], n_labels: int, dropout_input: floa
     }
 
 
+ARCHITECTURE_KEYS = {"DeepBeliefNet": ("n_visible", "hidden", "unit", "visible"),
+                     "Classifier": ("sizes", "n_labels", "dropout_input", "dropout_hidden")}
+
+
 def load_model(folder: str | Path) -> tuple[torch.nn.Module, dict]:
     """Rebuild the net an artifact holds: a DeepBeliefNet (pretrained) or an
     ``nn.Sequential`` classifier (finetuned). Returns (model, manifest)."""
@@ -143,14 +149,18 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, dict]:
 
     tensors, manifest = read_artifact(folder)
     arch = manifest["architecture"]
-    if arch.get("type") == "DeepBeliefNet":
+    needs = ARCHITECTURE_KEYS.get(arch.get("type") if isinstance(arch, dict) else None)
+    if needs is None:
+        raise ValueError(f"'{Path(folder) / MANIFEST}' is corrupt: unknown architecture {arch!r:.60}")
+    missing = [k for k in needs if k not in arch]
+    if missing:
+        raise ValueError(f"'{Path(folder) / MANIFEST}' is corrupt: its architecture lacks {', '.join(map(repr, missing))}")
+    if arch["type"] == "DeepBeliefNet":
         model = DeepBeliefNet.from_architecture(arch)
-    elif arch.get("type") == "Classifier":
+    else:
         model = build_classifier(
             arch["sizes"], arch["n_labels"], dropout_input=arch["dropout_input"], dropout_hidden=arch["dropout_hidden"]
         )
-    else:
-        raise ValueError(f"'{folder}/{MANIFEST}': unknown architecture type {arch.get('type')!r}")
     # a pretrained artifact holds parameters only (no momentum or chains): every
     # parameter must be there, and nothing else
     expected = dict(model.named_parameters()) if arch["type"] == "DeepBeliefNet" else model.state_dict()

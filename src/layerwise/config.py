@@ -42,7 +42,7 @@ class ModelConfig:
     unit: str = "rbm"  # "rbm" | "autoencoder"
     visible: str = "bernoulli"  # "bernoulli" (inputs in [0, 1]) | "gaussian" (standardized)
     hidden: list[int] | None = None  # default: the guide's rule, 784 -> [500, 250]
-    init_std: float = 0.01
+    init_std: float | None = None  # weights ~ N(0, init_std^2); default: 0.01 for RBMs, Glorot-uniform for autoencoders
 
 
 @dataclass
@@ -154,7 +154,9 @@ _BOUNDS = {
 }
 
 
-OWNER = "the recipe"  # config errors read "The 'pretrain.epochs' parameter of the recipe must be ..."
+OWNER = "the recipe"
+# TOML has no null: "none" turns these off (and to_toml writes it for them)
+NONE_MEANS_OFF = ("finetune.patience", "checkpoint.every_epochs", "checkpoint.every_minutes", "checkpoint.every_batches")  # config errors read "The 'pretrain.epochs' parameter of the recipe must be ..."
 _BOUNDS["model.hidden"] = "[1, inf)"  # each hidden layer size
 
 
@@ -180,7 +182,7 @@ def _coerce(key: str, value, tp):
     args = typing.get_args(tp)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
         inner = [a for a in args if a is not type(None)][0]
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
+        if value is None or (key in NONE_MEANS_OFF and isinstance(value, str) and value.lower() == "none"):
             return None
         return _coerce(key, value, inner)
     if origin is list:
@@ -225,9 +227,28 @@ def _build(cls, section: dict, prefix: str):
     return cls(**kwargs)
 
 
+def check_name(name: str | None) -> str | None:
+    """A run name names one folder: one path component, not '.' or '..'."""
+    if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name):
+        fail(OWNER, "name", "one path component (a folder name: no '/', not '.' or '..')", name)
+    return name
+
+
+# what a run adds to the config it records (manifests): not a recipe's to set
+RECORDED = {"distributed": ("workers", "effective_learning_rates")}
+
+
+def from_recorded(d: dict) -> RunConfig:
+    """The RunConfig of a config that a run recorded in a manifest."""
+    d = {k: ({kk: vv for kk, vv in v.items() if kk not in RECORDED.get(k, ())} if isinstance(v, dict) else v)
+         for k, v in d.items()}
+    return from_dict(d)
+
+
 def from_dict(d: dict) -> RunConfig:
     """Validate a nested dict (as TOML gives) into a RunConfig."""
     cfg = _build(RunConfig, d, "")
+    check_name(cfg.name)
     p = cfg.pretrain
     if p.sparsity_cost and p.sparsity_target is None:
         raise ValueError(f"{describe(OWNER, 'pretrain.sparsity_cost')} is set but 'pretrain.sparsity_target' is not.")
@@ -249,13 +270,19 @@ def load(path: str | Path) -> RunConfig:
     if not path.is_file():
         raise FileNotFoundError(f"recipe '{path}' does not exist")
     try:
-        d = tomllib.loads(path.read_text())
+        d = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"recipe '{path}' is not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start}); "
+                         "save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"recipe '{path}' is not valid TOML: {e}") from None
     try:
         cfg = from_dict(d)
     except ValueError as e:
         raise ValueError(f"recipe '{path}': {e}") from None
+    if "data" not in d:
+        raise ValueError(f"recipe '{path}' has no [data] section; say which data to train on, for example "
+                         '[data] source = "digits", or source = "npz" with train = "train.npz"')
     if cfg.name is None:
         cfg.name = path.stem
     if cfg.data.source == "npz":  # file paths in a recipe are relative to the recipe

@@ -255,6 +255,8 @@ def validate(
         raise ValueError(f"{src}: array 'x' must be 2-D (samples, features); got shape {x.shape}")
     if x.shape[0] == 0:
         raise ValueError(f"{src}: array 'x' holds no samples (shape {x.shape})")
+    if x.shape[1] == 0:
+        raise ValueError(f"{src}: array 'x' has no features (shape {x.shape})")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) or x.dtype == bool):
         raise ValueError(f"{src}: array 'x' must be numeric; got dtype {x.dtype}")
     x = x.astype(np.float32, copy=False)

@@ -22,7 +22,8 @@ class DeepBeliefNet(nn.Module):
 
     ``unit``: "rbm" or "autoencoder". ``visible``: "bernoulli" (inputs in [0, 1]) or
     "gaussian" (standardized inputs; RBM only, for the first layer). Layer i draws its
-    initial weights from a generator seeded with ``seed + i``.
+    initial weights from a generator seeded with ``seed + i``: N(0, init_std^2), where
+    ``init_std`` None means 0.01 for RBMs and Glorot-uniform for autoencoders.
     """
 
     def __init__(
@@ -33,7 +34,7 @@ class DeepBeliefNet(nn.Module):
         unit: str = "rbm",
         visible: str = "bernoulli",
         seed: int = 0,
-        init_std: float = 0.01,
+        init_std: float | None = None,
     ) -> None:
         super().__init__()
         check_int("DeepBeliefNet", "n_visible", n_visible, low=1)
@@ -45,7 +46,9 @@ class DeepBeliefNet(nn.Module):
         check_choice("DeepBeliefNet", "visible", visible, VISIBLE)
         if unit == "autoencoder" and visible != "bernoulli":
             fail("DeepBeliefNet", "visible", "'bernoulli' for autoencoder units", visible)
-        check_range("DeepBeliefNet", "init_std", init_std, low=0.0)
+        if init_std is not None:
+            check_range("DeepBeliefNet", "init_std", init_std, low=0.0)
+        rbm_std = 0.01 if init_std is None else init_std  # Hinton's practical guide
         self.n_visible = n_visible
         self.hidden = list(hidden)
         self.unit = unit
@@ -54,12 +57,12 @@ class DeepBeliefNet(nn.Module):
         layers = []
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             if unit == "autoencoder":
-                layers.append(DenoisingAutoencoder(n_in, n_out, seed=seed + i))
+                layers.append(DenoisingAutoencoder(n_in, n_out, seed=seed + i, init_std=init_std))
             elif i == 0 and visible == "gaussian":
-                layers.append(GaussianBernoulliRBM(n_in, n_out, seed=seed + i, init_std=init_std))
+                layers.append(GaussianBernoulliRBM(n_in, n_out, seed=seed + i, init_std=rbm_std))
             else:
                 # upper layers see hidden probabilities in [0, 1]: binary visibles
-                layers.append(BernoulliRBM(n_in, n_out, seed=seed + i, init_std=init_std))
+                layers.append(BernoulliRBM(n_in, n_out, seed=seed + i, init_std=rbm_std))
         self.layers = nn.ModuleList(layers)
 
     @property

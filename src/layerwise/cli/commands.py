@@ -37,8 +37,8 @@ def cmd_train(args) -> int:
     if not args.recipe:
         return _err("train needs a RECIPE (or --resume RUN_FOLDER)")
     cfg = config.load(args.recipe)
-    if args.name:
-        cfg.name = args.name
+    if args.name is not None:
+        cfg.name = config.check_name(args.name)
     if args.threads:
         cfg.threads = args.threads  # recorded in the run's config.toml
     if under_torchrun():  # one worker of a distributed run (torchrun, or --workers)
@@ -164,30 +164,35 @@ def cmd_advise(args) -> int:
 
 
 def _classifier(path):
+    """(the finetuned net, its manifest, the config it was trained with)."""
+    from layerwise import config
     from layerwise.artifacts import load_model
 
     model, manifest = load_model(path)
     if manifest["kind"] != "finetuned":
         raise ValueError(f"'{path}' holds a {manifest['kind']} net; evaluate and predict need a finetuned one")
-    return model, manifest
+    try:
+        cfg = config.from_recorded(manifest["config"])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ValueError(f"'{path}/manifest.json' is corrupt: its config does not read ({e})") from None
+    return model, manifest, cfg
 
 
 def cmd_evaluate(args) -> int:
-    from layerwise import config, runtime
+    from layerwise import runtime
     from layerwise.data import as_tensors, load_npz, load_splits, validate
     from layerwise.finetune import evaluate
 
     runtime.apply(args.threads)
-    model, manifest = _classifier(args.model)
+    model, manifest, cfg = _classifier(args.model)
     arch = manifest["architecture"]
     if args.data:
-        ds = validate(load_npz(args.data, require_labels=True), n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
+        ds = load_npz(args.data, require_labels=True)
     else:
-        cfg = config.from_dict(manifest["config"])
         ds = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed).test
         if ds is None:
             return _err(f"the config of '{args.model}' names no test data; pass --data FILE.npz")
-        ds = validate(ds, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
+    ds = validate(ds, visible=cfg.model.visible, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
     loss, acc = evaluate(model, *as_tensors(ds))
     print(f"data: {ds.name} ({len(ds)} samples)")
     print(f"loss: {loss:.4f}")
@@ -204,12 +209,18 @@ def cmd_predict(args) -> int:
     from layerwise.finetune import predict_proba
 
     runtime.apply(args.threads)
-    model, manifest = _classifier(args.model)
-    ds = validate(load_npz(args.data), n_inputs=manifest["architecture"]["sizes"][0], n_labels=manifest["architecture"]["n_labels"])
+    out = Path(args.out) if args.out else None
+    if out is not None and out.is_dir():
+        return _err(f"--out '{out}' is a folder; name a .npz file")
+    if out is not None and out.exists() and not args.force:
+        return _err(f"--out '{out}' already exists; pass --force to replace it")
+    model, manifest, cfg = _classifier(args.model)
+    arch = manifest["architecture"]
+    ds = validate(load_npz(args.data), visible=cfg.model.visible, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
     proba = predict_proba(model, as_tensors(ds)[0]).numpy()
     labels = proba.argmax(1)
     if args.out:
-        atomic_write(args.out, lambda f: np.savez(f, labels=labels, probabilities=proba))
+        atomic_write(out, lambda f: np.savez(f, labels=labels, probabilities=proba))
         print(f"wrote labels and probabilities of {len(labels)} samples to {args.out}")
     else:
         print("index,label,probability")

@@ -124,5 +124,5 @@ def _stage_and_data(out_dir: Path, cfg: RunConfig, ckpt: dict | None, data, epoc
         raise ValueError(f"'{out_dir}': stage {len(ckpt['stages'])} is finished; a new stage needs --data FILE.npz")
     ds = _stage_data(data, cfg.model.visible, n_inputs)  # the wrong width is refused here, nothing touched
     stage = {"data": str(data), "fingerprint": ds.fingerprint, "samples": len(ds),
-             "epochs_per_layer": epochs or cfg.pretrain.epochs}
+             "epochs_per_layer": cfg.pretrain.epochs if epochs is None else epochs}
     return stage, ds

@@ -1,0 +1,223 @@
+"""What layerwise refuses, as a table: each row is an input (a file, a recipe, an edit of
+an artifact), the command, the exit status, a fragment of the message, and what must
+stay on disk untouched (hashes before and after) or never appear.
+
+The rows run in-process on copies of one small trained run folder (`world`)."""
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from conftest import make_patterns
+from layerwise.cli import main
+
+RECIPE = """
+name = "r"
+seed = 1
+threads = 1
+[data]
+source = "npz"
+train = "train.npz"
+test = "test.npz"
+[model]
+hidden = [24, 12]
+[pretrain]
+epochs = 2
+batch_size = 20
+learning_rate = 0.1
+[finetune]
+epochs = 4
+batch_size = 20
+learning_rate = 0.5
+"""
+
+GAUSSIAN = RECIPE.replace('name = "r"', 'name = "g"').replace("[model]", '[model]\nvisible = "gaussian"').replace(
+    'train = "train.npz"', 'train = "std-train.npz"').replace('test = "test.npz"', 'test = "std-test.npz"').replace(
+    "learning_rate = 0.1", "learning_rate = 0.01")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """Data, recipes and two finished runs: `r` (Bernoulli) and `g` (Gaussian visibles)."""
+    root = tmp_path_factory.mktemp("world")
+    x, y = make_patterns(n=400)
+    np.savez(root / "train.npz", x=x[:300], y=y[:300])
+    np.savez(root / "test.npz", x=x[300:], y=y[300:])
+    std = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    np.savez(root / "std-train.npz", x=std[:300], y=y[:300])
+    np.savez(root / "std-test.npz", x=std[300:], y=y[300:])
+    (root / "r.toml").write_text(RECIPE)
+    (root / "g.toml").write_text(GAUSSIAN)
+    import os
+
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        assert main(["train", "r.toml", "--quiet"]) == 0
+        assert main(["train", "g.toml", "--quiet"]) == 0
+    finally:
+        os.chdir(here)
+    return root
+
+
+@pytest.fixture
+def world(template, tmp_path, monkeypatch):
+    folder = tmp_path / "w"
+    shutil.copytree(template, folder)
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def _write(path: str, text: str | bytes):
+    def setup(w: Path):
+        (w / path).write_bytes(text if isinstance(text, bytes) else text.encode())
+    return setup
+
+
+def _npz(path: str, **arrays):
+    return lambda w: np.savez(w / path, **arrays)
+
+
+def _edit_manifest(folder: str, edit):
+    def setup(w: Path):
+        p = w / folder / "manifest.json"
+        p.chmod(0o644)
+        m = json.loads(p.read_text())
+        p.write_text(json.dumps(edit(m)))
+    return setup
+
+
+def _workers_config(m):
+    m["config"]["distributed"]["workers"] = 2
+    m["config"]["distributed"]["effective_learning_rates"] = {"pretrain": 0.1, "finetune": 0.5}
+    return m
+
+
+@dataclass
+class Case:
+    id: str
+    argv: list
+    status: int
+    message: str
+    setup: Callable = lambda w: None
+    untouched: tuple = ()
+    absent: tuple = ()
+    stream: str = "err"
+
+
+CASES = [
+    # 1: a net trained on standardized inputs is used on standardized inputs
+    Case("gaussian-evaluate", ["evaluate", "runs/g/finetuned", "--data", "std-test.npz"], 0, "test accuracy:", stream="out"),
+    Case("gaussian-evaluate-own-test", ["evaluate", "runs/g/finetuned"], 0, "test accuracy:", stream="out"),
+    Case("gaussian-predict", ["predict", "runs/g/finetuned", "std-test.npz"], 0, "index,label,probability", stream="out"),
+    Case("bernoulli-net-on-standardized-data", ["evaluate", "runs/r/finetuned", "--data", "std-test.npz"], 2,
+         "Bernoulli visible units need inputs in [0, 1]"),
+    # 2: the config a --workers run records is read back
+    Case("evaluate-after-workers", ["evaluate", "runs/r/finetuned"], 0, "test accuracy:", stream="out",
+         setup=_edit_manifest("runs/r/finetuned", _workers_config)),
+    # 8: a run name is one path component
+    Case("name-escapes-runs-dir", ["train", "r.toml", "--name", "../escape", "--quiet"], 2,
+         "The 'name' parameter of the recipe must be one path component", absent=("../escape", "escape")),
+    Case("absolute-name", ["train", "r.toml", "--name", "/tmp/layerwise-escape", "--quiet"], 2,
+         "must be one path component", absent=("/tmp/layerwise-escape",)),
+    Case("recipe-name-with-slash", ["train", "slash.toml", "--quiet"], 2, "must be one path component",
+         setup=_write("slash.toml", RECIPE.replace('name = "r"', 'name = "a/b"')), absent=("runs/a",)),
+    # 11: predict never overwrites, and a folder is not a file
+    Case("predict-out-exists", ["predict", "runs/r/finetuned", "test.npz", "--out", "old.npz"], 2,
+         "'old.npz' already exists; pass --force to replace it", setup=_write("old.npz", b"keep me"),
+         untouched=("old.npz",)),
+    Case("predict-out-exists-force", ["predict", "runs/r/finetuned", "test.npz", "--out", "old.npz", "--force"], 0,
+         "wrote labels and probabilities of 100 samples", setup=_write("old.npz", b"replace me"), stream="out"),
+    Case("predict-out-folder", ["predict", "runs/r/finetuned", "test.npz", "--out", "runs"], 2,
+         "--out 'runs' is a folder; name a .npz file"),
+    # 13: counts from the command line are checked like the recipe's
+    Case("pretrain-negative-epochs", ["pretrain", "r.toml", "--data", "train.npz", "--out", "p", "--epochs", "-2"], 2,
+         "--epochs: must be at least 0, got -2", absent=("p",)),
+    Case("probe-zero-epochs", ["probe-lr", "r.toml", "--epochs", "0"], 2, "--epochs: must be at least 1, got 0"),
+    Case("probe-zero-subset", ["probe-lr", "r.toml", "--subset", "0"], 2, "--subset: must be at least 1, got 0"),
+    Case("probe-one-point", ["probe-lr", "r.toml", "--points", "1"], 2, "--points: must be at least 2, got 1"),
+    Case("negative-threads", ["train", "r.toml", "--threads", "0"], 2, "--threads: must be at least 1, got 0",
+         absent=("runs/r-2",)),
+    # 14: a recipe says where its data is
+    Case("empty-recipe", ["train", "empty.toml", "--quiet"], 2, "recipe 'empty.toml' has no [data] section",
+         setup=_write("empty.toml", ""), absent=("runs/empty",)),
+    Case("empty-recipe-check", ["check", "empty.toml"], 2, "has no [data] section", setup=_write("empty.toml", "")),
+    # 17: messages that name the file and the problem
+    Case("string-labels", ["train", "s.toml", "--quiet"], 2, "s.npz: array 'y' must hold integer class labels; got dtype <U1",
+         setup=lambda w: (np.savez(w / "s.npz", x=np.zeros((20, 36), np.float32), y=np.array(list("ab") * 10)),
+                          (w / "s.toml").write_text(RECIPE.replace("train.npz", "s.npz"))), absent=("runs/r-2",)),
+    Case("no-features", ["train", "z.toml", "--quiet"], 2, "z.npz: array 'x' has no features (shape (20, 0))",
+         setup=lambda w: (np.savez(w / "z.npz", x=np.zeros((20, 0), np.float32), y=np.zeros(20, np.int64)),
+                          (w / "z.toml").write_text(RECIPE.replace("train.npz", "z.npz"))), absent=("runs/r-2",)),
+    Case("recipe-not-utf8", ["train", "latin.toml", "--quiet"], 2, "recipe 'latin.toml' is not UTF-8 text",
+         setup=_write("latin.toml", RECIPE.replace('"r"', '"caf\xe9"').encode("latin-1"))),
+    Case("manifest-a-number", ["evaluate", "runs/r/finetuned"], 2, "manifest.json' is corrupt: it holds 3, not a JSON object",
+         setup=_write("runs/r/finetuned/manifest.json", "3")),
+    Case("manifest-without-sizes", ["evaluate", "runs/r/finetuned"], 2,
+         "manifest.json' is corrupt: its architecture lacks 'sizes'",
+         setup=_edit_manifest("runs/r/finetuned", lambda m: {**m, "architecture": {"type": "Classifier"}})),
+    # 22: "none" only where it means something
+    Case("none-where-it-means-nothing", ["check", "n.toml"], 2,
+         "The 'data.n_labels' parameter of the recipe must be an int in the range [2, inf). Got 'none' (str) instead.",
+         setup=_write("n.toml", RECIPE.replace("[model]", '[model]').replace('test = "test.npz"', 'test = "test.npz"\nn_labels = "none"'))),
+]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_bad_input_is_refused_with_a_clear_message(case, world, capsys):
+    case.setup(world)
+    before = {p: _digest(world / p) for p in case.untouched}
+    try:
+        status = main([str(a) for a in case.argv])
+    except SystemExit as e:  # argparse refuses a bad flag value with status 2
+        status = e.code
+    out, err = capsys.readouterr()
+    assert status == case.status, (out, err)
+    assert case.message in (err if case.stream == "err" else out), (out, err)
+    if case.status == 2:
+        assert "Traceback" not in err
+    assert {p: _digest(world / p) for p in case.untouched} == before
+    for p in case.absent:
+        assert not (world / p).exists(), p
+
+
+def test_every_artifact_file_has_a_deliberate_mode(world):
+    """Pretrained files are read-only for all (0444); finetuned ones readable by all who
+    share the runs folder (0644), whatever the umask."""
+    modes = {str(p.relative_to(world / "runs/r")): oct(p.stat().st_mode & 0o777)
+             for p in sorted((world / "runs/r").glob("*ed/*"))}
+    assert modes == {"finetuned/manifest.json": "0o644", "finetuned/weights.safetensors": "0o644",
+                     "pretrained/manifest.json": "0o444", "pretrained/weights.safetensors": "0o444"}
+
+
+def test_pretrain_epochs_0_is_honoured_not_replaced_by_the_recipe(world, capsys):
+    from layerwise.artifacts import read_artifact
+
+    assert main(["pretrain", "r.toml", "--data", "train.npz", "--out", "p", "--epochs", "0", "--quiet"]) == 0
+    _, manifest = read_artifact(world / "p/stage-1")
+    assert manifest["stages"][0]["epochs_per_layer"] == 0
+    assert not [r for r in map(json.loads, (world / "p/metrics.jsonl").read_text().splitlines()) if r["phase"] == "pretrain"]
+
+
+def test_init_std_applies_to_autoencoders_too():
+    import torch
+
+    from layerwise.stack import DeepBeliefNet
+
+    glorot = DeepBeliefNet(36, [24], unit="autoencoder").layers[0].weight.detach()
+    given = DeepBeliefNet(36, [24], unit="autoencoder", init_std=0.5).layers[0].weight.detach()
+    assert abs(float(given.std()) - 0.5) < 0.05, float(given.std())
+    bound = 4.0 * (6.0 / 60) ** 0.5  # the Glorot-uniform range for sigmoid units
+    assert float(glorot.abs().max()) <= bound and abs(float(glorot.std()) - bound / 3 ** 0.5) < 0.1
+    assert abs(float(DeepBeliefNet(36, [24]).layers[0].weight.std()) - 0.01) < 0.002  # RBMs: 0.01 as before
+    assert not torch.equal(glorot, given)

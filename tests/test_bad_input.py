@@ -221,3 +221,66 @@ def test_init_std_applies_to_autoencoders_too():
     assert float(glorot.abs().max()) <= bound and abs(float(glorot.std()) - bound / 3 ** 0.5) < 0.1
     assert abs(float(DeepBeliefNet(36, [24]).layers[0].weight.std()) - 0.01) < 0.002  # RBMs: 0.01 as before
     assert not torch.equal(glorot, given)
+
+
+def _flip(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_checkpoint_is_refused_and_the_previous_one_offered(tmp_path):
+    import torch
+
+    from layerwise.checkpointing import PREVIOUS, load_checkpoint, save_checkpoint
+
+    ck = tmp_path / "checkpoint"
+    save_checkpoint(ck, {"w": torch.arange(1000.0)}, {"phase": "finetune", "finetune": {"loop": {"epoch": 3, "batch": 0}}})
+    save_checkpoint(ck, {"w": torch.arange(1000.0) * 2}, {"phase": "finetune", "finetune": {"loop": {"epoch": 4, "batch": 0}}})
+    tensors, meta = load_checkpoint(ck)
+    assert torch.equal(tensors["w"], torch.arange(1000.0) * 2)  # the newest
+    _flip(ck / "state.safetensors", -100)  # a flipped byte in the tensor data: still parses
+    with pytest.raises(ValueError) as e:
+        load_checkpoint(ck)
+    msg = str(e.value)
+    assert "state.safetensors' is corrupt: its contents do not match the sha256 in its header" in msg
+    assert "The previous checkpoint is intact (finetune, epoch 3, batch 0): to go on from there, move" in msg
+    (ck / PREVIOUS).replace(ck / "state.safetensors")
+    tensors, meta = load_checkpoint(ck)
+    assert torch.equal(tensors["w"], torch.arange(1000.0)) and meta["finetune"]["loop"]["epoch"] == 3
+    _flip(ck / "state.safetensors", 60)  # in the header's JSON now, and no previous one is left
+    with pytest.raises(ValueError, match=r"checkpoint '.*state.safetensors' is (corrupt|unreadable).*; delete '.*checkpoint' to start over"):
+        load_checkpoint(ck)
+
+
+@pytest.mark.parametrize("change", ["reversed", "500 rows"])
+def test_resume_refuses_data_that_changed_since_the_run_started(world, capsys, change):
+    from layerwise import config
+    from layerwise.jobs import train
+
+    cfg = config.load(world / "r.toml")
+    cfg.name = "cut"
+
+    def stop_in_finetuning(line):
+        if line.startswith("phase=finetune epoch=2 "):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, runs_dir=world / "runs", echo=stop_in_finetuning)
+    ckpt = world / "runs/cut/checkpoint/state.safetensors"
+    before = _digest(ckpt)
+    with np.load(world / "train.npz") as z:
+        x, y = z["x"], z["y"]
+    if change == "reversed":
+        np.savez(world / "train.npz", x=x[::-1], y=y[::-1])
+    else:
+        x2, y2 = make_patterns(n=500, seed=7)
+        np.savez(world / "train.npz", x=x2, y=y2)
+    assert main(["train", "--resume", "runs/cut", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "'runs/cut': the training data" in err and "is not the data this run started on" in err, err
+    assert "Put the original data back to resume, or start a new run" in err
+    assert _digest(ckpt) == before and not (world / "runs/cut/finetuned").exists()
+    np.savez(world / "train.npz", x=x, y=y)  # the original data back: it goes on
+    assert main(["train", "--resume", "runs/cut", "--quiet"]) == 0

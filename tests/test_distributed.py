@@ -35,7 +35,7 @@ def test_two_workers_train_and_rank_0_alone_writes(folder, recipe):
     assert res.returncode == 0, res.stderr
     run = folder / "runs" / recipe
     assert _files(run) == [
-        ".lock", "checkpoint/state.safetensors", "config.toml", "finetuned/manifest.json",
+        ".lock", "checkpoint/state.prev.safetensors", "checkpoint/state.safetensors", "config.toml", "finetuned/manifest.json",
         "finetuned/weights.safetensors", "metrics.jsonl", "plots/filters.png", "plots/learning_curves.png",
         "pretrained/manifest.json", "pretrained/weights.safetensors",
     ]

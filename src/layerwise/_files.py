@@ -32,8 +32,11 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Replace ``path`` by what ``write(f)`` writes into a binary file object."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *,
+                 keep_previous: str | os.PathLike | None = None) -> Path:
+    """Replace ``path`` by what ``write(f)`` writes into a binary file object. With
+    ``keep_previous``, the version being replaced stays there: at every moment ``path``
+    holds the old version or the new one, and ``keep_previous`` the one before or the old."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -42,11 +45,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous is not None and path.exists():
+            link = f"{tmp}.prev"
+            os.link(path, link)  # a second name for the old version, then moved over the older one
+            os.replace(link, keep_previous)
         os.replace(tmp, path)
         fsync(path.parent)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, f"{tmp}.prev"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
         raise
     return path
 

@@ -15,6 +15,7 @@ a crash during a save leaves the previous checkpoint, never a torn file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from safetensors.torch import save
 from layerwise._files import atomic_write
 
 CHECKPOINT = "state.safetensors"
+PREVIOUS = "state.prev.safetensors"  # the checkpoint before: a corrupt newest one is not the end of a long run
 FORMAT = "2"  # 2: state trees (1, before: flat tensor names, unversioned)
 SEP = "/"
 _TENSOR = "__tensor__"  # {"__tensor__": path}: a tensor stored under that path
@@ -71,27 +73,38 @@ def unflatten(tensors: dict[str, torch.Tensor], meta: Any) -> Any:
     return walk(meta)
 
 
+def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
+    """sha256 over the JSON and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(meta_json.encode())
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
 def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], meta: Any) -> Path:
     """Atomically replace ``folder/state.safetensors`` with these tensors and the JSON
-    ``meta`` (kept in the safetensors header)."""
+    ``meta`` (kept in the safetensors header with a sha256 of it all); the checkpoint it
+    replaces stays as ``state.prev.safetensors``."""
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    blob = save(flat, metadata={"layerwise": json.dumps(meta), "layerwise_format": FORMAT})
-    return atomic_write(Path(folder) / CHECKPOINT, lambda f: f.write(blob))
+    meta_json = json.dumps(meta)
+    blob = save(flat, metadata={"layerwise": meta_json, "layerwise_format": FORMAT,
+                                "layerwise_sha256": _digest(flat, meta_json)})
+    folder = Path(folder)
+    return atomic_write(folder / CHECKPOINT, lambda f: f.write(blob), keep_previous=folder / PREVIOUS)
 
 
-def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
-    """Read (tensors, meta) of a checkpoint folder; a clear error if it is missing, torn,
-    or written in another format."""
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], Any]:
+    """(tensors, meta) of one checkpoint file, its sha256 checked; ValueError otherwise."""
     from safetensors import safe_open
 
-    path = Path(folder) / CHECKPOINT
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at '{path}'")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            meta = json.loads(header["layerwise"])
+            meta_json = header["layerwise"]
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = json.loads(meta_json)
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError, ValueError) as e:
         raise ValueError(f"checkpoint '{path}' is unreadable ({type(e).__name__}: {e})") from None
     if header.get("layerwise_format", "1") != FORMAT:
@@ -100,7 +113,41 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
             f"format {FORMAT}. Resume it with the layerwise version that wrote it, or delete the checkpoint folder "
             "to start over"
         )
+    if _digest(tensors, meta_json) != header.get("layerwise_sha256"):
+        raise ValueError(f"checkpoint '{path}' is corrupt: its contents do not match the sha256 in its header")
     return tensors, meta
+
+
+def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
+    """Read (tensors, meta) of a checkpoint folder; a clear error if it is missing, torn,
+    corrupt or written in another format, which says whether the previous checkpoint is
+    intact."""
+    folder = Path(folder)
+    path = folder / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at '{path}'")
+    try:
+        return _read(path)
+    except ValueError as e:
+        if "checkpoint format" in str(e) or not (folder / PREVIOUS).is_file():
+            raise ValueError(f"{e}; delete '{folder}' to start over") from None
+        try:
+            _, meta = _read(folder / PREVIOUS)
+        except ValueError:
+            raise ValueError(f"{e}, and so is the previous one ('{PREVIOUS}'); delete '{folder}' to start over") from None
+        raise ValueError(f"{e}. The previous checkpoint is intact ({_where(meta)}): to go on from there, "
+                         f"move '{folder / PREVIOUS}' to '{path}' and run the same command again; or delete "
+                         f"'{folder}' to start over") from None
+
+
+def _where(meta) -> str:
+    """Where a checkpoint stands, in words (for messages)."""
+    loop = (meta.get("progress") or meta.get("finetune") or {}).get("loop") if isinstance(meta, dict) else None
+    if not loop:
+        return "its position unknown"
+    layer = meta.get("progress", {}).get("layer") if meta.get("phase") == "pretrain" else None
+    at = f"layer {layer + 1}, " if layer is not None else ""
+    return f"{meta.get('phase', '?')}, {at}epoch {loop['epoch']}, batch {loop['batch']}"
 
 
 def exists(folder: str | Path) -> bool:

@@ -101,6 +101,7 @@ class Run:
                 "test": len(splits.test or []), "threads": torch.get_num_threads(), "workers": world,
             })
         else:
+            _same_data(folder, ckpt, splits)
             pos = loop_of(ckpt)
             run.reporter.log({"phase": "resume", "from": ckpt["phase"], "layer": ckpt.get("progress", {}).get("layer"),
                               "epoch": pos["epoch"], "batch": pos["batch"], "threads": torch.get_num_threads()})
@@ -118,8 +119,24 @@ class Run:
         tensors, meta = flatten(tree)
         others = gather_local_state({k: v for k, v in tensors.items() if local(k)})
         if self.writer:
-            meta.update(metrics_lines=self.reporter.lines, seconds=self.clock.now(), world=self.world if others else 1)
+            meta.update(metrics_lines=self.reporter.lines, seconds=self.clock.now(), world=self.world if others else 1,
+                        data=_data_identity(self.splits))
             save_checkpoint(self.folder / "checkpoint", {**tensors, **others}, meta)
+
+
+def _data_identity(splits: Splits) -> dict:
+    return {"train": splits.train.fingerprint, "samples": len(splits.train)}
+
+
+def _same_data(folder: Path, ckpt: dict, splits: Splits) -> None:
+    """A run goes on only with the data it started on: another net would come out."""
+    then, now = ckpt["data"], _data_identity(splits)
+    if then != now:
+        raise ValueError(
+            f"'{folder}': the training data ({splits.train.name}) is not the data this run started on "
+            f"(sha256 {then['train'][:12]}, {then['samples']} samples; now {now['train'][:12]}, {now['samples']} "
+            "samples). Put the original data back to resume, or start a new run"
+        )
 
 
 def for_group(cfg: RunConfig, world: int) -> tuple[RunConfig, dict]:

@@ -162,6 +162,21 @@ CASES = [
     Case("manifest-without-sizes", ["evaluate", "runs/r/finetuned"], 2,
          "manifest.json' is corrupt: its architecture lacks 'sizes'",
          setup=_edit_manifest("runs/r/finetuned", lambda m: {**m, "architecture": {"type": "Classifier"}})),
+    # 12: what cannot work is refused before anything is written
+    Case("hidden-too-wide", ["train", "wide.toml", "--quiet"], 2, "the net 36-100000000-3 on 270 samples needs about",
+         setup=_write("wide.toml", RECIPE.replace("hidden = [24, 12]", "hidden = [100000000]").replace('"r"', '"wide"')),
+         absent=("runs/wide",)),
+    Case("label-2-to-the-40", ["train", "big.toml", "--quiet"], 2, "check the labels: the output has one unit per label (1099511627777)",
+         setup=lambda w: (np.savez(w / "big.npz", x=np.zeros((20, 36), np.float32), y=np.array([2**40] + [0] * 19)),
+                          (w / "big.toml").write_text(RECIPE.replace("train.npz", "big.npz").replace('test = "test.npz"\n', '')
+                                                      .replace('"r"', '"big"'))), absent=("runs/big",)),
+    Case("seed-beyond-64-bits", ["check", "seed.toml"], 2,
+         "The 'seed' parameter of the recipe must be an int in the range [0, 9223372036854775807]. Got 18446744073709551616",
+         setup=_write("seed.toml", RECIPE.replace("seed = 1", f"seed = {2**64}"))),
+    Case("first-stage-missing-data", ["pretrain", "r.toml", "--data", "nope.npz", "--out", "p"], 2,
+         "data file 'nope.npz' does not exist", absent=("p",)),
+    Case("first-stage-bad-data", ["pretrain", "r.toml", "--data", "nan.npz", "--out", "p"], 2, "nan.npz: array 'x' contains NaN",
+         setup=_npz("nan.npz", x=np.full((10, 36), np.nan, np.float32)), absent=("p",)),
     # 22: "none" only where it means something
     Case("none-where-it-means-nothing", ["check", "n.toml"], 2,
          "The 'data.n_labels' parameter of the recipe must be an int in the range [2, inf). Got 'none' (str) instead.",

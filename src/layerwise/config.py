@@ -134,7 +134,7 @@ CHOICES = {
 
 # key -> interval "[low, high]"; "(" or ")" marks an open end, "inf" no upper bound
 _BOUNDS = {
-    "seed": "[0, inf)", "threads": "[1, inf)",
+    "seed": "[0, 9223372036854775807]",  # torch generators take 64 bits; layer i is seeded seed + i "threads": "[1, inf)",
     "data.validation_fraction": "(0, 1)", "data.n_labels": "[2, inf)", "data.train_limit": "[1, inf)",
     "model.init_std": "[0, inf)",
     "pretrain.epochs": "[0, inf)", "pretrain.batch_size": "[1, inf)", "pretrain.learning_rate": "(0, inf)",

@@ -48,6 +48,41 @@ def resolve_config(cfg: RunConfig, n_inputs: int, *, name: str | None = None,
     return resolved
 
 
+def available_memory() -> int:
+    """Bytes this machine can still give (MemAvailable), or its physical memory."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_needed(sizes: list[int], n_labels: int, n_samples: int) -> int:
+    """A rough upper estimate, in bytes, of what training ``sizes`` -> ``n_labels`` on
+    ``n_samples`` holds at once (float32): in fine-tuning the weights seven times over
+    (current, gradient, momentum, best epoch, the guard's weights and momentum, the
+    checkpoint being written), and the activations of every sample at the widest layer,
+    twice (a layer's input and its output)."""
+    layers = list(zip(sizes, sizes[1:] + [n_labels]))
+    params = sum(a * b + b for a, b in layers) + sum(sizes[1:])  # + the visible biases of the units
+    return 4 * (7 * params + 2 * n_samples * max(sizes + [n_labels]))
+
+
+def check_fits(sizes: list[int], n_labels: int, n_samples: int) -> None:
+    """Refuse, before any work, a net and data that cannot fit in this machine's memory."""
+    need, have = memory_needed(sizes, n_labels, n_samples), available_memory()
+    if need > have:
+        gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
+        net = "-".join(map(str, sizes + ([n_labels] if n_labels else [])))
+        labels = f", and check the labels: the output has one unit per label ({n_labels})" if n_labels else ""
+        raise ValueError(
+            f"the net {net} on {n_samples} samples needs about {gib(need)} of memory; this machine has "
+            f"{gib(have)} available. Use smaller hidden layers (model.hidden) or fewer samples (data.train_limit){labels}"
+        )
+
+
 def write_config(folder: Path, cfg: RunConfig) -> None:
     (folder / CONFIG).write_text(config_mod.to_toml(cfg))
 
@@ -68,8 +103,13 @@ def unique_run_dir(runs_dir: Path, name: str) -> Path:
     return candidate
 
 
-def claim_run_dir(cfg: RunConfig, runs_dir: str | Path, n_inputs: int) -> tuple[Path, RunConfig]:
-    """Create the next free ``runs_dir/NAME[-k]`` and write the resolved config into it."""
+def claim_run_dir(cfg: RunConfig, runs_dir: str | Path, splits) -> tuple[Path, RunConfig]:
+    """Create the next free ``runs_dir/NAME[-k]`` and write the resolved config into it,
+    once the name is one path component and the net and data fit in memory."""
+    config_mod.check_name(cfg.name)
+    hidden = resolve_config(cfg, splits.n_inputs).model.hidden
+    check_fits([splits.n_inputs, *hidden], splits.n_labels, len(splits.train))
+    n_inputs = splits.n_inputs
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     while True:  # mkdir is the atomic claim: two runs started at once get different folders

@@ -19,7 +19,7 @@ from layerwise.data import as_tensors, load_splits
 from layerwise.finetune import FinetuneState, finetune, make_optimizer
 from layerwise.jobs.common import checkpoint_policy, final_metrics, finetuning_state, load_finetuning_state, silent
 from layerwise.loop import Checkpointer, Reporter
-from layerwise.runs import RunResult, partial_dir, resolve_config, run_lock
+from layerwise.runs import RunResult, check_fits, partial_dir, resolve_config, run_lock
 
 
 def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str | Path, *, progress: bool = False,
@@ -42,6 +42,7 @@ def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str
             f"{splits.train.name}: the data has {splits.n_inputs} features per sample; "
             f"the pretrained net '{pretrained_dir}' expects {dbn.n_visible}"
         )
+    check_fits(dbn.sizes, splits.n_labels, len(splits.train))
     recorded = resolve_config(cfg, dbn.n_visible, hidden=dbn.hidden).to_dict()
     # what a checkpoint must match to be continued: the parent, the recipe, the data
     identity = {"parent": pre_manifest["weights_sha256"], "config": json.loads(json.dumps(recorded)),

@@ -23,7 +23,7 @@ from layerwise.data import Dataset, as_tensors, load_npz, validate
 from layerwise.jobs.common import checkpoint_policy, load_pretraining_state, pretrain_metrics, pretraining_state
 from layerwise.loop import Checkpointer, LoopPosition
 from layerwise.pretrain import PretrainProgress, pretrain
-from layerwise.runs import METRICS, continue_log, read_config, resolve_config, run_lock, write_config
+from layerwise.runs import METRICS, check_fits, continue_log, read_config, resolve_config, run_lock, write_config
 from layerwise.stack import DeepBeliefNet
 
 
@@ -53,6 +53,8 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
             raise ValueError("the first pretraining stage needs --data FILE.npz")
         if out_dir.exists() and any(out_dir.iterdir()):
             raise FileExistsError(f"output folder '{out_dir}' already exists; continue it with --resume {out_dir}")
+        first = _stage_data(data, cfg.model.visible, None)  # bad data is refused before the folder exists
+        check_fits([first.x.shape[1], *resolve_config(cfg, first.x.shape[1]).model.hidden], 0, len(first))
         out_dir.mkdir(parents=True, exist_ok=True)
         write_config(out_dir, cfg)
     cfg = read_config(out_dir, "staged pretraining folder")

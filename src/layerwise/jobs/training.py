@@ -37,7 +37,7 @@ def train(cfg: RunConfig, *, runs_dir: str | Path = "runs", progress: bool = Fal
     """Run a whole recipe in a new run folder; returns where it went and what it reached."""
     # validate the data before creating anything on disk
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
-    run_dir, resolved = claim_run_dir(cfg, runs_dir, splits.n_inputs)
+    run_dir, resolved = claim_run_dir(cfg, runs_dir, splits)
     with run_lock(run_dir):
         return train_in(run_dir, resolved, splits, None, progress=progress, echo=echo)
 

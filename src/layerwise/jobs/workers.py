@@ -43,7 +43,7 @@ def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs"
     progress lines as they come, and its summary at the end."""
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
     runs_dir = Path(runs_dir)
-    run_dir, _ = claim_run_dir(cfg, runs_dir, splits.n_inputs)
+    run_dir, _ = claim_run_dir(cfg, runs_dir, splits)
     with run_lock(run_dir):
         # rank 0 prints its progress (and, at the end, the summary) unless quiet
         quiet = ["--quiet"] if echo is None else []

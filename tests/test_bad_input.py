@@ -99,6 +99,20 @@ def _workers_config(m):
     return m
 
 
+def _huge_npz(path: Path) -> None:
+    """An .npz whose x.npy header claims 10**12 rows (131 TiB) and holds 1 kB."""
+    import io
+    import zipfile
+
+    from numpy.lib import format as npformat
+
+    buf = io.BytesIO()
+    npformat.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 36)})
+    buf.write(b"\0" * 1000)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", buf.getvalue())
+
+
 @dataclass
 class Case:
     id: str
@@ -177,6 +191,22 @@ CASES = [
          "data file 'nope.npz' does not exist", absent=("p",)),
     Case("first-stage-bad-data", ["pretrain", "r.toml", "--data", "nan.npz", "--out", "p"], 2, "nan.npz: array 'x' contains NaN",
          setup=_npz("nan.npz", x=np.full((10, 36), np.nan, np.float32)), absent=("p",)),
+    # 15: what the system refuses, or a file that lies about its size, is a message too
+    Case("runs-dir-under-a-file", ["train", "r.toml", "--runs-dir", "old.npz/runs", "--quiet"], 2,
+         "cannot write or read 'old.npz/runs': Not a directory", setup=_write("old.npz", b"a file"),
+         untouched=("old.npz",)),
+    Case("npz-header-claims-terabytes", ["train", "huge.toml", "--quiet"], 2,
+         "huge.npz': an array's header claims more data than fits in memory",
+         setup=lambda w: (_huge_npz(w / "huge.npz"), (w / "huge.toml").write_text(RECIPE.replace("train.npz", "huge.npz"))),
+         absent=("runs/r-2",)),
+    Case("npz-header-claims-terabytes-check", ["check", "huge.toml"], 0, "data was not inspected", stream="out",
+         setup=lambda w: (_huge_npz(w / "huge.npz"), (w / "huge.toml").write_text(RECIPE.replace("train.npz", "huge.npz")))),
+    # 23: data rules skipped are said to be skipped, and why
+    Case("check-without-the-data", ["check", "gone.toml"], 0,
+         "the data was not inspected, so the rules on data (input range, labels, widths) were skipped: data file",
+         setup=_write("gone.toml", RECIPE.replace("train.npz", "gone.npz")), stream="out"),
+    Case("check-json-says-why", ["check", "gone.toml", "--format", "json"], 0, '"data_not_inspected": "data file',
+         setup=_write("gone.toml", RECIPE.replace("train.npz", "gone.npz")), stream="out"),
     # 22: "none" only where it means something
     Case("none-where-it-means-nothing", ["check", "n.toml"], 2,
          "The 'data.n_labels' parameter of the recipe must be an int in the range [2, inf). Got 'none' (str) instead.",

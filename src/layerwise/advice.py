@@ -181,11 +181,11 @@ def format_findings(findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
-def data_facts(cfg) -> dict | None:
+def data_facts(cfg) -> tuple[dict | None, str | None]:
     """What the rules need to know of a ``[data]`` config's data, read without validating
     it (so bad data becomes a finding, not an exception): n_inputs, n_labels, range,
-    whether validation data exists. None where the data is not at hand (MNIST not
-    downloaded yet, a missing file): nothing is downloaded here."""
+    whether validation data exists. (None, why) where the data is not at hand or cannot
+    be read: nothing is downloaded here."""
     import numpy as np
 
     from layerwise.data import MNIST_NPZ, Splits, cache_dir, load_digits, load_mnist, load_npz
@@ -193,18 +193,18 @@ def data_facts(cfg) -> dict | None:
     try:
         if cfg.source == "mnist":
             if not (cache_dir() / MNIST_NPZ).exists():
-                return None
+                return None, "MNIST is not downloaded yet: `layerwise data fetch mnist`, or train, fetches it"
             splits = load_mnist(report=lambda m: None)
         elif cfg.source == "digits":
             splits = load_digits()
         else:
             train = load_npz(cfg.train)
             splits = Splits(train, load_npz(cfg.validation) if cfg.validation else None, None, None)
-    except (OSError, ValueError, ImportError):
-        return None
+    except (OSError, ValueError, ImportError) as e:
+        return None, str(e)
     x, y = np.asarray(splits.train.x), splits.train.y
     if x.ndim != 2 or x.shape[1] == 0 or not np.issubdtype(x.dtype, np.number):
-        return None
+        return None, f"{splits.train.name}: array 'x' is not a 2-D numeric array with features (shape {x.shape})"
     if y is not None and not (np.issubdtype(np.asarray(y).dtype, np.number) and np.isfinite(y).all()):
         y = None  # not labels: the data check says so, with the file
     finite = x[np.isfinite(x)]
@@ -213,14 +213,14 @@ def data_facts(cfg) -> dict | None:
         "n_labels": None if y is None or len(y) == 0 else int(np.max(y)) + 1,
         "range": (float(finite.min()), float(finite.max())) if finite.size else None,
         "has_validation": True,  # a split is held out when no validation file is given
-    }
+    }, None
 
 
-def recipe_findings(cfg: RunConfig, *, workers: int = 1) -> tuple[list[Finding], bool]:
-    """The findings for a recipe, with its data inspected where it is at hand; and
-    whether it was."""
-    facts = data_facts(cfg.data)
+def recipe_findings(cfg: RunConfig, *, workers: int = 1) -> tuple[list[Finding], str | None]:
+    """The findings for a recipe, with its data inspected where it can be read; and, when
+    it could not, why (the data rules were then skipped)."""
+    facts, why = data_facts(cfg.data)
     if facts is None:
-        return check(cfg, workers=workers), False
+        return check(cfg, workers=workers), why
     return check(cfg, n_inputs=facts["n_inputs"], n_labels_in_data=facts["n_labels"], data_range=facts["range"],
-                 has_validation=facts["has_validation"], workers=workers), True
+                 has_validation=facts["has_validation"], workers=workers), None

@@ -232,6 +232,9 @@ def load_npz(path: str | os.PathLike, *, require_labels: bool = False) -> Datase
         raise
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise ValueError(f"data file '{path}' is not a readable .npz file ({e})") from None
+    except MemoryError:
+        raise ValueError(f"data file '{path}': an array's header claims more data than fits in memory; "
+                         "the file is corrupt, or too large for this machine") from None
     if require_labels and y is None:
         raise ValueError(f"data file '{path}' has no array 'y' (labels), which is required here")
     return Dataset(x, y, str(path))

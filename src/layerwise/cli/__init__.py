@@ -12,6 +12,8 @@ one function per command.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 
 from layerwise.cli.commands import (
@@ -38,6 +40,7 @@ def _at_least(low: int):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="layerwise", description="Layer-wise pretraining and fine-tuning of deep nets.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of any error (also: LAYERWISE_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="pretrain, save the pretrained net, fine-tune, evaluate")
@@ -141,6 +144,11 @@ def _on_first_interrupt(signum, frame) -> None:
           file=sys.stderr, flush=True)
 
 
+def _debug(args) -> bool:
+    """--debug or LAYERWISE_DEBUG=1: show the traceback of every error, not only of bugs."""
+    return bool(getattr(args, "debug", False) or os.environ.get("LAYERWISE_DEBUG") == "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
@@ -157,7 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as e:
+        if _debug(args):
+            raise
         return _err(str(e))
+    except OSError as e:  # a read-only folder, a full disk: the file, and what the system said
+        if _debug(args):
+            raise
+        where = f" '{e.filename}'" if e.filename else ""
+        kept = " The last checkpoint written is intact." if e.errno == errno.ENOSPC else ""
+        return _err(f"cannot write or read{where}: {e.strerror or e}.{kept}")
     except KeyboardInterrupt:
         print("layerwise: interrupted; continue with `layerwise train --resume RUN_FOLDER` "
               "(or `layerwise pretrain --resume FOLDER`, or the same `layerwise finetune` command)", file=sys.stderr)

@@ -74,15 +74,22 @@ def _advise_or_stop(cfg, strict: bool, quiet: bool, workers: int = 1) -> bool:
     warning with --strict."""
     from layerwise.advice import format_findings, recipe_findings
 
-    findings, _ = recipe_findings(cfg, workers=workers)
+    findings, skipped = recipe_findings(cfg, workers=workers)
     blocking = [f for f in findings if f.severity == "error" or (strict and f.severity == "warning")]
     if findings and (blocking or not quiet):
         print(format_findings(findings), file=sys.stderr if blocking else sys.stdout, flush=True)
+    if skipped and not quiet:
+        print(_skipped_note(skipped), flush=True)
     if blocking:
         why = "errors" if any(f.severity == "error" for f in blocking) else "warnings (--strict)"
         _err(f"the recipe has {why}; nothing was run")
         return False
     return True
+
+
+def _skipped_note(why: str) -> str:
+    return (f"note: the data was not inspected, so the rules on data (input range, labels, widths) were skipped: "
+            f"{why}")
 
 
 def cmd_check(args) -> int:
@@ -92,14 +99,14 @@ def cmd_check(args) -> int:
     from layerwise.advice import format_findings, recipe_findings
 
     cfg = config.load(args.recipe)
-    findings, inspected = recipe_findings(cfg, workers=args.workers)
+    findings, skipped = recipe_findings(cfg, workers=args.workers)
     if args.format == "json":
-        print(json.dumps({"recipe": args.recipe, "data_inspected": inspected,
+        print(json.dumps({"recipe": args.recipe, "data_inspected": skipped is None, "data_not_inspected": skipped,
                           "findings": [f.to_dict() for f in findings]}, indent=2))
     else:
         print(format_findings(findings))
-        if not inspected:
-            print("note: the data was not inspected (not downloaded yet, or unreadable); data rules were skipped")
+        if skipped:
+            print(_skipped_note(skipped))
     bad = [f for f in findings if f.severity == "error" or (args.strict and f.severity == "warning")]
     return 2 if bad else 0
 

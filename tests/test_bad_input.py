@@ -329,3 +329,46 @@ def test_resume_refuses_data_that_changed_since_the_run_started(world, capsys, c
     assert _digest(ckpt) == before and not (world / "runs/cut/finetuned").exists()
     np.savez(world / "train.npz", x=x, y=y)  # the original data back: it goes on
     assert main(["train", "--resume", "runs/cut", "--quiet"]) == 0
+
+
+def test_models_lists_an_unreadable_manifest_with_its_reason_and_goes_on(world, capsys):
+    for name, text in (("a-list", "[1, 2]"), ("no-keys", '{"kind": "pretrained", "architecture": {"type": "DeepBeliefNet"}}'),
+                       ("not-json", "{")):
+        (world / "runs" / name).mkdir()
+        (world / "runs" / name / "manifest.json").write_text(text)
+    assert main(["models", "runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[-1]: line for line in lines[2:]}
+    assert "it holds [1, 2], not a JSON object" in rows["runs/a-list"]
+    assert "unreadable" in rows["runs/no-keys"] and "keyerror" in rows["runs/no-keys"]
+    assert "JSONDecodeError" in rows["runs/not-json"]
+    # the good nets are still there, and nested kinds keep their column apart
+    nested = [line for line in lines if line.startswith("  finetuned ")]
+    assert nested and all(line.split()[1].startswith("mlp") for line in nested), lines
+    assert "runs/r/pretrained" in rows and "runs/g/finetuned" in rows
+
+
+def test_learning_curves_leave_out_the_validation_panel_without_validation(tmp_path):
+    from layerwise.plots import learning_curves
+
+    pre = [{"phase": "pretrain", "layer": 0, "epoch": e, "recon_ce_train": 10.0 - e} for e in (1, 2)]
+    fin = [{"phase": "finetune", "epoch": e, "train_loss": 1.0 / e} for e in (1, 2, 3)]  # train_on_validation
+    titles = learning_curves(pre + fin, tmp_path / "a.png")
+    assert titles == ["pretraining: reconstruction cross-entropy", "fine-tuning: cross-entropy"]
+    with_val = [{**r, "val_loss": 0.5, "val_accuracy": 0.9} for r in fin]
+    assert learning_curves(pre + with_val, tmp_path / "b.png")[-1] == "fine-tuning: validation accuracy (%)"
+    assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+def test_doubtful_inputs_are_warned_about_in_one_line(world, capsys):
+    np.savez(world / "one.npz", x=make_patterns(n=60)[0], y=np.zeros(60, np.int64))
+    (world / "one.toml").write_text(RECIPE.replace("train.npz", "one.npz").replace('test = "test.npz"\n', "")
+                                    .replace('"r"', '"one"'))
+    assert main(["train", "one.toml", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "layerwise: warning: " in err and "one.npz: every training label is 0; a classifier of one class" in err, err
+    (world / "wide.toml").write_text(RECIPE.replace("hidden = [24, 12]", "hidden = [30, 20, 10]"))
+    assert main(["finetune", "runs/r/pretrained", "--recipe", "wide.toml", "--out", "ft", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "layerwise: warning: the recipe's model.hidden [30, 20, 10] is not used: the pretrained net" in err, err
+    assert "has the hidden layers [24, 12], and those are fine-tuned" in err

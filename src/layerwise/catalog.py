@@ -17,14 +17,24 @@ def find_artifacts(root: str | Path) -> list[dict]:
             continue  # temporary folders of writes in progress
         try:
             manifest = json.loads(m.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            manifest = {"kind": "unreadable"}
+            why = None if isinstance(manifest, dict) else f"it holds {json.dumps(manifest)[:30]}, not a JSON object"
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            why = f"{type(e).__name__}: {e}"
+        if why is None:
+            try:
+                _arch(manifest), _metric(manifest)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+                why = f"its {type(e).__name__.lower()} {e}: a key is missing or of the wrong kind"
+        if why is not None:
+            manifest = {"kind": "unreadable", "reason": why}
         manifest["path"] = str(m.parent)
         rows.append(manifest)
     return rows
 
 
 def _arch(m: dict) -> str:
+    if m.get("kind") == "unreadable":
+        return "unreadable"
     a = m.get("architecture", {})
     if a.get("type") == "DeepBeliefNet":
         return f"{a['unit']} " + "-".join(map(str, [a["n_visible"], *a["hidden"]]))
@@ -34,6 +44,8 @@ def _arch(m: dict) -> str:
 
 
 def _metric(m: dict) -> str:
+    if m.get("kind") == "unreadable":
+        return m["reason"][:40]
     metrics = m.get("metrics", {})
     if "test_accuracy" in metrics:
         return f"test {100 * metrics['test_accuracy']:.2f}%"
@@ -44,29 +56,36 @@ def _metric(m: dict) -> str:
 def table(rows: list[dict]) -> str:
     """A text table in lineage order: each net indented under the net it came from (a
     fine-tune under its pretrained net, a pretraining stage under the stage before)."""
-    hashes = {r.get("weights_sha256") for r in rows}
+    sha = lambda r, key="weights_sha256": r.get(key) if isinstance(r.get(key), str) else None  # noqa: E731
+    hashes = {sha(r) for r in rows} - {None}
     children: dict = {}
     for r in rows:
-        if r.get("parent") in hashes:
-            children.setdefault(r["parent"], []).append(r)
-    header = f"{'kind':<14}{'architecture':<26}{'stages':>7}  {'metric':<18}{'sha256':<14}path"
-    lines = [header, "-" * len(header)]
+        if sha(r, "parent") in hashes:
+            children.setdefault(sha(r, "parent"), []).append(r)
+    entries: list = []  # (depth, row), in lineage order
     seen: set = set()
 
     def emit(r, depth):
         if id(r) in seen:
             return
         seen.add(id(r))
-        stages = len(r.get("stages", []))
-        sha = (r.get("weights_sha256") or "")[:12]
-        kind = "  " * depth + r.get("kind", "?")
-        lines.append(f"{kind:<14}{_arch(r):<26}{stages:>7}  {_metric(r):<18}{sha:<14}{r['path']}")
-        for c in children.get(r.get("weights_sha256"), []) if r.get("weights_sha256") else []:
+        entries.append((depth, r))
+        for c in children.get(sha(r), []):
             emit(c, depth + 1)
 
     for r in rows:
-        if r.get("parent") not in hashes:
+        if sha(r, "parent") not in hashes:
             emit(r, 0)
     for r in rows:  # anything left (a cycle would be a corrupt manifest) still shows
         emit(r, 0)
-    return "\n".join(lines)
+    stages = lambda r: str(len(r["stages"]) if isinstance(r.get("stages"), list) else 0)  # noqa: E731
+    cells = [("  " * d + str(r.get("kind", "?")), _arch(r), stages(r), _metric(r), (sha(r) or "")[:12], r["path"])
+             for d, r in entries]
+    names = ("kind", "architecture", "stages", "metric", "sha256", "path")
+    widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]  # columns never run together
+
+    def line(c) -> str:
+        return "  ".join(v.rjust(w) if i == 2 else v.ljust(w) for i, (v, w) in enumerate(zip(c, widths))).rstrip()
+
+    header = line(names)
+    return "\n".join([header, "-" * len(header)] + [line(c) for c in cells])

@@ -25,6 +25,7 @@ import pickle
 import subprocess
 import sys
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -342,6 +343,9 @@ def load_splits(cfg, *, visible: str = "bernoulli", seed: int = 0, report=print)
         if train.y.min() < 0:
             raise ValueError(f"{train.name}: array 'y' must hold labels >= 0; found {int(train.y.min())}")
         n_labels = max(int(train.y.max()) + 1, 2)
+    if len(np.unique(train.y)) == 1:
+        warnings.warn(f"{train.name}: every training label is {int(train.y[0])}; a classifier of one class learns "
+                      f"nothing (it will score 100% on such data), so check the labels", UserWarning, stacklevel=2)
     if cfg.train_limit is not None:
         train = Dataset(train.x[: cfg.train_limit], train.y[: cfg.train_limit], f"{train.name}[:{cfg.train_limit}]")
     n_inputs = train.x.shape[1]

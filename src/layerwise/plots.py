@@ -13,10 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
-def learning_curves(records: list[dict], path: Path) -> None:
+def learning_curves(records: list[dict], path: Path) -> list[str]:
+    """Pretraining cross-entropy per layer, fine-tuning loss, and validation accuracy
+    where there was validation (not with train_on_validation). Returns the panel titles."""
     pre = [r for r in records if r.get("phase") == "pretrain"]
     fin = [r for r in records if r.get("phase") == "finetune"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    has_val = bool(fin) and "val_loss" in fin[0]
+    fig, axes = plt.subplots(1, 3 if has_val else 2, figsize=(15 if has_val else 10, 4))
     for layer in sorted({r["layer"] for r in pre}):
         rs = [r for r in pre if r["layer"] == layer]
         axes[0].plot([r["epoch"] for r in rs], [r["recon_ce_train"] for r in rs], label=f"layer {layer + 1} train")
@@ -27,15 +30,17 @@ def learning_curves(records: list[dict], path: Path) -> None:
     if fin:
         ep = [r["epoch"] for r in fin]
         axes[1].plot(ep, [r["train_loss"] for r in fin], label="train")
-        if "val_loss" in fin[0]:
+        if has_val:
             axes[1].plot(ep, [r["val_loss"] for r in fin], label="validation")
             axes[2].plot(ep, [100 * r["val_accuracy"] for r in fin])
+            axes[2].set(title="fine-tuning: validation accuracy (%)", xlabel="epoch")
         axes[1].set(title="fine-tuning: cross-entropy", xlabel="epoch", yscale="log")
         axes[1].legend()
-        axes[2].set(title="fine-tuning: validation accuracy (%)", xlabel="epoch")
+    titles = [ax.get_title() for ax in axes]
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+    return titles
 
 
 def filters(weight: torch.Tensor, path: Path, max_filters: int = 100) -> None:

@@ -15,6 +15,7 @@ import argparse
 import errno
 import os
 import sys
+import warnings
 
 from layerwise.cli.commands import (
     _err,
@@ -144,21 +145,42 @@ def _on_first_interrupt(signum, frame) -> None:
           file=sys.stderr, flush=True)
 
 
+_LIBRARY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The library's warnings (a legal but doubtful input) as one line of the command's
+    own; any other library's as Python shows them."""
+    if os.path.abspath(filename).startswith(_LIBRARY):
+        print(f"layerwise: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr, end="")
+
+
 def _debug(args) -> bool:
     """--debug or LAYERWISE_DEBUG=1: show the traceback of every error, not only of bugs."""
     return bool(getattr(args, "debug", False) or os.environ.get("LAYERWISE_DEBUG") == "1")
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
-    import threading
-
     from layerwise import runtime
 
     runtime.set_wait_policy()  # before anything imports torch: OpenMP reads it when torch loads
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        # the library's own warnings, each time (a second run in one process is warned too)
+        warnings.filterwarnings("always", category=UserWarning, module=r"layerwise\.")
+        warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args) -> int:
+    """Run the command: a clear error (status 2) for what a user can cause, 130 on Ctrl-C."""
+    import signal
+    import threading
+
     from layerwise.loop import clear_stop
 
-    args = build_parser().parse_args(argv)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, _on_first_interrupt)

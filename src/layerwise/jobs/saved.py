@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -43,6 +44,10 @@ def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str
             f"the pretrained net '{pretrained_dir}' expects {dbn.n_visible}"
         )
     check_fits(dbn.sizes, splits.n_labels, len(splits.train))
+    if cfg.model.hidden is not None and list(cfg.model.hidden) != dbn.hidden:
+        warnings.warn(f"the recipe's model.hidden {cfg.model.hidden} is not used: the pretrained net "
+                      f"'{pretrained_dir}' has the hidden layers {dbn.hidden}, and those are fine-tuned", UserWarning,
+                      stacklevel=2)
     recorded = resolve_config(cfg, dbn.n_visible, hidden=dbn.hidden).to_dict()
     # what a checkpoint must match to be continued: the parent, the recipe, the data
     identity = {"parent": pre_manifest["weights_sha256"], "config": json.loads(json.dumps(recorded)),

@@ -3,6 +3,7 @@ lineage in the catalog."""
 
 import hashlib
 import json
+import os
 import signal
 
 import numpy as np
@@ -128,3 +129,34 @@ def test_fine_tunes_leave_the_pretrained_net_byte_identical(folder, capsys):
     assert main(["models", ".", "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["kind"] for r in rows} == {"pretrained", "finetuned"} and len(rows) == 4
+
+
+@pytest.mark.parametrize("spelling", [None, "../part2.npz", "copy-of-part2.npz"])
+def test_an_interrupted_stage_resumes_from_another_folder(folder, spelling):
+    """A stage records where its data was: it goes on from any working folder, with
+    --resume alone or with --data naming the same data (the fingerprint decides)."""
+    from layerwise.jobs import pretrain_stage
+
+    for out in ("q", "ref"):
+        assert main(["pretrain", "r.toml", "--data", "part1.npz", "--out", out, "--quiet"]) == 0
+    assert main(["pretrain", "--resume", "ref", "--data", "part2.npz", "--quiet"]) == 0
+
+    def stop(line):
+        if line.startswith("phase=pretrain layer=1 epoch=1 "):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_stage("q", data="part2.npz", echo=stop)
+    (folder / "elsewhere").mkdir()
+    (folder / "elsewhere" / "copy-of-part2.npz").write_bytes((folder / "part2.npz").read_bytes())
+    os.chdir(folder / "elsewhere")
+    assert main(["pretrain", "--resume", "../q", "--quiet"] + (["--data", spelling] if spelling else [])) == 0
+    a, _ = read_artifact(folder / "ref/stage-2")
+    b, mb = read_artifact(folder / "q/stage-2")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert mb["stages"][1]["data"] == "part2.npz" and mb["stages"][1]["path"] == str(folder / "part2.npz")
+    # other data is still refused while the stage is unfinished, and says how to go on
+    os.chdir(folder)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_stage("q", data="part1.npz", echo=stop)
+    assert main(["pretrain", "--resume", "q", "--data", "labelled.npz", "--quiet"]) == 2

@@ -110,21 +110,24 @@ def _stage_and_data(out_dir: Path, cfg: RunConfig, ckpt: dict | None, data, epoc
     else is refused before a weight changes."""
     n_inputs = None if ckpt is None else int(ckpt["dbn"]["layers.0.weight"].shape[1])
     if ckpt is not None and not ckpt["stage_done"]:
+        # the stage's own data: where it was (from any working folder), or the same file
+        # under another name or path (the fingerprint decides)
         stage = ckpt["stage"]
-        if data is not None and Path(data).resolve() != Path(stage["data"]).resolve():
-            raise ValueError(
-                f"'{out_dir}': stage {len(ckpt['stages']) + 1} on '{stage['data']}' was interrupted; "
-                "finish it with --resume alone before feeding new data"
-            )
-        ds = _stage_data(stage["data"], cfg.model.visible, n_inputs)
+        ds = _stage_data(data if data is not None else stage["path"], cfg.model.visible, n_inputs)
         if ds.fingerprint != stage["fingerprint"]:
-            raise ValueError(f"'{stage['data']}' changed since its stage started (fingerprint differs)")
+            if data is not None:
+                raise ValueError(
+                    f"'{out_dir}': stage {len(ckpt['stages']) + 1} on '{stage['data']}' was interrupted, and '{data}' "
+                    "holds other data; finish the stage with --resume alone (or --data naming its file) before "
+                    "feeding new data"
+                )
+            raise ValueError(f"'{stage['path']}' changed since its stage started (fingerprint differs)")
         return stage, ds
     if data is None:
         if ckpt is None:
             raise ValueError(f"'{out_dir}': the first pretraining stage needs --data FILE.npz")
         raise ValueError(f"'{out_dir}': stage {len(ckpt['stages'])} is finished; a new stage needs --data FILE.npz")
     ds = _stage_data(data, cfg.model.visible, n_inputs)  # the wrong width is refused here, nothing touched
-    stage = {"data": str(data), "fingerprint": ds.fingerprint, "samples": len(ds),
+    stage = {"data": str(data), "path": str(Path(data).resolve()), "fingerprint": ds.fingerprint, "samples": len(ds),
              "epochs_per_layer": cfg.pretrain.epochs if epochs is None else epochs}
     return stage, ds

@@ -140,3 +140,30 @@ def test_replica_drift_fires_at_an_absurd_learning_rate(folder):
     assert ok.returncode == 0, ok.stderr
     healthy = read_metrics(folder / "runs/steady")
     assert not [e for e in healthy if e["phase"] == "guard" and "drift" in e["what"]]
+
+
+def test_ctrl_c_stops_a_group_and_resume_goes_on_in_the_same_group_size(folder):
+    """A Ctrl-C in a terminal reaches every process of a --workers run: they stop, the
+    last epoch-end checkpoint stands, the command says how to go on and exits 130.
+    `train --resume` then resumes with the checkpoint's group size, bitwise."""
+    ref = run_layerwise("train", "r.toml", "--workers", "2", "--name", "ref", "--quiet")
+    assert ref.returncode == 0, ref.stderr
+    # rank 0 sends SIGINT to the whole process group mid-epoch, as a terminal does
+    cut = subprocess.run([sys.executable, "-m", "layerwise", "train", "r.toml", "--workers", "2", "--name", "cut",
+                          "--quiet"], env=worker_env(LAYERWISE_TEST_KILL="0/finetune@3.30:GROUPINT"),
+                         capture_output=True, text=True, timeout=1200, start_new_session=True)
+    assert cut.returncode == 130, cut.stderr[-3000:]
+    assert "layerwise: interrupted; continue with `layerwise train --resume runs/cut`" in cut.stderr, cut.stderr
+    assert "workers failed" not in cut.stderr and not (folder / "runs/cut/finetuned").exists()
+    from layerwise.checkpointing import load_checkpoint
+
+    _, meta = load_checkpoint(folder / "runs/cut/checkpoint")
+    assert meta["phase"] == "finetune" and meta["workers"] == 2 and meta["finetune"]["loop"]["epoch"] == 2
+    other = run_layerwise("train", "--resume", "runs/cut", "--workers", "1", "--quiet")
+    assert other.returncode == 2 and "'runs/cut' was checkpointed by 2 workers; resume it with --workers 2" in other.stderr
+    res = run_layerwise("train", "--resume", "runs/cut", "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for artifact in ("pretrained", "finetuned"):
+        assert_same_weights(folder / "runs/ref" / artifact, folder / "runs/cut" / artifact)
+    _, fin = read_artifact(folder / "runs/cut/finetuned")
+    assert fin["config"]["distributed"]["workers"] == 2

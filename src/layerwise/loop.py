@@ -83,6 +83,10 @@ def request_stop() -> None:
     _stop_requested = True
 
 
+def stop_requested() -> bool:
+    return _stop_requested
+
+
 def clear_stop() -> None:
     global _stop_requested
     _stop_requested = False
@@ -134,14 +138,16 @@ class Checkpointer:
         return bool(self.every_epochs and (pos.epoch % self.every_epochs == 0 or pos.stopped))
 
 
-def kill_point(desc: str, rank: int = 0) -> tuple[int, int, int] | None:
+def kill_point(desc: str, rank: int = 0) -> tuple[int, int, str] | None:
     """For tests that kill a run at a chosen batch, deterministically: the
     ``LAYERWISE_TEST_KILL`` environment variable lists, comma-separated, one kill point
     per life of the process (its restart count under torchrun, else 0), each
-    ``[RANK/]LOOP@EPOCH.BATCH[:INT]``: in the loop whose description starts with LOOP
-    ("pretrain layer 2", "finetune"), right after batch BATCH of epoch EPOCH (both
-    counted from 1), the process sends itself SIGKILL (SIGINT with ``:INT``, as a Ctrl-C
-    does). Returns (epoch, batch, signal) for this loop, or None."""
+    ``[RANK/]LOOP@EPOCH.BATCH[:INT|:GROUPINT]``: in the loop whose description starts
+    with LOOP ("pretrain layer 2", "finetune"), right after batch BATCH of epoch EPOCH
+    (both counted from 1), the process sends itself SIGKILL; SIGINT with ``:INT``, as a
+    Ctrl-C does; with ``:GROUPINT``, SIGINT to its parent's process group, as a Ctrl-C in
+    a terminal reaches a --workers run (the command and PyTorch's launcher, which stops
+    the workers: they run in sessions of their own). Returns (epoch, batch, how), or None."""
     spec = os.environ.get("LAYERWISE_TEST_KILL")
     if not spec:
         return None
@@ -149,13 +155,20 @@ def kill_point(desc: str, rank: int = 0) -> tuple[int, int, int] | None:
     life = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     if life >= len(lives) or not lives[life].strip():
         return None
-    m = re.fullmatch(r"(?:(\d+)/)?(.+)@(\d+)\.(\d+)(:INT)?", lives[life].strip())
+    m = re.fullmatch(r"(?:(\d+)/)?(.+)@(\d+)\.(\d+)(?::(INT|GROUPINT))?", lives[life].strip())
     if m is None:
         raise ValueError(f"LAYERWISE_TEST_KILL: cannot read {lives[life]!r}; expected [RANK/]LOOP@EPOCH.BATCH[:INT]")
-    who, loop, epoch, batch, sigint = m.groups()
+    who, loop, epoch, batch, how = m.groups()
     if (who is not None and int(who) != rank) or not desc.startswith(loop):
         return None
-    return int(epoch), int(batch), signal.SIGINT if sigint else signal.SIGKILL
+    return int(epoch), int(batch), how or "KILL"
+
+
+def _kill(how: str) -> None:
+    if how == "GROUPINT":
+        os.killpg(os.getpgid(os.getppid()), signal.SIGINT)
+    else:
+        os.kill(os.getpid(), signal.SIGINT if how == "INT" else signal.SIGKILL)
 
 
 def _checkpoint(checkpointer: Checkpointer, guard, pos: LoopPosition) -> None:
@@ -225,7 +238,7 @@ def run_loop(
                 if guard is not None and world == 1:  # distributed: NaN shows at the averaging round
                     guard.after_batch(epoch, pos.batch, loss)
                 if kill is not None and kill[:2] == (epoch + 1, pos.batch):
-                    os.kill(os.getpid(), kill[2])
+                    _kill(kill[2])
                 if _stop_requested:
                     if checkpointer is not None:
                         _checkpoint(checkpointer, guard, pos)  # a consistent state: between two batches

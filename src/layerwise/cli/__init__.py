@@ -53,10 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=_at_least(1), help="torch CPU threads (default: the recipe's, else min(2, cores))")
     t.add_argument("--quiet", action="store_true", help="print only the final summary")
     t.add_argument("--strict", action="store_true", help="treat the advisor's warnings as errors")
-    t.add_argument("--workers", type=_at_least(1), default=1,
-                   help="train on N worker processes on this machine, averaging parameters (torch.distributed, gloo)")
+    t.add_argument("--workers", type=_at_least(1),
+                   help="train on N worker processes on this machine, averaging parameters (torch.distributed, gloo); "
+                        "with --resume, the default is the group size that wrote the checkpoint")
     t.add_argument("--max-restarts", type=_at_least(0), default=0,
                    help="with --workers: restart the group this many times when a worker dies, from the last checkpoint")
+    t.add_argument("--allow-resize", action="store_true",
+                   help="with --resume: accept another --workers than the checkpoint's (the result is not bitwise)")
     t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("check", help="check a recipe against the guide's rules of thumb")
@@ -196,9 +199,10 @@ def _run(args) -> int:
         where = f" '{e.filename}'" if e.filename else ""
         kept = " The last checkpoint written is intact." if e.errno == errno.ENOSPC else ""
         return _err(f"cannot write or read{where}: {e.strerror or e}.{kept}")
-    except KeyboardInterrupt:
-        print("layerwise: interrupted; continue with `layerwise train --resume RUN_FOLDER` "
-              "(or `layerwise pretrain --resume FOLDER`, or the same `layerwise finetune` command)", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        how = str(e) or ("continue with `layerwise train --resume RUN_FOLDER` (or `layerwise pretrain --resume "
+                         "FOLDER`, or the same `layerwise finetune` command)")
+        print(f"layerwise: interrupted; {how}", file=sys.stderr)
         return 130
     finally:
         clear_stop()

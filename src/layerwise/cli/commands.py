@@ -32,7 +32,9 @@ def cmd_train(args) -> int:
         if args.recipe or args.name:
             return _err("--resume takes the run folder alone: its config.toml is the recipe")
         runtime.apply(args.threads, read_config(args.resume).threads)
-        _print_result(jobs.resume(args.resume, progress=bars, echo=echo))
+        result = jobs.resume(args.resume, workers=args.workers, allow_resize=args.allow_resize,
+                             max_restarts=args.max_restarts, progress=bars, echo=echo)
+        _print_result(result)
         return 0
     if not args.recipe:
         return _err("train needs a RECIPE (or --resume RUN_FOLDER)")
@@ -45,10 +47,11 @@ def cmd_train(args) -> int:
         runtime.apply(args.threads, cfg.threads, local_workers=runtime.local_workers())
         run_worker(lambda: jobs.worker_main(cfg, args.runs_dir, echo=echo),
                    timeout_minutes=cfg.distributed.timeout_minutes, on_result=_print_result)
-    if not _advise_or_stop(cfg, args.strict, args.quiet, workers=args.workers):
+    workers = args.workers or 1
+    if not _advise_or_stop(cfg, args.strict, args.quiet, workers=workers):
         return 2
-    if args.workers > 1:
-        result = jobs.train_workers(cfg, args.workers, runs_dir=args.runs_dir, max_restarts=args.max_restarts, echo=echo)
+    if workers > 1:
+        result = jobs.train_workers(cfg, workers, runs_dir=args.runs_dir, max_restarts=args.max_restarts, echo=echo)
         if echo is not None:
             return 0  # rank 0's own summary came through echo
     else:

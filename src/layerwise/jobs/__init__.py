@@ -1,7 +1,8 @@
 """The jobs: each a function that reads top to bottom, standing above the library (only
 the command line, and the lab, stand above them).
 
-- ``train`` / ``resume`` (``training``): a run folder from recipe to test accuracy;
+- ``train`` (``training``) and ``resume`` (``workers``: in the group size that wrote the
+  checkpoint): a run folder from recipe to test accuracy;
 - ``pretrain_stage`` (``stages``): staged pretraining, one stage at a time;
 - ``finetune_pretrained`` (``saved``): a fine-tune of a saved pretrained net;
 - ``worker_main``, ``train_workers``, ``probe``, ``probe_workers`` (``workers``): the
@@ -10,8 +11,8 @@ the command line, and the lab, stand above them).
 
 from layerwise.jobs.saved import finetune_pretrained
 from layerwise.jobs.stages import StageResult, pretrain_stage
-from layerwise.jobs.training import resume, train, train_in
-from layerwise.jobs.workers import probe, probe_workers, train_workers, worker_main
+from layerwise.jobs.training import train, train_in
+from layerwise.jobs.workers import probe, probe_workers, resume, train_workers, worker_main
 from layerwise.runs import RunResult
 
 __all__ = ["RunResult", "StageResult", "finetune_pretrained", "pretrain_stage", "probe", "probe_workers",

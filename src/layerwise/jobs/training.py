@@ -1,8 +1,9 @@
 """``layerwise train``: config -> data -> pretrain -> pretrained artifact (written before
 fine-tuning, read-only) -> fine-tune -> finetuned artifact -> test accuracy -> plots.
 
-``train`` starts a new run folder, ``resume`` goes on from a folder's last checkpoint;
-both end in ``train_in``, which every worker of a distributed group runs as well. Rank 0
+``train`` starts a new run folder (``workers.resume`` goes on from a folder's last
+checkpoint); both end in ``train_in``, which every worker of a distributed group runs as
+well. Rank 0
 alone writes (``distributed.is_writer``, held as ``Run.writer``): checkpoints go through
 ``Run.checkpoint``, and the artifacts and plots are written only where ``run.writer``.
 """
@@ -24,12 +25,12 @@ from layerwise.distributed import barrier, gather_local_state, is_writer, rank_w
 from layerwise.finetune import FinetuneState, finetune, make_optimizer
 from layerwise.jobs.common import (
     FINETUNE_LOCAL, Stopwatch, checkpoint_policy, final_metrics, finetuning_state, load_finetuning_state,
-    load_pretraining_state, loop_of, pretrain_local_keys, pretrain_metrics, pretraining_state, read_checkpoint,
+    load_pretraining_state, loop_of, pretrain_local_keys, pretrain_metrics, pretraining_state,
     silent, write_plots,
 )
 from layerwise.loop import Checkpointer, Reporter
 from layerwise.pretrain import PretrainProgress, pretrain
-from layerwise.runs import METRICS, RunResult, claim_run_dir, continue_log, read_config, run_lock
+from layerwise.runs import METRICS, RunResult, claim_run_dir, continue_log, run_lock
 from layerwise.stack import DeepBeliefNet
 
 
@@ -40,18 +41,6 @@ def train(cfg: RunConfig, *, runs_dir: str | Path = "runs", progress: bool = Fal
     run_dir, resolved = claim_run_dir(cfg, runs_dir, splits)
     with run_lock(run_dir):
         return train_in(run_dir, resolved, splits, None, progress=progress, echo=echo)
-
-
-def resume(run_dir: str | Path, *, progress: bool = False, echo=None) -> RunResult:
-    """Continue an interrupted ``train`` run from its last checkpoint."""
-    run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
-    cfg.name = run_dir.name
-    with run_lock(run_dir):
-        if (run_dir / "finetuned").exists():
-            raise ValueError(f"run '{run_dir}' is complete (finetuned/ exists); nothing to resume")
-        splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
-        return train_in(run_dir, cfg, splits, read_checkpoint(run_dir), progress=progress, echo=echo)
 
 
 def train_in(folder: Path, cfg: RunConfig, splits: Splits, ckpt: dict | None, *, progress: bool = False,
@@ -120,7 +109,7 @@ class Run:
         others = gather_local_state({k: v for k, v in tensors.items() if local(k)})
         if self.writer:
             meta.update(metrics_lines=self.reporter.lines, seconds=self.clock.now(), world=self.world if others else 1,
-                        data=_data_identity(self.splits))
+                        workers=self.world, data=_data_identity(self.splits))
             save_checkpoint(self.folder / "checkpoint", {**tensors, **others}, meta)
 
 

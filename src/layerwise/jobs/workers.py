@@ -13,6 +13,7 @@ from layerwise.data import load_splits
 from layerwise.distributed import barrier, is_writer, launch_workers, rank_world, under_torchrun, workers_failed
 from layerwise.jobs.common import read_checkpoint, silent
 from layerwise.jobs.training import train_in
+from layerwise.loop import stop_requested
 from layerwise.runs import CONFIG, RunResult, claim_run_dir, read_config, resolve_config, result_from_disk, run_lock, write_config
 
 
@@ -42,16 +43,47 @@ def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs"
     start N workers on loopback; return what rank 0 wrote. ``echo`` gets rank 0's
     progress lines as they come, and its summary at the end."""
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
-    runs_dir = Path(runs_dir)
     run_dir, _ = claim_run_dir(cfg, runs_dir, splits)
     with run_lock(run_dir):
-        # rank 0 prints its progress (and, at the end, the summary) unless quiet
-        quiet = ["--quiet"] if echo is None else []
-        proc = launch_workers(["train", str(run_dir / CONFIG), "--runs-dir", str(runs_dir), *quiet], workers,
-                              max_restarts=max_restarts, on_line=echo)
+        return _group_in(run_dir, workers, max_restarts, echo)
+
+
+def _group_in(run_dir: Path, workers: int, max_restarts: int, echo) -> RunResult:
+    """Run the workers of a claimed, locked run folder (they resume from its checkpoint,
+    if any). A Ctrl-C stops them all: the last epoch-end checkpoint stands."""
+    quiet = ["--quiet"] if echo is None else []  # rank 0 prints its progress (and the summary) unless quiet
+    proc = launch_workers(["train", str(run_dir / CONFIG), "--runs-dir", str(run_dir.parent), *quiet], workers,
+                          max_restarts=max_restarts, on_line=echo)
+    if stop_requested():  # the workers had the Ctrl-C too, and stopped
+        raise KeyboardInterrupt(f"continue with `layerwise train --resume {run_dir}`")
     if proc.returncode != 0:
         raise workers_failed(proc, workers, f"\ncontinue with `layerwise train --resume {run_dir}` once fixed")
     return result_from_disk(run_dir)
+
+
+def resume(run_dir: str | Path, *, workers: int | None = None, allow_resize: bool = False, max_restarts: int = 0,
+           progress: bool = False, echo=None) -> RunResult:
+    """Continue an interrupted ``train`` run from its last checkpoint, with the group size
+    that wrote it (``workers`` other than that only with ``allow_resize``: the result is
+    then not bitwise the uninterrupted run's)."""
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    cfg.name = run_dir.name
+    with run_lock(run_dir):
+        if (run_dir / "finetuned").exists():
+            raise ValueError(f"run '{run_dir}' is complete (finetuned/ exists); nothing to resume")
+        splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
+        ckpt = read_checkpoint(run_dir)
+        saved = 1 if ckpt is None else ckpt.get("workers", 1)
+        n = saved if workers is None else workers
+        if n != saved and not allow_resize:
+            raise ValueError(
+                f"'{run_dir}' was checkpointed by {saved} worker{'s' * (saved > 1)}; resume it with --workers {saved} "
+                f"(the default), or add --allow-resize to accept a result that is not bitwise the uninterrupted run's"
+            )
+        if n > 1:
+            return _group_in(run_dir, n, max_restarts, echo)
+        return train_in(run_dir, cfg, splits, ckpt, progress=progress, echo=echo)
 
 
 def probe(cfg: RunConfig, *, grid: list[float], subset: int, epochs: int, echo=None, in_group: bool = False) -> dict:
@@ -82,5 +114,7 @@ def probe_workers(recipe: str | Path, workers: int, *, low: float, high: float, 
     argv += ["--threads", str(threads)] if threads else []
     argv += ["--quiet"] if quiet else []
     proc = launch_workers(argv, workers, on_line=echo)
+    if stop_requested():
+        raise KeyboardInterrupt("the probe was stopped; run it again for its results")
     if proc.returncode != 0:
         raise workers_failed(proc, workers)

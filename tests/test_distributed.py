@@ -167,3 +167,20 @@ def test_ctrl_c_stops_a_group_and_resume_goes_on_in_the_same_group_size(folder):
         assert_same_weights(folder / "runs/ref" / artifact, folder / "runs/cut" / artifact)
     _, fin = read_artifact(folder / "runs/cut/finetuned")
     assert fin["config"]["distributed"]["workers"] == 2
+
+
+def test_torchrun_by_hand_twice_makes_two_runs(folder):
+    """A group started by hand claims a new folder each time, as --workers does: a second
+    launch trains again instead of returning the first one's result."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", "--standalone",
+           "-m", "layerwise", "train", "r.toml", "--quiet"]
+    first = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=1200)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (folder / "r.toml").write_text((folder / "r.toml").read_text().replace("seed = 3", "seed = 4"))
+    second = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=1200)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "run folder: runs/r\n" in first.stdout and "run folder: runs/r-2\n" in second.stdout, (first.stdout, second.stdout)
+    assert read_metrics(folder / "runs/r-2")[0]["workers"] == 2
+    _, a = read_artifact(folder / "runs/r/finetuned")
+    _, b = read_artifact(folder / "runs/r-2/finetuned")
+    assert (a["config"]["seed"], b["config"]["seed"]) == (3, 4)  # the second trained its own recipe

@@ -59,6 +59,20 @@ def leave_group() -> None:
     sys.stderr.flush()
 
 
+def broadcast_bytes(data: bytes, limit: int = 4096) -> bytes:
+    """Rank 0's ``data`` on every rank (a run folder's name); unchanged outside a group."""
+    import torch.distributed as dist
+
+    if rank_world()[1] == 1:
+        return data
+    if len(data) > limit or b"\0" in data:
+        raise ValueError(f"broadcast_bytes: at most {limit} bytes without NUL; got {len(data)}")
+    buf = torch.zeros(limit, dtype=torch.uint8)
+    buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else buf[:0]
+    dist.broadcast(buf, src=0)
+    return bytes(buf.tolist()).rstrip(b"\0")
+
+
 def barrier() -> None:
     """Wait for every worker (nothing outside a group)."""
     import torch.distributed as dist

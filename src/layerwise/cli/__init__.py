@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --resume, the default is the group size that wrote the checkpoint")
     t.add_argument("--max-restarts", type=_at_least(0), default=0,
                    help="with --workers: restart the group this many times when a worker dies, from the last checkpoint")
+    t.add_argument("--in-run-folder", action="store_true", help=argparse.SUPPRESS)  # workers of --workers / --resume
     t.add_argument("--allow-resize", action="store_true",
                    help="with --resume: accept another --workers than the checkpoint's (the result is not bitwise)")
     t.set_defaults(func=cmd_train)

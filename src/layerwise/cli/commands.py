@@ -45,7 +45,7 @@ def cmd_train(args) -> int:
         cfg.threads = args.threads  # recorded in the run's config.toml
     if under_torchrun():  # one worker of a distributed run (torchrun, or --workers)
         runtime.apply(args.threads, cfg.threads, local_workers=runtime.local_workers())
-        run_worker(lambda: jobs.worker_main(cfg, args.runs_dir, echo=echo),
+        run_worker(lambda: jobs.worker_main(cfg, args.runs_dir, echo=echo, in_run_folder=args.in_run_folder),
                    timeout_minutes=cfg.distributed.timeout_minutes, on_result=_print_result)
     workers = args.workers or 1
     if not _advise_or_stop(cfg, args.strict, args.quiet, workers=workers):

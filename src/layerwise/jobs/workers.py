@@ -5,36 +5,54 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 from layerwise.config import RunConfig
 from layerwise.data import load_splits
-from layerwise.distributed import barrier, is_writer, launch_workers, rank_world, under_torchrun, workers_failed
+from layerwise.distributed import is_writer, launch_workers, rank_world, under_torchrun, workers_failed
 from layerwise.jobs.common import read_checkpoint, silent
 from layerwise.jobs.training import train_in
 from layerwise.loop import stop_requested
-from layerwise.runs import CONFIG, RunResult, claim_run_dir, read_config, resolve_config, result_from_disk, run_lock, write_config
+from layerwise.runs import CONFIG, RunResult, claim_run_dir, read_config, resolve_config, result_from_disk, run_lock
 
 
-def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None) -> RunResult | None:
-    """One worker of a distributed run, inside a joined group: trains in
-    ``runs_dir/NAME``. Rank 0 creates the folder and writes everything, the others only
-    train. A restarted group (``--max-restarts``) resumes from the last checkpoint."""
+def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None, in_run_folder: bool = False) -> RunResult | None:
+    """One worker of a distributed run, inside a joined group. ``in_run_folder``: started
+    by ``--workers`` (or a resume) for the claimed and locked ``runs_dir/NAME``, whose
+    config.toml it trains. Otherwise (torchrun run by hand, on one node or many) rank 0
+    claims a new run folder as ``--workers`` does, and holds its lock. Rank 0 writes
+    everything, the others only train. A restarted group (``--max-restarts``) resumes
+    from the last checkpoint of its folder."""
     if under_torchrun() and rank_world()[1] == 1 and int(os.environ["WORLD_SIZE"]) > 1:
         raise RuntimeError("worker_main runs inside a joined process group: call it through distributed.run_worker")
-    run_dir = Path(runs_dir) / (cfg.name or "run")
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=silent)
+    run_dir = Path(runs_dir) / (cfg.name or "run") if in_run_folder else _group_folder(cfg, Path(runs_dir), splits)
+    with run_lock(run_dir) if is_writer() and not in_run_folder else contextlib.nullcontext():
+        if (run_dir / "finetuned").exists():  # complete: a group restarted after its last worker finished
+            return result_from_disk(run_dir) if is_writer() else None
+        cfg = read_config(run_dir)
+        cfg.name = run_dir.name
+        return train_in(run_dir, cfg, splits, read_checkpoint(run_dir), echo=echo if is_writer() else None)
+
+
+def _group_folder(cfg: RunConfig, runs_dir: Path, splits) -> Path:
+    """The run folder of a group started by hand: claimed by rank 0 on the group's first
+    start (a restart of the same launch finds it again), its name sent to every rank."""
+    from layerwise.distributed import broadcast_bytes
+
+    name = b""
     if is_writer():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / CONFIG).exists():
-            write_config(run_dir, resolve_config(cfg, splits.n_inputs))
-    barrier()
-    if (run_dir / "finetuned").exists():  # complete: a group restarted after its last worker finished, or a rerun
-        return result_from_disk(run_dir) if is_writer() else None
-    cfg = read_config(run_dir)
-    cfg.name = run_dir.name
-    return train_in(run_dir, cfg, splits, read_checkpoint(run_dir), echo=echo if is_writer() else None)
+        marker = runs_dir / f".torchrun-{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}"
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        if restarted and marker.is_file() and (runs_dir / marker.read_text()).is_dir():
+            name = marker.read_text().encode()
+        else:
+            run_dir, _ = claim_run_dir(cfg, runs_dir, splits)
+            marker.write_text(run_dir.name)
+            name = run_dir.name.encode()
+    return runs_dir / broadcast_bytes(name).decode()
 
 
 def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs", max_restarts: int = 0,
@@ -52,7 +70,8 @@ def _group_in(run_dir: Path, workers: int, max_restarts: int, echo) -> RunResult
     """Run the workers of a claimed, locked run folder (they resume from its checkpoint,
     if any). A Ctrl-C stops them all: the last epoch-end checkpoint stands."""
     quiet = ["--quiet"] if echo is None else []  # rank 0 prints its progress (and the summary) unless quiet
-    proc = launch_workers(["train", str(run_dir / CONFIG), "--runs-dir", str(run_dir.parent), *quiet], workers,
+    proc = launch_workers(["train", str(run_dir / CONFIG), "--runs-dir", str(run_dir.parent), "--in-run-folder", *quiet],
+                          workers,
                           max_restarts=max_restarts, on_line=echo)
     if stop_requested():  # the workers had the Ctrl-C too, and stopped
         raise KeyboardInterrupt(f"continue with `layerwise train --resume {run_dir}`")

@@ -49,6 +49,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *
             link = f"{tmp}.prev"
             os.link(path, link)  # a second name for the old version, then moved over the older one
             os.replace(link, keep_previous)
+            if os.path.exists(link):  # both already named one file (a write killed after this step): rename did nothing
+                os.unlink(link)
         os.replace(tmp, path)
         fsync(path.parent)
     except BaseException:

@@ -92,6 +92,8 @@ def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], meta: 
     blob = save(flat, metadata={"layerwise": meta_json, "layerwise_format": FORMAT,
                                 "layerwise_sha256": _digest(flat, meta_json)})
     folder = Path(folder)
+    for stale in folder.glob(f".{CHECKPOINT}.*.tmp*") if folder.is_dir() else ():
+        stale.unlink()  # left by a writer that was killed mid-write (one writer: the folder is locked)
     return atomic_write(folder / CHECKPOINT, lambda f: f.write(blob), keep_previous=folder / PREVIOUS)
 
 

@@ -131,6 +131,7 @@ class DivergenceGuard:
     max_dead: float = 0.5
     log: Callable[[dict], None] | None = None
     on_rollback: Callable[[], None] | None = None  # e.g. reset a loss accumulator
+    rate_key: str | None = None  # the recipe key of the rate, named in the diagnosis (pretrain.learning_rate)
     events: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -184,8 +185,8 @@ class DivergenceGuard:
             raise DivergenceError(
                 f"{self.where} diverged {when}: {what}, at learning rate {before:g} "
                 f"after {len(self.events)} rollbacks (rates tried: {rates}). Nothing diverged was saved. "
-                f"Fix: set the learning rate below {before:g} (the guide's default is 0.01), or measure a stable "
-                f"rate with `layerwise probe-lr`",
+                f"Fix: set {self.rate_key or 'the learning rate'} below {before:g} (the guide's default is 0.01), or "
+                "measure a stable rate with `layerwise probe-lr`",
                 what,
             )
         self.module.load_state_dict(self._good)
@@ -248,7 +249,8 @@ def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer
 
     guard = DivergenceGuard(module, where, lr, optimizer, lr_factor=cfg.lr_factor, max_rollbacks=cfg.max_rollbacks,
                             max_growth=cfg.max_growth, rising_epochs=cfg.rising_epochs, check_every=cfg.check_every,
-                            max_dead=cfg.max_dead, log=log)
+                            max_dead=cfg.max_dead, log=log,
+                            rate_key="finetune.learning_rate" if where == "fine-tuning" else "pretrain.learning_rate")
     if state is not None:
         guard.load_state_dict(state)
     return guard

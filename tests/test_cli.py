@@ -1,10 +1,13 @@
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import DIGITS_RECIPE, run_layerwise
+from conftest import DIGITS_RECIPE, run_layerwise, worker_env
 from layerwise.cli import main
 
 RECIPE = """
@@ -123,3 +126,56 @@ def test_digits_recipe_through_the_installed_command(tmp_path):
     acc = float([l for l in proc.stdout.splitlines() if l.startswith("test accuracy:")][0].split()[-1].rstrip("%"))
     assert acc >= 95.0, proc.stdout
     assert (tmp_path / "runs/digits/plots/learning_curves.png").is_file()
+
+
+def _columns_of(stream: str, marker: str) -> list[int]:
+    """The terminal column at which each ``marker`` starts, playing the stream as a
+    terminal does: carriage return and newline go to column 0, escape sequences move
+    nothing sideways, every other character takes one column."""
+    import re
+
+    cols, col, i = [], 0, 0
+    while i < len(stream):
+        esc = re.match(r"\x1b\[[0-9;?]*[A-Za-z]", stream[i:])
+        if esc:
+            i += len(esc.group())
+            continue
+        if stream.startswith(marker, i):
+            cols.append(col)
+        ch = stream[i]
+        col = 0 if ch in "\r\n" else col + 1
+        i += 1
+    return cols
+
+
+@pytest.mark.slow
+def test_in_a_terminal_every_log_line_starts_at_column_0(tmp_path):
+    """Progress bars and per-epoch lines share the terminal: each line is printed
+    through the bars (tqdm.write), so none is cut into a bar, and no bar is left behind."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "layerwise", "train", str(DIGITS_RECIPE), "--threads", "1"],
+                            cwd=tmp_path, stdin=slave, stdout=slave, stderr=slave, env=worker_env())
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the other side closed: the process is done
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait()
+    os.close(master)
+    stream = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, stream[-2000:]
+    assert "batch/s" in stream or "it/s" in stream, "no progress bar was drawn"  # the test saw bars at all
+    starts = _columns_of(stream, "phase=")
+    assert len(starts) > 10 and set(starts) == {0}, starts
+    assert _columns_of(stream, "test accuracy:") == [0]

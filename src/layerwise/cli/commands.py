@@ -17,9 +17,20 @@ def _err(msg: str) -> int:
     return 2
 
 
+def _say_above_the_bars(line: str) -> None:
+    """Print a line while progress bars are drawn: tqdm clears the bar, prints the line
+    at column 0, and draws the bar again below it."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
 def _progress(args) -> tuple:
-    """(the echo of each record, whether to draw progress bars): bars on a terminal only."""
-    return (None if args.quiet else _say), (not args.quiet and sys.stderr.isatty())
+    """(the echo of each record, whether to draw progress bars): bars on a terminal only,
+    and then every line goes through them, never into one."""
+    bars = not args.quiet and sys.stderr.isatty()
+    return (None if args.quiet else _say_above_the_bars if bars else _say), bars
 
 
 def cmd_train(args) -> int:

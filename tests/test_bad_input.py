@@ -177,13 +177,17 @@ CASES = [
          "manifest.json' is corrupt: its architecture lacks 'sizes'",
          setup=_edit_manifest("runs/r/finetuned", lambda m: {**m, "architecture": {"type": "Classifier"}})),
     # 12: what cannot work is refused before anything is written
-    Case("hidden-too-wide", ["train", "wide.toml", "--quiet"], 2, "the net 36-100000000-3 on 270 samples needs about",
+    Case("hidden-too-wide", ["train", "wide.toml", "--quiet"], 2, "memory: the net 36-100000000-3 on 300 samples needs about",
          setup=_write("wide.toml", RECIPE.replace("hidden = [24, 12]", "hidden = [100000000]").replace('"r"', '"wide"')),
          absent=("runs/wide",)),
     Case("label-2-to-the-40", ["train", "big.toml", "--quiet"], 2, "check the labels: the output has one unit per label (1099511627777)",
          setup=lambda w: (np.savez(w / "big.npz", x=np.zeros((20, 36), np.float32), y=np.array([2**40] + [0] * 19)),
                           (w / "big.toml").write_text(RECIPE.replace("train.npz", "big.npz").replace('test = "test.npz"\n', '')
                                                       .replace('"r"', '"big"'))), absent=("runs/big",)),
+    Case("label-2-to-the-40-check", ["check", "big.toml"], 2, "memory: the net 36-24-12-1099511627777 on 20 samples",
+         stream="out",
+         setup=lambda w: (np.savez(w / "big.npz", x=np.zeros((20, 36), np.float32), y=np.array([2**40] + [0] * 19)),
+                          (w / "big.toml").write_text(RECIPE.replace("train.npz", "big.npz")))),
     Case("seed-beyond-64-bits", ["check", "seed.toml"], 2,
          "The 'seed' parameter of the recipe must be an int in the range [0, 9223372036854775807]. Got 18446744073709551616",
          setup=_write("seed.toml", RECIPE.replace("seed = 1", f"seed = {2**64}"))),

@@ -213,6 +213,7 @@ def data_facts(cfg) -> tuple[dict | None, str | None]:
         "n_labels": None if y is None or len(y) == 0 else int(np.max(y)) + 1,
         "range": (float(finite.min()), float(finite.max())) if finite.size else None,
         "has_validation": True,  # a split is held out when no validation file is given
+        "samples": int(x.shape[0]),
     }, None
 
 
@@ -222,5 +223,19 @@ def recipe_findings(cfg: RunConfig, *, workers: int = 1) -> tuple[list[Finding],
     facts, why = data_facts(cfg.data)
     if facts is None:
         return check(cfg, workers=workers), why
-    return check(cfg, n_inputs=facts["n_inputs"], n_labels_in_data=facts["n_labels"], data_range=facts["range"],
-                 has_validation=facts["has_validation"], workers=workers), None
+    findings = check(cfg, n_inputs=facts["n_inputs"], n_labels_in_data=facts["n_labels"], data_range=facts["range"],
+                     has_validation=facts["has_validation"], workers=workers)
+    return findings + _memory_findings(cfg, facts), None
+
+
+def _memory_findings(cfg: RunConfig, facts: dict) -> list[Finding]:
+    """The memory rule: a net and data that cannot fit are an error before any work."""
+    from layerwise.budget import check_fits
+
+    hidden = cfg.model.hidden or suggest_layers(max(facts["n_inputs"], 2))
+    try:
+        check_fits([facts["n_inputs"], *hidden], cfg.data.n_labels or facts["n_labels"] or 2, facts["samples"])
+    except ValueError as e:
+        return [Finding("memory", "error", str(e), "a run that cannot fit fails halfway, after writing",
+                        "see above: smaller hidden layers, fewer samples, or the right labels")]
+    return []

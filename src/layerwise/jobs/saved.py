@@ -20,7 +20,8 @@ from layerwise.data import as_tensors, load_splits
 from layerwise.finetune import FinetuneState, finetune, make_optimizer
 from layerwise.jobs.common import checkpoint_policy, final_metrics, finetuning_state, load_finetuning_state, silent
 from layerwise.loop import Checkpointer, Reporter
-from layerwise.runs import RunResult, check_fits, partial_dir, resolve_config, run_lock
+from layerwise.budget import check_fits
+from layerwise.runs import RunResult, partial_dir, resolve_config, run_lock
 
 
 def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str | Path, *, progress: bool = False,

@@ -23,7 +23,8 @@ from layerwise.data import Dataset, as_tensors, load_npz, validate
 from layerwise.jobs.common import checkpoint_policy, load_pretraining_state, pretrain_metrics, pretraining_state
 from layerwise.loop import Checkpointer, LoopPosition
 from layerwise.pretrain import PretrainProgress, pretrain
-from layerwise.runs import METRICS, check_fits, continue_log, read_config, resolve_config, run_lock, write_config
+from layerwise.budget import check_fits
+from layerwise.runs import METRICS, continue_log, read_config, resolve_config, run_lock, write_config
 from layerwise.stack import DeepBeliefNet
 
 

@@ -81,6 +81,27 @@ def npz_files(tmp_path):
 
 
 # -- the small recipes ---------------------------------------------------------------------
+# a net of 36-24-12-3 in a second: the table of bad inputs, the runtime tests
+SMALL_RECIPE = """
+name = "r"
+seed = 1
+threads = 1
+[data]
+source = "npz"
+train = "train.npz"
+test = "test.npz"
+[model]
+hidden = [24, 12]
+[pretrain]
+epochs = 2
+batch_size = 20
+learning_rate = 0.1
+[finetune]
+epochs = 4
+batch_size = 20
+learning_rate = 0.5
+"""
+
 # exact resume: PCD, a momentum switch, dropout, a cosine schedule, early stopping and
 # mid-epoch checkpoints all have state that a resume must bring back
 RESUME_RECIPE = """

@@ -14,28 +14,10 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from conftest import SMALL_RECIPE as RECIPE
 from conftest import make_patterns
 from layerwise.cli import main
 
-RECIPE = """
-name = "r"
-seed = 1
-threads = 1
-[data]
-source = "npz"
-train = "train.npz"
-test = "test.npz"
-[model]
-hidden = [24, 12]
-[pretrain]
-epochs = 2
-batch_size = 20
-learning_rate = 0.1
-[finetune]
-epochs = 4
-batch_size = 20
-learning_rate = 0.5
-"""
 
 GAUSSIAN = RECIPE.replace('name = "r"', 'name = "g"').replace("[model]", '[model]\nvisible = "gaussian"').replace(
     'train = "train.npz"', 'train = "std-train.npz"').replace('test = "test.npz"', 'test = "std-test.npz"').replace(

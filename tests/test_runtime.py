@@ -5,30 +5,13 @@ import os
 import pytest
 import torch
 
-from conftest import read_metrics
+from conftest import SMALL_RECIPE, read_metrics
 from layerwise import config, runtime
 from layerwise.cli import main
 from layerwise.jobs import train
 
-RECIPE = """
-name = "t"
-seed = 1
-threads = 1
-[data]
-source = "npz"
-train = "{train}"
-test = "{test}"
-[model]
-hidden = [24, 12]
-[pretrain]
-epochs = 2
-batch_size = 20
-learning_rate = 0.1
-[finetune]
-epochs = 4
-batch_size = 20
-learning_rate = 0.5
-"""
+def _recipe(npz_files) -> str:
+    return SMALL_RECIPE.replace("train.npz", str(npz_files[0])).replace("test.npz", str(npz_files[1])).replace('"r"', '"t"')
 
 
 def test_threads_precedence_and_defaults():
@@ -49,14 +32,14 @@ def test_threads_precedence_and_defaults():
 def test_train_leaves_the_thread_count_alone(tmp_path, npz_files):
     """Library functions take the policy as given: a recipe's threads = 1 is the command's
     to apply, not train()'s."""
-    (tmp_path / "r.toml").write_text(RECIPE.format(train=npz_files[0], test=npz_files[1]))
+    (tmp_path / "r.toml").write_text(_recipe(npz_files))
     torch.set_num_threads(2)
     train(config.load(tmp_path / "r.toml"), runs_dir=tmp_path / "runs")
     assert torch.get_num_threads() == 2
 
 
 def _interrupted(tmp_path, npz_files, name):
-    (tmp_path / "r.toml").write_text(RECIPE.format(train=npz_files[0], test=npz_files[1]))
+    (tmp_path / "r.toml").write_text(_recipe(npz_files))
     cfg = config.load(tmp_path / "r.toml")
     cfg.name = name
 

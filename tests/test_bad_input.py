@@ -170,6 +170,9 @@ CASES = [
          stream="out",
          setup=lambda w: (np.savez(w / "big.npz", x=np.zeros((20, 36), np.float32), y=np.array([2**40] + [0] * 19)),
                           (w / "big.toml").write_text(RECIPE.replace("train.npz", "big.npz")))),
+    Case("zero-threads", ["check", "t0.toml"], 2,
+         "The 'threads' parameter of the recipe must be an int in the range [1, inf). Got 0 instead.",
+         setup=_write("t0.toml", RECIPE.replace("threads = 1", "threads = 0"))),
     Case("seed-beyond-64-bits", ["check", "seed.toml"], 2,
          "The 'seed' parameter of the recipe must be an int in the range [0, 9223372036854775807]. Got 18446744073709551616",
          setup=_write("seed.toml", RECIPE.replace("seed = 1", f"seed = {2**64}"))),
@@ -358,3 +361,42 @@ def test_doubtful_inputs_are_warned_about_in_one_line(world, capsys):
     err = capsys.readouterr().err
     assert "layerwise: warning: the recipe's model.hidden [30, 20, 10] is not used: the pretrained net" in err, err
     assert "has the hidden layers [24, 12], and those are fine-tuned" in err
+
+
+def test_a_staged_pretraining_recipe_needs_no_data_section(world, capsys):
+    (world / "stage.toml").write_text('seed = 1\n[model]\nhidden = [12]\n[pretrain]\nepochs = 1\nbatch_size = 20\n')
+    assert main(["pretrain", "stage.toml", "--data", "train.npz", "--out", "p", "--quiet"]) == 0
+    assert (world / "p/stage-1/manifest.json").is_file()
+
+
+def test_the_previous_checkpoint_is_kept_without_hard_links(tmp_path, monkeypatch):
+    """On a file system without hard links (vfat, SMB), the writer copies instead."""
+    import os
+
+    import torch
+
+    from layerwise import _files
+    from layerwise.checkpointing import PREVIOUS, load_checkpoint, save_checkpoint
+
+    def no_links(*a):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(_files.os, "link", no_links)
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path / "ck", {"w": torch.full((10,), float(step))}, {"step": step})
+    assert load_checkpoint(tmp_path / "ck")[1] == {"step": 3}
+    (tmp_path / "ck" / PREVIOUS).replace(tmp_path / "ck" / "state.safetensors")
+    assert load_checkpoint(tmp_path / "ck")[1] == {"step": 2}
+    assert sorted(os.listdir(tmp_path / "ck")) == ["state.safetensors"]
+
+
+def test_the_memory_rule_counts_the_samples_a_recipe_keeps(world, monkeypatch):
+    from layerwise import budget, config
+    from layerwise.advice import recipe_findings
+
+    need = budget.memory_needed([36, 24, 12], 3, 300)
+    monkeypatch.setattr(budget, "available_memory", lambda: need - 1)  # all 300 samples do not fit
+    cfg = config.load(world / "r.toml")
+    assert [f.rule for f in recipe_findings(cfg)[0] if f.severity == "error"] == ["memory"]
+    cfg.data.train_limit = 100  # data.train_limit, as the message advises: then it fits
+    assert not [f for f in recipe_findings(cfg)[0] if f.severity == "error"]

@@ -194,5 +194,5 @@ def test_a_checkpoint_of_another_format_is_refused_with_a_way_out(tmp_path):
     (tmp_path / "ck").mkdir()
     save_file({"dbn.layers.0.weight": torch.zeros(2, 3)}, str(tmp_path / "ck" / "state.safetensors"),
               metadata={"layerwise": json.dumps({"phase": "pretrain", "epoch": 1})})  # the unversioned layout
-    with pytest.raises(ValueError, match="is in checkpoint format 1; this layerwise reads format 2. Resume it with"):
+    with pytest.raises(ValueError, match="is in checkpoint format 1; this layerwise reads format 3. Resume it with"):
         load_checkpoint(tmp_path / "ck")

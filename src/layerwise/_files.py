@@ -47,7 +47,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *
             os.fsync(f.fileno())
         if keep_previous is not None and path.exists():
             link = f"{tmp}.prev"
-            os.link(path, link)  # a second name for the old version, then moved over the older one
+            try:
+                os.link(path, link)  # a second name for the old version, then moved over the older one
+            except OSError:  # a file system without hard links (vfat, SMB, some FUSE mounts): a copy
+                shutil.copyfile(path, link)
             os.replace(link, keep_previous)
             if os.path.exists(link):  # both already named one file (a write killed after this step): rename did nothing
                 os.unlink(link)

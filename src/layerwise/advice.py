@@ -234,7 +234,8 @@ def _memory_findings(cfg: RunConfig, facts: dict) -> list[Finding]:
 
     hidden = cfg.model.hidden or suggest_layers(max(facts["n_inputs"], 2))
     try:
-        check_fits([facts["n_inputs"], *hidden], cfg.data.n_labels or facts["n_labels"] or 2, facts["samples"])
+        samples = min(facts["samples"], cfg.data.train_limit or facts["samples"])
+        check_fits([facts["n_inputs"], *hidden], cfg.data.n_labels or facts["n_labels"] or 2, samples)
     except ValueError as e:
         return [Finding("memory", "error", str(e), "a run that cannot fit fails halfway, after writing",
                         "see above: smaller hidden layers, fewer samples, or the right labels")]

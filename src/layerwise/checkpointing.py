@@ -28,7 +28,7 @@ from layerwise._files import atomic_write
 
 CHECKPOINT = "state.safetensors"
 PREVIOUS = "state.prev.safetensors"  # the checkpoint before: a corrupt newest one is not the end of a long run
-FORMAT = "2"  # 2: state trees (1, before: flat tensor names, unversioned)
+FORMAT = "3"  # 3: state trees with a sha256, the job and the data (2: without them; 1: flat tensor names, unversioned)
 SEP = "/"
 _TENSOR = "__tensor__"  # {"__tensor__": path}: a tensor stored under that path
 _ITEMS = "__items__"  # {"__items__": [[key, value], ...]}: a dict with integer keys

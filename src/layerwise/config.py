@@ -134,7 +134,8 @@ CHOICES = {
 
 # key -> interval "[low, high]"; "(" or ")" marks an open end, "inf" no upper bound
 _BOUNDS = {
-    "seed": "[0, 9223372036854775807]",  # torch generators take 64 bits; layer i is seeded seed + i "threads": "[1, inf)",
+    "seed": "[0, 9223372036854775807]",  # torch generators take 64 bits; layer i is seeded seed + i
+    "threads": "[1, inf)",
     "data.validation_fraction": "(0, 1)", "data.n_labels": "[2, inf)", "data.train_limit": "[1, inf)",
     "model.init_std": "[0, inf)",
     "pretrain.epochs": "[0, inf)", "pretrain.batch_size": "[1, inf)", "pretrain.learning_rate": "(0, inf)",
@@ -154,9 +155,9 @@ _BOUNDS = {
 }
 
 
-OWNER = "the recipe"
+OWNER = "the recipe"  # config errors read "The 'pretrain.epochs' parameter of the recipe must be ..."
 # TOML has no null: "none" turns these off (and to_toml writes it for them)
-NONE_MEANS_OFF = ("finetune.patience", "checkpoint.every_epochs", "checkpoint.every_minutes", "checkpoint.every_batches")  # config errors read "The 'pretrain.epochs' parameter of the recipe must be ..."
+NONE_MEANS_OFF = ("finetune.patience", "checkpoint.every_epochs", "checkpoint.every_minutes", "checkpoint.every_batches")
 _BOUNDS["model.hidden"] = "[1, inf)"  # each hidden layer size
 
 
@@ -264,8 +265,10 @@ def from_dict(d: dict) -> RunConfig:
     return cfg
 
 
-def load(path: str | Path) -> RunConfig:
-    """Read and validate a TOML recipe. The run name defaults to the file stem."""
+def load(path: str | Path, *, require_data: bool = True) -> RunConfig:
+    """Read and validate a TOML recipe. The run name defaults to the file stem. A recipe
+    must say which data it trains on (``[data]``), unless ``require_data`` is False (a
+    staged pretraining gets its data from the command line)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe '{path}' does not exist")
@@ -280,7 +283,7 @@ def load(path: str | Path) -> RunConfig:
         cfg = from_dict(d)
     except ValueError as e:
         raise ValueError(f"recipe '{path}': {e}") from None
-    if "data" not in d:
+    if require_data and "data" not in d:
         raise ValueError(f"recipe '{path}' has no [data] section; say which data to train on, for example "
                          '[data] source = "digits", or source = "npz" with train = "train.npz"')
     if cfg.name is None:

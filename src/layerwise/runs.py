@@ -36,6 +36,7 @@ class RunResult:
     finetuned: dict
     seconds_pretrain: float
     seconds_finetune: float
+    workers: int = 1
 
 
 def resolve_config(cfg: RunConfig, n_inputs: int, *, name: str | None = None,
@@ -75,7 +76,6 @@ def claim_run_dir(cfg: RunConfig, runs_dir: str | Path, splits) -> tuple[Path, R
     config_mod.check_name(cfg.name)
     hidden = resolve_config(cfg, splits.n_inputs).model.hidden
     check_fits([splits.n_inputs, *hidden], splits.n_labels, len(splits.train))
-    n_inputs = splits.n_inputs
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     while True:  # mkdir is the atomic claim: two runs started at once get different folders
@@ -85,7 +85,7 @@ def claim_run_dir(cfg: RunConfig, runs_dir: str | Path, splits) -> tuple[Path, R
             break
         except FileExistsError:
             continue
-    resolved = resolve_config(cfg, n_inputs, name=run_dir.name)
+    resolved = resolve_config(cfg, splits.n_inputs, name=run_dir.name)
     write_config(run_dir, resolved)
     return run_dir, resolved
 
@@ -141,4 +141,5 @@ def result_from_disk(run_dir: Path) -> RunResult:
     _, fin = read_artifact(run_dir / "finetuned")
     m = fin["metrics"]
     return RunResult(run_dir, m.get("test_accuracy"), m.get("validation_accuracy"), pre, fin,
-                     pre["metrics"].get("seconds", 0.0), m.get("seconds", 0.0))
+                     pre["metrics"].get("seconds", 0.0), m.get("seconds", 0.0),
+                     fin.get("config", {}).get("distributed", {}).get("workers", 1))

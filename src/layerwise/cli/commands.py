@@ -44,8 +44,9 @@ def cmd_train(args) -> int:
             return _err("--resume takes the run folder alone: its config.toml is the recipe")
         runtime.apply(args.threads, read_config(args.resume).threads)
         result = jobs.resume(args.resume, workers=args.workers, allow_resize=args.allow_resize,
-                             max_restarts=args.max_restarts, progress=bars, echo=echo)
-        _print_result(result)
+                             max_restarts=args.max_restarts, threads=args.threads, progress=bars, echo=echo)
+        if echo is None or result.workers == 1:  # a group's rank 0 printed its own summary through echo
+            _print_result(result)
         return 0
     if not args.recipe:
         return _err("train needs a RECIPE (or --resume RUN_FOLDER)")
@@ -56,7 +57,8 @@ def cmd_train(args) -> int:
         cfg.threads = args.threads  # recorded in the run's config.toml
     if under_torchrun():  # one worker of a distributed run (torchrun, or --workers)
         runtime.apply(args.threads, cfg.threads, local_workers=runtime.local_workers())
-        run_worker(lambda: jobs.worker_main(cfg, args.runs_dir, echo=echo, in_run_folder=args.in_run_folder),
+        run_dir = Path(args.recipe).parent if args.in_run_folder else None  # the folder --workers claimed
+        run_worker(lambda: jobs.worker_main(cfg, args.runs_dir, echo=echo, run_dir=run_dir),
                    timeout_minutes=cfg.distributed.timeout_minutes, on_result=_print_result)
     workers = args.workers or 1
     if not _advise_or_stop(cfg, args.strict, args.quiet, workers=workers):
@@ -265,7 +267,7 @@ def cmd_pretrain(args) -> int:
     else:
         if not (args.recipe and args.data and args.out):
             return _err("pretrain needs RECIPE --data FILE.npz --out FOLDER (or --resume FOLDER)")
-        cfg = config.load(args.recipe)
+        cfg = config.load(args.recipe, require_data=False)  # its data comes with --data
         if args.threads:
             cfg.threads = args.threads
         runtime.apply(args.threads, cfg.threads)

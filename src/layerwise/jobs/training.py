@@ -72,6 +72,7 @@ class Run:
     world: int
     reporter: Reporter
     clock: Stopwatch = field(default_factory=Stopwatch)
+    data: dict = field(default_factory=dict)  # the training data's identity: checked on resume
 
     @classmethod
     def open(cls, folder: Path, cfg: RunConfig, splits: Splits, ckpt: dict | None, progress: bool, echo) -> "Run":
@@ -81,7 +82,8 @@ class Run:
         # a run that died before its first checkpoint starts its log over
         reporter = (continue_log(folder / METRICS, ckpt["metrics_lines"] if ckpt else 0, progress, echo)
                     if writer else Reporter())
-        run = cls(folder, trained, recorded, splits, writer, world, reporter, Stopwatch(ckpt and ckpt["seconds"]))
+        run = cls(folder, trained, recorded, splits, writer, world, reporter, Stopwatch(ckpt and ckpt["seconds"]),
+                  _data_identity(splits))  # hashed once, not at every checkpoint
         if ckpt is None:
             run.reporter.log({
                 "phase": "start", "folder": str(folder),
@@ -90,7 +92,7 @@ class Run:
                 "test": len(splits.test or []), "threads": torch.get_num_threads(), "workers": world,
             })
         else:
-            _same_data(folder, ckpt, splits)
+            _same_data(folder, ckpt, run.data, splits.train.name)
             pos = loop_of(ckpt)
             run.reporter.log({"phase": "resume", "from": ckpt["phase"], "layer": ckpt.get("progress", {}).get("layer"),
                               "epoch": pos["epoch"], "batch": pos["batch"], "threads": torch.get_num_threads()})
@@ -109,7 +111,7 @@ class Run:
         others = gather_local_state({k: v for k, v in tensors.items() if local(k)})
         if self.writer:
             meta.update(metrics_lines=self.reporter.lines, seconds=self.clock.now(), world=self.world if others else 1,
-                        workers=self.world, data=_data_identity(self.splits))
+                        workers=self.world, data=self.data)
             save_checkpoint(self.folder / "checkpoint", {**tensors, **others}, meta)
 
 
@@ -117,12 +119,12 @@ def _data_identity(splits: Splits) -> dict:
     return {"train": splits.train.fingerprint, "samples": len(splits.train)}
 
 
-def _same_data(folder: Path, ckpt: dict, splits: Splits) -> None:
+def _same_data(folder: Path, ckpt: dict, now: dict, name: str) -> None:
     """A run goes on only with the data it started on: another net would come out."""
-    then, now = ckpt["data"], _data_identity(splits)
+    then = ckpt["data"]
     if then != now:
         raise ValueError(
-            f"'{folder}': the training data ({splits.train.name}) is not the data this run started on "
+            f"'{folder}': the training data ({name}) is not the data this run started on "
             f"(sha256 {then['train'][:12]}, {then['samples']} samples; now {now['train'][:12]}, {now['samples']} "
             "samples). Put the original data back to resume, or start a new run"
         )

@@ -18,18 +18,19 @@ from layerwise.loop import stop_requested
 from layerwise.runs import CONFIG, RunResult, claim_run_dir, read_config, resolve_config, result_from_disk, run_lock
 
 
-def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None, in_run_folder: bool = False) -> RunResult | None:
-    """One worker of a distributed run, inside a joined group. ``in_run_folder``: started
-    by ``--workers`` (or a resume) for the claimed and locked ``runs_dir/NAME``, whose
-    config.toml it trains. Otherwise (torchrun run by hand, on one node or many) rank 0
+def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None, run_dir: str | Path | None = None) -> RunResult | None:
+    """One worker of a distributed run, inside a joined group. ``run_dir``: started by
+    ``--workers`` (or a resume) for that claimed and locked folder, whose config.toml it
+    trains. Otherwise (torchrun run by hand, on one node or many) rank 0
     claims a new run folder as ``--workers`` does, and holds its lock. Rank 0 writes
     everything, the others only train. A restarted group (``--max-restarts``) resumes
     from the last checkpoint of its folder."""
     if under_torchrun() and rank_world()[1] == 1 and int(os.environ["WORLD_SIZE"]) > 1:
         raise RuntimeError("worker_main runs inside a joined process group: call it through distributed.run_worker")
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=silent)
-    run_dir = Path(runs_dir) / (cfg.name or "run") if in_run_folder else _group_folder(cfg, Path(runs_dir), splits)
-    with run_lock(run_dir) if is_writer() and not in_run_folder else contextlib.nullcontext():
+    claimed = run_dir is not None
+    run_dir = Path(run_dir) if claimed else _group_folder(cfg, Path(runs_dir), splits)
+    with run_lock(run_dir) if is_writer() and not claimed else contextlib.nullcontext():
         if (run_dir / "finetuned").exists():  # complete: a group restarted after its last worker finished
             return result_from_disk(run_dir) if is_writer() else None
         cfg = read_config(run_dir)
@@ -49,6 +50,7 @@ def _group_folder(cfg: RunConfig, runs_dir: Path, splits) -> Path:
         if restarted and marker.is_file() and (runs_dir / marker.read_text()).is_dir():
             name = marker.read_text().encode()
         else:
+            marker.unlink(missing_ok=True)  # an earlier launch's: never found by a restart of this one
             run_dir, _ = claim_run_dir(cfg, runs_dir, splits)
             marker.write_text(run_dir.name)
             name = run_dir.name.encode()
@@ -66,11 +68,12 @@ def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs"
         return _group_in(run_dir, workers, max_restarts, echo)
 
 
-def _group_in(run_dir: Path, workers: int, max_restarts: int, echo) -> RunResult:
+def _group_in(run_dir: Path, workers: int, max_restarts: int, echo, threads: int | None = None) -> RunResult:
     """Run the workers of a claimed, locked run folder (they resume from its checkpoint,
     if any). A Ctrl-C stops them all: the last epoch-end checkpoint stands."""
-    quiet = ["--quiet"] if echo is None else []  # rank 0 prints its progress (and the summary) unless quiet
-    proc = launch_workers(["train", str(run_dir / CONFIG), "--runs-dir", str(run_dir.parent), "--in-run-folder", *quiet],
+    flags = ["--quiet"] if echo is None else []  # rank 0 prints its progress (and the summary) unless quiet
+    flags += ["--threads", str(threads)] if threads else []
+    proc = launch_workers(["train", str(run_dir / CONFIG), "--runs-dir", str(run_dir.parent), "--in-run-folder", *flags],
                           workers,
                           max_restarts=max_restarts, on_line=echo)
     if stop_requested():  # the workers had the Ctrl-C too, and stopped
@@ -81,10 +84,11 @@ def _group_in(run_dir: Path, workers: int, max_restarts: int, echo) -> RunResult
 
 
 def resume(run_dir: str | Path, *, workers: int | None = None, allow_resize: bool = False, max_restarts: int = 0,
-           progress: bool = False, echo=None) -> RunResult:
+           threads: int | None = None, progress: bool = False, echo=None) -> RunResult:
     """Continue an interrupted ``train`` run from its last checkpoint, with the group size
     that wrote it (``workers`` other than that only with ``allow_resize``: the result is
-    then not bitwise the uninterrupted run's)."""
+    then not bitwise the uninterrupted run's). A run that died before its first
+    checkpoint starts over, on ``workers`` (default 1)."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     cfg.name = run_dir.name
@@ -93,15 +97,15 @@ def resume(run_dir: str | Path, *, workers: int | None = None, allow_resize: boo
             raise ValueError(f"run '{run_dir}' is complete (finetuned/ exists); nothing to resume")
         splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
         ckpt = read_checkpoint(run_dir)
-        saved = 1 if ckpt is None else ckpt.get("workers", 1)
-        n = saved if workers is None else workers
-        if n != saved and not allow_resize:
+        saved = None if ckpt is None else ckpt["workers"]
+        n = workers or saved or 1
+        if saved is not None and n != saved and not allow_resize:
             raise ValueError(
                 f"'{run_dir}' was checkpointed by {saved} worker{'s' * (saved > 1)}; resume it with --workers {saved} "
                 f"(the default), or add --allow-resize to accept a result that is not bitwise the uninterrupted run's"
             )
         if n > 1:
-            return _group_in(run_dir, n, max_restarts, echo)
+            return _group_in(run_dir, n, max_restarts, echo, threads)
         return train_in(run_dir, cfg, splits, ckpt, progress=progress, echo=echo)
 
 

@@ -49,6 +49,7 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
     before any change.
     """
     out_dir = Path(out_dir)
+    first = None  # a first stage's data, validated before its folder exists
     if cfg is not None:
         if data is None:
             raise ValueError("the first pretraining stage needs --data FILE.npz")
@@ -62,7 +63,7 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
     with run_lock(out_dir):
         ckpt = checkpointing.load_state(out_dir / "checkpoint", "stage") if checkpointing.exists(out_dir / "checkpoint") else None
         new = ckpt is None or ckpt["stage_done"]
-        stage, ds = _stage_and_data(out_dir, cfg, ckpt, data, epochs)
+        stage, ds = _stage_and_data(out_dir, cfg, ckpt, data, epochs, first)
         resolved = resolve_config(cfg, ds.x.shape[1])
         dbn = DeepBeliefNet(ds.x.shape[1], resolved.model.hidden, unit=cfg.model.unit, visible=cfg.model.visible,
                             seed=cfg.seed, init_std=cfg.model.init_std)
@@ -105,10 +106,11 @@ def _stage_data(path: str | Path, visible: str, n_inputs: int | None) -> Dataset
     return validate(load_npz(path), visible=visible, n_inputs=n_inputs)
 
 
-def _stage_and_data(out_dir: Path, cfg: RunConfig, ckpt: dict | None, data, epochs: int | None) -> tuple[dict, Dataset]:
-    """(the stage's record, its validated data). An interrupted stage goes on with its
-    own data, unchanged; a new stage needs new data of the net's input width. Anything
-    else is refused before a weight changes."""
+def _stage_and_data(out_dir: Path, cfg: RunConfig, ckpt: dict | None, data, epochs: int | None,
+                    loaded: Dataset | None = None) -> tuple[dict, Dataset]:
+    """(the stage's record, its validated data; ``loaded``: ``data`` already read). An
+    interrupted stage goes on with its own data, unchanged; a new stage needs new data of
+    the net's input width. Anything else is refused before a weight changes."""
     n_inputs = None if ckpt is None else int(ckpt["dbn"]["layers.0.weight"].shape[1])
     if ckpt is not None and not ckpt["stage_done"]:
         # the stage's own data: where it was (from any working folder), or the same file
@@ -128,7 +130,8 @@ def _stage_and_data(out_dir: Path, cfg: RunConfig, ckpt: dict | None, data, epoc
         if ckpt is None:
             raise ValueError(f"'{out_dir}': the first pretraining stage needs --data FILE.npz")
         raise ValueError(f"'{out_dir}': stage {len(ckpt['stages'])} is finished; a new stage needs --data FILE.npz")
-    ds = _stage_data(data, cfg.model.visible, n_inputs)  # the wrong width is refused here, nothing touched
+    # the wrong width is refused here, nothing touched
+    ds = loaded if loaded is not None else _stage_data(data, cfg.model.visible, n_inputs)
     stage = {"data": str(data), "path": str(Path(data).resolve()), "fingerprint": ds.fingerprint, "samples": len(ds),
              "epochs_per_layer": cfg.pretrain.epochs if epochs is None else epochs}
     return stage, ds

@@ -22,11 +22,34 @@ def test_threads_precedence_and_defaults():
     assert runtime.resolve_threads(local_workers=cores) == 1  # a worker's fair share of the cores
     with pytest.raises(ValueError, match="The 'threads' parameter of the runtime policy must be an int in the range"):
         runtime.resolve_threads(None, 0)
-    with pytest.raises(ValueError, match="The 'device' parameter of the runtime policy must be one of 'cpu'. Got 'cuda'"):
-        runtime.apply(device="cuda")
-    r = runtime.apply(threads=2)
-    assert (r.threads, r.device, torch.get_num_threads()) == (2, "cpu", 2)
+    r = runtime.apply(threads=2, device="cpu")
+    assert (r.threads, r.device, torch.get_num_threads()) == (2, torch.device("cpu"), 2)
     assert r.wait_policy == os.environ["OMP_WAIT_POLICY"]
+
+
+def test_device_specs_resolve_or_fail_with_the_reason(monkeypatch):
+    with pytest.raises(ValueError, match="The 'device' parameter of the runtime policy must be one of 'auto', 'cpu', "
+                                         "'cuda' or 'cuda:N'. Got 'gpu' instead"):
+        runtime.resolve_device("gpu")
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert runtime.resolve_device("auto") == torch.device("cpu")  # auto: the CPU when torch sees no GPU
+        for spec in ("cuda", "cuda:1"):
+            with pytest.raises(ValueError, match="this machine has no CUDA device"):
+                runtime.resolve_device(spec)
+        with pytest.warns(UserWarning, match="tf32' applies to CUDA matrix products only"):
+            assert runtime.apply(threads=1, device="auto", precision="tf32").device == torch.device("cpu")
+    else:  # pragma: no cover - on a GPU machine
+        n = torch.cuda.device_count()
+        assert runtime.resolve_device("auto").type == "cuda"
+        monkeypatch.setenv("LOCAL_RANK", str(n - 1))
+        assert runtime.resolve_device("cuda") == torch.device("cuda", n - 1)  # a worker's own GPU
+        monkeypatch.setenv("LOCAL_RANK", str(n))  # more workers than GPUs: auto falls back to the CPU
+        assert runtime.resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match=f"LOCAL_RANK {n} of a distributed run needs GPU {n}"):
+            runtime.resolve_device("cuda")
+    with pytest.raises(ValueError, match="The 'precision' parameter of the runtime policy must be one of"):
+        runtime.apply(threads=1, precision="fp16")
 
 
 def test_train_leaves_the_thread_count_alone(tmp_path, npz_files):

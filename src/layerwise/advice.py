@@ -188,8 +188,9 @@ def data_facts(cfg) -> tuple[dict | None, str | None]:
     be read: nothing is downloaded here."""
     import numpy as np
 
-    from layerwise.data import MNIST_NPZ, Splits, cache_dir, load_digits, load_mnist, load_npz
+    from layerwise.data import MNIST_NPZ, Dataset, Splits, cache_dir, load_digits, load_mnist, load_npz, open_data
 
+    total = None  # rows of data streamed from disk (of which the first are inspected)
     try:
         if cfg.source == "mnist":
             if not (cache_dir() / MNIST_NPZ).exists():
@@ -198,7 +199,10 @@ def data_facts(cfg) -> tuple[dict | None, str | None]:
         elif cfg.source == "digits":
             splits = load_digits()
         else:
-            train = load_npz(cfg.train)
+            train = open_data(cfg.train)
+            if not isinstance(train, Dataset):  # streamed from disk: its first rows speak for it
+                x, y = train.head(20000)
+                total, train = len(train), Dataset(x, y, train.name)
             splits = Splits(train, load_npz(cfg.validation) if cfg.validation else None, None, None)
     except (OSError, ValueError, ImportError) as e:
         return None, str(e)
@@ -213,7 +217,7 @@ def data_facts(cfg) -> tuple[dict | None, str | None]:
         "n_labels": None if y is None or len(y) == 0 else int(np.max(y)) + 1,
         "range": (float(finite.min()), float(finite.max())) if finite.size else None,
         "has_validation": True,  # a split is held out when no validation file is given
-        "samples": int(x.shape[0]),
+        "samples": int(x.shape[0] if total is None else total),
     }, None
 
 

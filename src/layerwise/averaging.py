@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from layerwise._checks import check_int
+from layerwise.distributed import collective_device
 
 
 def trained_tensors(module: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -86,7 +87,7 @@ def average_tensors(tensors: list[torch.Tensor], group=None, drift_floor: float 
         # differ by a few updates
         mean = flat[::stride]
         scale = max(float(mean.norm()), drift_floor * math.sqrt(mean.numel()))
-        mine = torch.tensor([float(torch.dist(local, mean)) / scale], dtype=torch.float64)
+        mine = torch.tensor([float(torch.dist(local, mean)) / scale], dtype=torch.float64, device=flat.device)
         dist.all_reduce(mine, op=dist.ReduceOp.MAX, group=group)
         spread = float(mine)
     offset = 0
@@ -157,6 +158,6 @@ def from_rank0(values: list[float]) -> list[float]:
     machines make the ranks' own numbers differ. Unchanged outside a distributed run."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device())
     dist.broadcast(t, src=0)
     return [float(v) for v in t]

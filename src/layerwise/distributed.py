@@ -35,15 +35,32 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def join_group(timeout_minutes: float) -> tuple[int, int]:
-    """Join the process group of a torchrun-started worker (gloo; NCCL on GPUs is for
-    later: the units run on CPU); return (rank, world size)."""
+def backend_for(device) -> str:
+    """NCCL when the worker trains on a GPU (one GPU per local rank), gloo otherwise."""
+    return "nccl" if device is not None and torch.device(device).type == "cuda" else "gloo"
+
+
+def join_group(timeout_minutes: float, device=None) -> tuple[int, int]:
+    """Join the process group of a torchrun-started worker: NCCL when ``device`` is a GPU
+    (each worker's own, from its LOCAL_RANK: ``runtime.resolve_device``), gloo otherwise;
+    return (rank, world size)."""
     import datetime
 
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+    backend = backend_for(device)
+    extra = {"device_id": torch.device(device)} if backend == "nccl" else {}
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes), **extra)
     return dist.get_rank(), dist.get_world_size()
+
+
+def collective_device() -> torch.device:
+    """Where the tensors of a collective must be: the worker's GPU under NCCL, else the CPU."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def leave_group() -> None:
@@ -69,8 +86,9 @@ def broadcast_bytes(data: bytes, limit: int = 4096) -> bytes:
         raise ValueError(f"broadcast_bytes: at most {limit} bytes without NUL; got {len(data)}")
     buf = torch.zeros(limit, dtype=torch.uint8)
     buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else buf[:0]
+    buf = buf.to(collective_device())
     dist.broadcast(buf, src=0)
-    return bytes(buf.tolist()).rstrip(b"\0")
+    return bytes(buf.cpu().tolist()).rstrip(b"\0")
 
 
 def barrier() -> None:
@@ -145,7 +163,9 @@ def gather_local_state(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     if world == 1:
         return {}
     names = sorted(local)
-    flat = torch.cat([local[k].detach().reshape(-1).to(torch.float64) for k in names] or [torch.zeros(0, dtype=torch.float64)])
+    where = collective_device()
+    flat = torch.cat([local[k].detach().reshape(-1).to(where, torch.float64) for k in names]
+                     or [torch.zeros(0, dtype=torch.float64, device=where)])
     parts = [torch.empty_like(flat) for _ in range(world)] if rank == 0 else None
     dist.gather(flat, parts, dst=0)
     if rank != 0:
@@ -155,7 +175,7 @@ def gather_local_state(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         offset = 0
         for k in names:
             v = local[k]
-            out[f"rank{r}/{k}"] = parts[r][offset : offset + v.numel()].reshape(v.shape).to(v.dtype).clone()
+            out[f"rank{r}/{k}"] = parts[r][offset : offset + v.numel()].reshape(v.shape).to(v.device, v.dtype).clone()
             offset += v.numel()
     return out
 
@@ -171,13 +191,13 @@ def take_local_state(tensors: dict[str, torch.Tensor], saved_world: int) -> dict
     return {**tensors, **{k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}}
 
 
-def run_worker(job, *, timeout_minutes: float, on_result=None):
+def run_worker(job, *, timeout_minutes: float, on_result=None, device=None):
     """The life of one torchrun-started worker: join the group, run ``job()``, hand
     rank 0's result to ``on_result``, leave the group and end the process with
     ``os._exit(0)`` (a plain interpreter exit of a gloo worker sometimes aborted with
     'terminate called without an active exception'). An exception in ``job`` propagates
     as usual, and the process exits with its error."""
-    join_group(timeout_minutes)
+    join_group(timeout_minutes, device)
     result = job()
     if is_writer() and on_result is not None:
         on_result(result)

@@ -17,10 +17,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from layerwise import _devices
+from layerwise._devices import device_generator
 from layerwise.averaging import from_rank0, make_averager
+from layerwise.distributed import collective_device
 from layerwise.config import DistributedConfig, FinetuneConfig, GuardConfig
 from layerwise.guard import DivergenceGuard, make_guard
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
+from layerwise.streams import as_data
+
+
+def _device_rng(device: torch.device):
+    """The default generator state of a GPU (what nn.Dropout draws from there)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 @dataclass
@@ -40,27 +49,64 @@ def lr_at(cfg: FinetuneConfig, epoch: int) -> float:
     return cfg.learning_rate
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 10000) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (a fraction) of ``model`` on (x, y), in eval mode."""
-    was_training = model.training
-    model.eval()
-    loss, correct = 0.0, 0
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _chunks(x, y, chunk: int):
+    """(x, y) chunks of tensors (anywhere) or of loop data (``streams``), in order."""
+    if hasattr(x, "chunks"):
+        yield from x.chunks(chunk)
+        return
     for s in range(0, len(x), chunk):
-        logits = model(x[s : s + chunk])
-        loss += float(F.cross_entropy(logits, y[s : s + chunk], reduction="sum"))
-        correct += int((logits.argmax(1) == y[s : s + chunk]).sum())
-    model.train(was_training)
-    return loss / len(x), correct / len(x)
+        yield x[s : s + chunk], None if y is None else y[s : s + chunk]
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, chunk: int = 10000) -> torch.Tensor:
+def evaluate(model: nn.Module, x, y: torch.Tensor | None = None, chunk: int = 10000) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (a fraction) of ``model`` on (x, y), in eval mode,
+    on the model's device (chunks are moved there). ``x`` may be loop data with labels
+    (``streams.TensorData`` / ``ShardedData``), ``y`` then None."""
     was_training = model.training
     model.eval()
-    out = torch.cat([torch.softmax(model(x[s : s + chunk]), 1) for s in range(0, len(x), chunk)])
+    device = _device(model)
+    loss, correct, n = 0.0, 0, 0
+    for xb, yb in _chunks(x, y, chunk):
+        xb, yb = xb.to(device), yb.to(device)
+        logits = model(xb)
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+        n += len(xb)
+    model.train(was_training)
+    return loss / n, correct / n
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x, chunk: int = 10000) -> torch.Tensor:
+    """Class probabilities (rows, labels) on the CPU, computed on the model's device."""
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    out = torch.cat([torch.softmax(model(xb.to(device)), 1).cpu() for xb, _ in _chunks(x, None, chunk)])
     model.train(was_training)
     return out
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
+               precision: str = "fp32") -> torch.Tensor:
+    """One backprop step; returns the loss as a tensor on the device (no sync). In bf16
+    the forward pass runs under autocast (bf16 products, fp32 loss); the parameters and
+    the optimizer state stay fp32."""
+    if precision == "bf16" and xb.device.type in ("cpu", "cuda"):
+        with torch.autocast(xb.device.type, dtype=torch.bfloat16):
+            logits = model(xb)
+        loss = F.cross_entropy(logits.float(), yb)
+    else:
+        loss = F.cross_entropy(model(xb), yb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
 
 
 def make_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
@@ -77,7 +123,8 @@ class FinetuneState:
     the loop position and data-order generator, the epoch's loss accumulators, the
     early-stopping state, the records, and the guard (set by ``finetune``). Its
     ``state_dict`` also holds the global generator's state, which nn.Dropout draws
-    from: a checkpoint is written from inside the loop, where that is fine-tuning's own."""
+    from (on a GPU, the default generator of that GPU): a checkpoint is written from
+    inside the loop, where that is fine-tuning's own."""
 
     position: LoopPosition = field(default_factory=LoopPosition)
     generator: torch.Generator | None = None
@@ -89,13 +136,16 @@ class FinetuneState:
     best_state: dict | None = None
     records: list = field(default_factory=list)
     rng_state: torch.Tensor | None = None  # global RNG to restore on resume
+    device_rng_state: torch.Tensor | None = None  # the GPU's default generator (None on the CPU)
     guard: DivergenceGuard | None = None
     guard_state: dict | None = None  # a checkpointed guard, taken over by ``finetune``
+    exact: bool = True  # False when resumed from a checkpoint of another device type
 
     def state_dict(self) -> dict:
         return {
             "loop": self.position.state_dict(), "generator": self.generator.get_state(),
-            "global_generator": torch.get_rng_state(), "loss_sum": self.loss_sum, "count": self.count,
+            "global_generator": torch.get_rng_state(), "device_generator": _device_rng(self.generator.device),
+            "loss_sum": self.loss_sum, "count": self.count,
             "best": None if math.isinf(self.best) else self.best, "best_epoch": self.best_epoch,
             "since_best": self.since_best, "best_state": self.best_state, "records": self.records,
             "guard": None if self.guard is None else self.guard.state_dict(),
@@ -103,9 +153,10 @@ class FinetuneState:
 
     def load_state_dict(self, state: dict) -> None:
         self.position.load_state_dict(state["loop"])
-        self.generator = torch.Generator()
-        self.generator.set_state(state["generator"])
-        self.rng_state = state["global_generator"]
+        if self.generator is None:
+            self.generator = torch.Generator()
+        self.generator, self.exact = _devices.restore(self.generator, state["generator"])
+        self.rng_state, self.device_rng_state = state["global_generator"], state.get("device_generator")
         self.loss_sum, self.count = state["loss_sum"], state["count"]
         self.best = math.inf if state["best"] is None else state["best"]
         self.best_epoch, self.since_best = state["best_epoch"], state["since_best"]
@@ -115,9 +166,9 @@ class FinetuneState:
 
 def finetune(
     model: nn.Module,
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    x_val: torch.Tensor | None,
+    x_train,
+    y_train: torch.Tensor | None,
+    x_val,
     y_val: torch.Tensor | None,
     cfg: FinetuneConfig,
     *,
@@ -128,23 +179,30 @@ def finetune(
     checkpointer: Checkpointer | None = None,
     guard: GuardConfig | None = None,
     distributed: DistributedConfig | None = None,
+    precision: str = "fp32",
 ) -> FinetuneResult:
     """Fine-tune ``model`` (modified in place) and return it with its history.
 
     With validation data and ``cfg.patience`` set, training stops after ``patience``
     epochs without a lower validation loss, and the best weights are restored.
+    The data are tensors (moved to the model's device once) or loop data with labels
+    (``streams``; ``y_train`` and ``y_val`` then None), streamed from disk when it is
+    ``ShardedData``.
     To resume, pass the restored ``optimizer`` and ``state``; ``state`` is updated in
     place so a ``checkpointer`` can save it.
     """
     reporter = reporter or Reporter()
-    has_val = x_val is not None and y_val is not None
+    device = _device(model)
+    train = as_data(x_train, y_train, device)
+    val = None if x_val is None else as_data(x_val, y_val, device)
+    has_val = val is not None
     if cfg.train_on_validation and has_val:
-        x_train, y_train = torch.cat([x_train, x_val]), torch.cat([y_train, y_val])
+        train, val = train.concat(val), None
         has_val = False  # the validation data is training data now
     optimizer = optimizer if optimizer is not None else make_optimizer(model, cfg)
     st = state if state is not None else FinetuneState()
     if st.generator is None:
-        st.generator = torch.Generator().manual_seed(seed)
+        st.generator = device_generator(device, seed)
 
     g = make_guard(guard, model, "fine-tuning", cfg.learning_rate, optimizer, st.records, reporter, st.guard_state)
     st.guard, st.guard_state = g, None
@@ -158,11 +216,7 @@ def finetune(
         if g is not None:  # the schedule's rate, lowered by the guard's rollbacks
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(cfg, epoch) * g.lr_scale
-        loss = F.cross_entropy(model(xb), yb)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = float(loss.detach())
+        value = float(train_step(model, optimizer, xb, yb, precision))
         st.loss_sum += value * len(xb)
         st.count += len(xb)
         return value
@@ -173,7 +227,7 @@ def finetune(
         if averager is not None:  # the training loss over every worker's shard
             import torch.distributed as dist
 
-            both = torch.tensor([st.loss_sum, float(st.count)], dtype=torch.float64)
+            both = torch.tensor([st.loss_sum, float(st.count)], dtype=torch.float64, device=collective_device())
             dist.all_reduce(both)
             st.loss_sum, st.count = float(both[0]), int(both[1])
         rec = {
@@ -185,7 +239,7 @@ def finetune(
             g.after_epoch(epoch, -1, rec["train_loss"])
         stop = False
         if has_val:
-            val_loss, val_acc = evaluate(model, x_val, y_val)
+            val_loss, val_acc = evaluate(model, val)
             if averager is not None:  # every worker stops on the same epoch: rank 0's numbers
                 val_loss, val_acc = from_rank0([val_loss, val_acc])
             rec.update(val_loss=val_loss, val_accuracy=val_acc)
@@ -204,15 +258,21 @@ def finetune(
     for group in optimizer.param_groups:
         group["lr"] = lr_at(cfg, st.position.epoch)
     model.train()
-    # nn.Dropout draws from the global generator: seed it here (or restore it on resume)
-    # and give the caller's generator state back afterwards
-    with torch.random.fork_rng(devices=[]):
+    # nn.Dropout draws from the global generator (on a GPU, that GPU's): seed it here (or
+    # restore it on resume) and give the caller's generator state back afterwards
+    gpus = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus, device_type="cuda" if gpus else "cpu"):
         if st.rng_state is not None:
             torch.set_rng_state(st.rng_state)
         else:
             torch.manual_seed(seed)
+        if gpus:
+            if st.device_rng_state is not None and st.exact:
+                torch.cuda.set_rng_state(st.device_rng_state, device)
+            else:
+                torch.cuda.manual_seed(seed)
         epochs_run = run_loop(
-            x=x_train, y=y_train, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=st.generator,
+            data=train, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=st.generator,
             step=step, end_epoch=end_epoch, reporter=reporter, desc="finetune", position=st.position,
             checkpointer=checkpointer, guard=g, averager=averager,
         )

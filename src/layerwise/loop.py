@@ -2,7 +2,8 @@
 
 ``run_loop`` knows no unit and no model: it shuffles the data once per epoch with its
 own generator, cuts minibatches (the last one may be short), calls ``step`` on each, and
-calls ``end_epoch`` to collect metrics and decide whether to stop. Progress and metrics
+calls ``end_epoch`` to collect metrics and decide whether to stop. The data is in memory
+or streamed from disk (``streams``): the loop sees only its order and its batches. Progress and metrics
 go through a ``Reporter``; the library itself never prints.
 """
 
@@ -181,8 +182,9 @@ def _checkpoint(checkpointer: Checkpointer, guard, pos: LoopPosition) -> None:
 
 def run_loop(
     *,
-    x: torch.Tensor,
-    y: torch.Tensor | None,
+    x: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
+    data=None,
     batch_size: int,
     epochs: int,
     generator: torch.Generator,
@@ -197,30 +199,25 @@ def run_loop(
 ) -> int:
     """Train until ``epochs`` epochs are done; return the number of epochs run.
 
-    ``step(xb, yb, epoch)`` is called per minibatch; ``end_epoch(epoch, seconds)`` after
-    each epoch returns True to stop early. ``position`` (updated in place) resumes a loop
+    The data is ``x`` and ``y`` (tensors), or ``data`` (``streams.TensorData`` or
+    ``streams.ShardedData``). ``step(xb, yb, epoch)`` is called per minibatch;
+    ``end_epoch(epoch, seconds)`` after each epoch returns True to stop early. ``position`` (updated in place) resumes a loop
     where a checkpoint left it: same epoch, same data order, next batch.
     """
     from layerwise.guard import Rollback
+    from layerwise.streams import as_data
 
+    data = as_data(x, y) if data is None else data
     pos = position if position is not None else LoopPosition()
     rank, world = (averager.rank, averager.world) if averager is not None else (0, 1)
-    n = x.shape[0]
-    if world > 1:
-        # every worker draws the same permutation (same seed) and takes its own share:
-        # disjoint shards, reshuffled every epoch, of equal length so rounds line up
-        n = n // world
-    n_batches = (n + batch_size - 1) // batch_size
+    n_batches = (data.share(world) + batch_size - 1) // batch_size
     kill = kill_point(desc, rank)
     while pos.epoch < epochs and not pos.stopped:
         epoch = pos.epoch
         t0 = time.perf_counter()
         if pos.order is None:
-            order = torch.randperm(x.shape[0], generator=generator)
-            pos.order, pos.batch = (order[rank::world][:n] if world > 1 else order), 0
-        # one gather per epoch, then contiguous slices: no per-batch copies
-        xs = x.index_select(0, pos.order)
-        ys = None if y is None else y.index_select(0, pos.order)
+            pos.order, pos.batch = data.epoch_order(generator, rank, world), 0
+        batches = data.batches(pos.order, batch_size, pos.batch, rank, world)
         bar = reporter.bar(n_batches, f"{desc} epoch {epoch + 1}/{epochs}")
         bar.update(pos.batch)
         if averager is not None:
@@ -229,8 +226,8 @@ def run_loop(
             averager.step = pos.batch
         try:
             while pos.batch < n_batches:
-                start = pos.batch * batch_size
-                loss = step(xs[start : start + batch_size], None if ys is None else ys[start : start + batch_size], epoch)
+                xb, yb = next(batches)
+                loss = step(xb, yb, epoch)
                 pos.batch += 1
                 bar.update()
                 if averager is not None:

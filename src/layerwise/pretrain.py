@@ -11,15 +11,19 @@ practical guide, section 6).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from layerwise._devices import device_generator
 from layerwise.averaging import from_rank0, make_averager
 from layerwise.config import DistributedConfig, GuardConfig, PretrainConfig
 from layerwise.guard import DivergenceGuard, dead_fraction, make_guard
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
 from layerwise.stack import DeepBeliefNet
+from layerwise.streams import as_data
 from layerwise.units import Unit
 
 
@@ -58,8 +62,8 @@ class PretrainProgress:
 
 def pretrain(
     dbn: DeepBeliefNet,
-    x_train: torch.Tensor,
-    x_heldout: torch.Tensor | None,
+    x_train,
+    x_heldout,
     cfg: PretrainConfig,
     *,
     seed: int = 0,
@@ -70,24 +74,31 @@ def pretrain(
     checkpointer: Checkpointer | None = None,
     guard: GuardConfig | None = None,
     distributed: DistributedConfig | None = None,
+    scratch: Path | None = None,
 ) -> list[dict]:
     """Pretrain every layer of ``dbn`` in turn for ``cfg.epochs`` epochs.
 
-    ``x_train`` (n, n_visible) and ``x_heldout`` are float32 tensors already validated.
-    Returns the per-epoch metric records (also sent to ``reporter``).
+    ``x_train`` (n, n_visible) and ``x_heldout`` are float32 tensors already validated
+    (moved to the net's device once), or loop data (``streams.TensorData``,
+    ``streams.ShardedData`` streamed from disk; then each trained layer's activations
+    are written once as shards under ``scratch``, for the next layer, and removed at
+    the end). Returns the per-epoch metric records (also sent to ``reporter``).
 
     To resume, pass the ``progress``, the data-order ``generator`` and the ``records``
     of the interrupted run (a checkpoint holds them); ``progress`` is updated in place
     (and holds the guard of the layer in progress), so a ``checkpointer`` can save it.
     """
     reporter = reporter or Reporter()
-    generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+    device = dbn.device
+    generator = generator if generator is not None else device_generator(device, seed)
     progress = progress if progress is not None else PretrainProgress()
     records = records if records is not None else []
+    train = as_data(x_train, device=device)
+    inp, held = train, None if x_heldout is None else as_data(x_heldout, device=device)
     # the layers below the one in progress are trained: start from their activations
-    inp = dbn.transform(x_train, upto=progress.layer)
-    held = None if x_heldout is None else dbn.transform(x_heldout, upto=progress.layer)
-    n_mon = min(cfg.monitor_samples, len(x_train))
+    for j in range(progress.layer):
+        inp, held = _up(dbn, j, inp, scratch), None if held is None else _up(dbn, j, held, scratch, "heldout")
+    n_mon = min(cfg.monitor_samples, len(train))
     for i in range(progress.layer, len(dbn.layers)):
         unit = dbn.layers[i]
         if progress.layer != i:
@@ -101,8 +112,8 @@ def pretrain(
             lr = cfg.learning_rate if g is None else g.current_lr
             unit.step(xb, lr=lr, momentum=momentum_at(cfg, epoch), **kwargs)
 
-        mon_train = inp[:n_mon]
-        mon_held = None if held is None else held[:n_mon]
+        mon_train = inp.head(n_mon)
+        mon_held = None if held is None else held.head(n_mon)
 
         def end_epoch(epoch, seconds, i=i, unit=unit, mon_train=mon_train, mon_held=mon_held, g=g):
             rec = {"phase": "pretrain", "layer": i, "epoch": epoch + 1, "seconds": round(seconds, 3)}
@@ -118,19 +129,28 @@ def pretrain(
 
         averager = make_averager(distributed, guard, unit)
         run_loop(
-            x=inp, y=None, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=generator,
+            data=inp, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=generator,
             step=step, end_epoch=end_epoch, reporter=reporter, position=progress.position,
             checkpointer=checkpointer, guard=g, averager=averager,
             desc=f"pretrain layer {i + 1}/{len(dbn.layers)} ({unit.n_visible}->{unit.n_hidden})",
         )
         if i + 1 < len(dbn.layers):
             # the next layer trains on this layer's mean activations
-            inp = _chunked(unit, inp)
-            held = None if held is None else _chunked(unit, held)
+            inp, held = _up(dbn, i, inp, scratch), None if held is None else _up(dbn, i, held, scratch, "heldout")
+    inp.discard()
+    if held is not None:
+        held.discard()
     progress.layer, progress.position, progress.guard = len(dbn.layers), LoopPosition(), None
     return records
 
 
-@torch.no_grad()
-def _chunked(unit, x: torch.Tensor, chunk: int = 10000) -> torch.Tensor:
-    return torch.cat([unit.transform(x[s : s + chunk]) for s in range(0, len(x), chunk)])
+def _up(dbn: DeepBeliefNet, j: int, data, scratch: Path | None, part: str = "train"):
+    """The mean activations of layer j over ``data`` (the activations of the layer below
+    it), for layer j + 1; the layer below's streamed activations are removed."""
+    unit = dbn.layers[j]
+    folder = None if scratch is None else Path(scratch) / f"{part}-layer-{j + 1}"
+    key = hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for layer in dbn.layers[: j + 1]
+                                  for t in layer.parameters())).hexdigest() if data.streamed else ""
+    out = data.map(unit.transform, folder, key)
+    data.discard()
+    return out

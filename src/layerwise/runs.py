@@ -75,7 +75,9 @@ def claim_run_dir(cfg: RunConfig, runs_dir: str | Path, splits) -> tuple[Path, R
     once the name is one path component and the net and data fit in memory."""
     config_mod.check_name(cfg.name)
     hidden = resolve_config(cfg, splits.n_inputs).model.hidden
-    check_fits([splits.n_inputs, *hidden], splits.n_labels, len(splits.train))
+    # streamed data holds one block in memory at a time, not the data set
+    rows = splits.train.source.block_rows() if splits.streamed else len(splits.train)
+    check_fits([splits.n_inputs, *hidden], splits.n_labels, rows)
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     while True:  # mkdir is the atomic claim: two runs started at once get different folders

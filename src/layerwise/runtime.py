@@ -11,7 +11,14 @@ else in layerwise changes torch's thread count or the environment.
   (two threads ran 3-20x slower on a shared 2-core box). OpenMP reads it when torch
   loads, so ``set_wait_policy`` runs first thing in ``main`` (and at the top of each
   benchmark script), before anything imports torch; worker processes inherit it.
-- **Device**: ``cpu``. This is where the choice of a CUDA device will live.
+- **Device**: ``--device`` flag, else the recipe's ``device``, else ``auto``: CUDA when
+  torch sees a GPU, else the CPU. ``cuda`` in a worker of a distributed run means the GPU
+  of its ``LOCAL_RANK``. The jobs resolve the same spec with ``resolve_device``.
+- **Precision** of the matrix products (``precision``): ``fp32`` (the default), ``tf32``
+  (CUDA only: TensorFloat-32 matrix products; on a CPU it is fp32, with a warning) or
+  ``bf16`` (the products take bfloat16 operands and give fp32 results; parameters,
+  momentum, the CD statistics, the reconstruction cross-entropy and the free energy stay
+  fp32).
 
 Library code takes the policy as given; a Python user calls ``runtime.apply()`` (or
 ``torch.set_num_threads``) themselves.
@@ -20,18 +27,56 @@ Library code takes the policy as given; a Python user calls ``runtime.apply()`` 
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass
 
-from layerwise._checks import check_choice, check_int
+from layerwise._checks import check_choice, check_int, fail
 
-DEVICES = ("cpu",)
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 @dataclass(frozen=True)
 class Runtime:
     threads: int
-    device: str
+    device: object  # torch.device
+    precision: str
     wait_policy: str  # OMP_WAIT_POLICY: "PASSIVE", or the user's own
+
+
+def check_device(spec, owner: str = "the runtime policy", name: str = "device") -> str:
+    """A device spec as a recipe or ``--device`` gives it: auto, cpu, cuda or cuda:N."""
+    if not isinstance(spec, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec):
+        fail(owner, name, "one of 'auto', 'cpu', 'cuda' or 'cuda:N'", spec)
+    return spec
+
+
+def resolve_device(spec: str = "auto"):
+    """The ``torch.device`` a spec names on this machine. ``auto``: CUDA when available,
+    else the CPU. ``cuda``: in a torchrun-started worker the GPU of its ``LOCAL_RANK``,
+    else the current GPU. Raises ValueError when the spec asks for a GPU this machine
+    does not have."""
+    import torch
+
+    check_device(spec)
+    if spec == "cpu":
+        return torch.device("cpu")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    local = int(os.environ.get("LOCAL_RANK", "-1"))
+    if spec == "auto":
+        if n == 0 or local >= n:  # every worker has a GPU, or none of them trains on one
+            return torch.device("cpu")
+        return torch.device("cuda", max(local, 0) if local >= 0 else torch.cuda.current_device())
+    if n == 0:
+        raise ValueError(f"device {spec!r}: this machine has no CUDA device that torch can use "
+                         f"(torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu or auto")
+    index = int(spec.split(":")[1]) if ":" in spec else (local if local >= 0 else torch.cuda.current_device())
+    if index >= n:
+        what = f"LOCAL_RANK {local} of a distributed run" if ":" not in spec else f"device {spec!r}"
+        raise ValueError(f"{what} needs GPU {index}, but this machine has {n} (cuda:0 to cuda:{n - 1}); "
+                         "start fewer workers per machine, or use --device cpu")
+    return torch.device("cuda", index)
 
 
 def default_threads(local_workers: int | None = None) -> int:
@@ -56,15 +101,23 @@ def set_wait_policy() -> str:
 
 
 def apply(threads: int | None = None, recipe_threads: int | None = None, *, local_workers: int | None = None,
-          device: str = "cpu") -> Runtime:
+          device: str = "auto", precision: str = "fp32") -> Runtime:
     """Apply the process policy (see the module docstring) and return what holds now."""
-    check_choice("the runtime policy", "device", device, DEVICES)
+    check_choice("the runtime policy", "precision", precision, PRECISIONS)
     n = resolve_threads(threads, recipe_threads, local_workers=local_workers)
     policy = set_wait_policy()
     import torch
 
     torch.set_num_threads(n)
-    return Runtime(n, device, policy)
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # NCCL and the default CUDA generator follow it
+        # TensorFloat-32 matrix products only when asked: fp32 is the default everywhere
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    elif precision == "tf32":
+        warnings.warn("precision 'tf32' applies to CUDA matrix products only; on the CPU they run in fp32",
+                      UserWarning, stacklevel=2)
+    return Runtime(n, dev, precision, policy)
 
 
 def local_workers() -> int:

@@ -35,6 +35,8 @@ class DeepBeliefNet(nn.Module):
         visible: str = "bernoulli",
         seed: int = 0,
         init_std: float | None = None,
+        device=None,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         check_int("DeepBeliefNet", "n_visible", n_visible, low=1)
@@ -63,7 +65,14 @@ class DeepBeliefNet(nn.Module):
             else:
                 # upper layers see hidden probabilities in [0, 1]: binary visibles
                 layers.append(BernoulliRBM(n_in, n_out, seed=seed + i, init_std=rbm_std))
-        self.layers = nn.ModuleList(layers)
+        self.layers = nn.ModuleList(layer.set_precision(precision) for layer in layers)
+        if device is not None:
+            # drawn on the CPU, then moved: the same start on every device
+            self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].weight.device
 
     @property
     def sizes(self) -> list[int]:
@@ -81,8 +90,8 @@ class DeepBeliefNet(nn.Module):
         }
 
     @classmethod
-    def from_architecture(cls, arch: dict) -> "DeepBeliefNet":
-        return cls(arch["n_visible"], list(arch["hidden"]), unit=arch["unit"], visible=arch["visible"])
+    def from_architecture(cls, arch: dict, device=None) -> "DeepBeliefNet":
+        return cls(arch["n_visible"], list(arch["hidden"]), unit=arch["unit"], visible=arch["visible"], device=device)
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """The learned parameters only (no momentum, chains or statistics): what a
@@ -91,14 +100,15 @@ class DeepBeliefNet(nn.Module):
 
     @torch.no_grad()
     def transform(self, x: torch.Tensor, upto: int | None = None, chunk: int = 10000) -> torch.Tensor:
-        """Mean activations of layer ``upto`` (default: the top), computed in chunks.
-        Shape (batch, sizes[upto])."""
+        """Mean activations of layer ``upto`` (default: the top), computed in chunks on
+        the net's device (``x`` may be elsewhere: each chunk is moved there). Shape
+        (batch, sizes[upto]), on the net's device."""
         upto = len(self.layers) if upto is None else upto
         if upto == 0:
-            return x
+            return x.to(self.device)
         outs = []
         for start in range(0, x.shape[0], chunk):
-            h = x[start : start + chunk]
+            h = x[start : start + chunk].to(self.device)
             for layer in self.layers[:upto]:
                 h = layer.transform(h)
             outs.append(h)
@@ -115,12 +125,12 @@ class DeepBeliefNet(nn.Module):
         """Unroll into a plain ``nn.Sequential``: ``[Dropout] Linear Sigmoid [Dropout] ...
         Linear(n_labels)``, the Linear layers copying the pretrained weights and hidden
         biases, the head initialised N(0, 0.01^2) from a generator seeded with ``seed``.
-        Dropout modules appear only where the rate is above 0."""
+        Dropout modules appear only where the rate is above 0. On the net's device."""
         check_int("DeepBeliefNet.to_classifier", "n_labels", n_labels, low=1)
         return build_classifier(
             self.sizes, n_labels, dropout_input=dropout_input, dropout_hidden=dropout_hidden,
             layers=list(self.layers), seed=seed,
-        )
+        ).to(self.device)
 
 
 def build_classifier(

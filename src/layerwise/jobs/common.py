@@ -4,15 +4,18 @@ manifests record."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from layerwise import checkpointing
 from layerwise.config import RunConfig
-from layerwise.data import Splits, as_tensors
+from layerwise._devices import restore
+from layerwise.data import Splits, loop_data
 from layerwise.distributed import take_local_state
 from layerwise.finetune import FinetuneState, evaluate
 from layerwise.pretrain import PretrainProgress
@@ -44,12 +47,34 @@ def pretraining_state(dbn: DeepBeliefNet, generator: torch.Generator, progress: 
 
 
 def load_pretraining_state(state: dict, dbn: DeepBeliefNet, generator: torch.Generator,
-                           progress: PretrainProgress) -> None:
+                           progress: PretrainProgress) -> bool:
+    """Restore the state; True when every generator took its saved state (False: the
+    checkpoint came from another kind of device, and the generators were seeded from it)."""
     dbn.load_state_dict(state["dbn"])
+    exact = True
     for layer, g in zip(dbn.layers, state["generators"]["units"]):
-        layer.generator.set_state(g)
-    generator.set_state(state["generators"]["loop"])
+        layer.generator, ok = restore(layer.generator, g)
+        exact &= ok
+    exact &= restore(generator, state["generators"]["loop"])[1]
     progress.load_state_dict(state["progress"])
+    return exact
+
+
+def remove_scratch(folder: Path) -> None:
+    """Remove this worker's streamed activations (the folders pretraining left empty)."""
+    for sub in sorted(folder.glob("*"), reverse=True) if folder.is_dir() else []:
+        if sub.is_dir() and not any(sub.iterdir()):
+            sub.rmdir()
+    with contextlib.suppress(OSError):  # another worker's may still be there
+        folder.rmdir()
+
+
+def other_device(saved: str, now: torch.device, folder) -> None:
+    """Warn when a checkpoint resumes on another device than the one that wrote it."""
+    if torch.device(saved).type != now.type:
+        warnings.warn(f"'{folder}' was checkpointed on {saved} and resumes on {now}: the run goes on, but its result "
+                      "will not be bitwise equal to an uninterrupted run (bitwise resume holds from CPU to CPU)",
+                      UserWarning, stacklevel=2)
 
 
 def pretrain_local_keys(dbn: DeepBeliefNet, layer: int) -> set[str]:
@@ -106,10 +131,10 @@ def final_metrics(clf, result, ft, seconds: float, splits: Splits) -> tuple[dict
     if ft.train_on_validation:
         metrics["validation"] = "joined the training data (train_on_validation)"
     elif splits.validation is not None:
-        metrics["validation_loss"], val_acc = evaluate(clf, *as_tensors(splits.validation))
+        metrics["validation_loss"], val_acc = evaluate(clf, loop_data(splits.validation))
         metrics["validation_accuracy"] = val_acc
     if splits.test is not None:
-        metrics["test_loss"], test_acc = evaluate(clf, *as_tensors(splits.test))
+        metrics["test_loss"], test_acc = evaluate(clf, loop_data(splits.test))
         metrics["test_accuracy"] = test_acc
     return metrics, val_acc, test_acc
 

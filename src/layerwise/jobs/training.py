@@ -20,17 +20,19 @@ from layerwise.advice import corrected_lr
 from layerwise.artifacts import classifier_architecture, read_artifact, write_artifact
 from layerwise.checkpointing import flatten, save_checkpoint
 from layerwise.config import RunConfig
-from layerwise.data import Splits, as_tensors, load_splits
+from layerwise._devices import device_generator
+from layerwise.data import Splits, load_splits, loop_data
 from layerwise.distributed import barrier, gather_local_state, is_writer, rank_world
 from layerwise.finetune import FinetuneState, finetune, make_optimizer
 from layerwise.jobs.common import (
     FINETUNE_LOCAL, Stopwatch, checkpoint_policy, final_metrics, finetuning_state, load_finetuning_state,
-    load_pretraining_state, loop_of, pretrain_local_keys, pretrain_metrics, pretraining_state,
+    load_pretraining_state, loop_of, other_device, pretrain_local_keys, remove_scratch, pretrain_metrics, pretraining_state,
     silent, write_plots,
 )
 from layerwise.loop import Checkpointer, Reporter
 from layerwise.pretrain import PretrainProgress, pretrain
 from layerwise.runs import METRICS, RunResult, claim_run_dir, continue_log, run_lock
+from layerwise.runtime import resolve_device
 from layerwise.stack import DeepBeliefNet
 
 
@@ -49,7 +51,8 @@ def train_in(folder: Path, cfg: RunConfig, splits: Splits, ckpt: dict | None, *,
     start). Returns what rank 0 wrote; None on the other workers."""
     run = Run.open(folder, cfg, splits, ckpt, progress, echo)
     dbn = DeepBeliefNet(splits.n_inputs, run.cfg.model.hidden, unit=run.cfg.model.unit, visible=run.cfg.model.visible,
-                        seed=run.cfg.seed, init_std=run.cfg.model.init_std)
+                        seed=run.cfg.seed, init_std=run.cfg.model.init_std, device=run.device,
+                        precision=run.cfg.precision)
     if ckpt is None or ckpt["phase"] == "pretrain":
         pre_manifest = pretrain_phase(run, dbn, ckpt)
     else:
@@ -73,6 +76,7 @@ class Run:
     reporter: Reporter
     clock: Stopwatch = field(default_factory=Stopwatch)
     data: dict = field(default_factory=dict)  # the training data's identity: checked on resume
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
     def open(cls, folder: Path, cfg: RunConfig, splits: Splits, ckpt: dict | None, progress: bool, echo) -> "Run":
@@ -82,20 +86,24 @@ class Run:
         # a run that died before its first checkpoint starts its log over
         reporter = (continue_log(folder / METRICS, ckpt["metrics_lines"] if ckpt else 0, progress, echo)
                     if writer else Reporter())
+        device = resolve_device(cfg.device)
         run = cls(folder, trained, recorded, splits, writer, world, reporter, Stopwatch(ckpt and ckpt["seconds"]),
-                  _data_identity(splits))  # hashed once, not at every checkpoint
+                  _data_identity(splits), device)  # hashed once, not at every checkpoint
         if ckpt is None:
             run.reporter.log({
                 "phase": "start", "folder": str(folder),
                 "architecture": "-".join(map(str, [splits.n_inputs, *trained.model.hidden, splits.n_labels])),
                 "unit": cfg.model.unit, "train": len(splits.train), "validation": len(splits.validation or []),
                 "test": len(splits.test or []), "threads": torch.get_num_threads(), "workers": world,
+                "device": str(device), "precision": cfg.precision, "streamed": splits.streamed,
             })
         else:
             _same_data(folder, ckpt, run.data, splits.train.name)
             pos = loop_of(ckpt)
             run.reporter.log({"phase": "resume", "from": ckpt["phase"], "layer": ckpt.get("progress", {}).get("layer"),
-                              "epoch": pos["epoch"], "batch": pos["batch"], "threads": torch.get_num_threads()})
+                              "epoch": pos["epoch"], "batch": pos["batch"], "threads": torch.get_num_threads(),
+                              "device": str(device)})
+            other_device(ckpt.get("device", "cpu"), device, folder)
         return run
 
     @property
@@ -111,7 +119,7 @@ class Run:
         others = gather_local_state({k: v for k, v in tensors.items() if local(k)})
         if self.writer:
             meta.update(metrics_lines=self.reporter.lines, seconds=self.clock.now(), world=self.world if others else 1,
-                        workers=self.world, data=self.data)
+                        workers=self.world, data=self.data, device=str(self.device))
             save_checkpoint(self.folder / "checkpoint", {**tensors, **others}, meta)
 
 
@@ -153,7 +161,7 @@ def pretrain_phase(run: Run, dbn: DeepBeliefNet, ckpt: dict | None) -> dict | No
     artifact, written once and read-only, before any fine-tuning. Its manifest (None on
     the workers that do not write)."""
     cfg = run.cfg
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = device_generator(run.device, cfg.seed)
     progress, records = PretrainProgress(), []
     if ckpt is not None:
         load_pretraining_state(ckpt, dbn, generator, progress)
@@ -166,11 +174,13 @@ def pretrain_phase(run: Run, dbn: DeepBeliefNet, ckpt: dict | None) -> dict | No
             run.checkpoint(tree, lambda path: path in local)
 
     run.clock.start("pretrain")
-    (x_train, _), (x_held, _) = as_tensors(run.splits.train), as_tensors(run.splits.validation)
+    x_train, x_held = loop_data(run.splits.train, run.device), loop_data(run.splits.validation, run.device)
     pretrain(dbn, x_train, x_held, cfg.pretrain, seed=cfg.seed, reporter=run.reporter, progress=progress,
              generator=generator, records=records, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
-             guard=cfg.guard, distributed=cfg.distributed if run.world > 1 else None)
+             guard=cfg.guard, distributed=cfg.distributed if run.world > 1 else None,
+             scratch=run.folder / "activations" / f"rank{rank_world()[0]}")
     run.clock.stop()
+    remove_scratch(run.folder / "activations")
     manifest = write_pretrained(run, dbn, records) if run.writer else None
     barrier()  # the pretrained net is on disk before anyone fine-tunes
     return manifest
@@ -186,7 +196,7 @@ def write_pretrained(run: Run, dbn: DeepBeliefNet, records: list[dict]) -> dict:
         on_disk, manifest = read_artifact(folder)
         if run.world > 1:
             dbn.load_state_dict(on_disk, strict=False)
-        elif any(not torch.equal(on_disk[k], v) for k, v in dbn.model_state().items()):
+        elif any(not torch.equal(on_disk[k], v.cpu()) for k, v in dbn.model_state().items()):
             raise RuntimeError(f"'{folder}' differs from the resumed pretraining; not overwriting it")
     else:
         metrics = {**pretrain_metrics(records), "seconds": round(run.clock.seconds["pretrain"], 2)}
@@ -202,7 +212,7 @@ def finetune_phase(run: Run, dbn: DeepBeliefNet, pre_manifest: dict | None, ckpt
     cfg, ft, splits = run.cfg, run.cfg.finetune, run.splits
     clf = dbn.to_classifier(splits.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden, seed=cfg.seed)
     optimizer = make_optimizer(clf, ft)
-    fstate = FinetuneState(generator=torch.Generator().manual_seed(cfg.seed))
+    fstate = FinetuneState(generator=device_generator(run.device, cfg.seed))
     if ckpt is not None:
         load_finetuning_state(ckpt, clf, optimizer, fstate)
 
@@ -212,10 +222,10 @@ def finetune_phase(run: Run, dbn: DeepBeliefNet, pre_manifest: dict | None, ckpt
                            lambda path: path.startswith(FINETUNE_LOCAL))
 
     run.clock.start("finetune")
-    (x_train, y_train), (x_val, y_val) = as_tensors(splits.train), as_tensors(splits.validation)
-    result = finetune(clf, x_train, y_train, x_val, y_val, ft, seed=cfg.seed, reporter=run.reporter, optimizer=optimizer,
+    train, val = loop_data(splits.train, run.device), loop_data(splits.validation, run.device)
+    result = finetune(clf, train, None, val, None, ft, seed=cfg.seed, reporter=run.reporter, optimizer=optimizer,
                       state=fstate, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)), guard=cfg.guard,
-                      distributed=cfg.distributed if run.world > 1 else None)
+                      distributed=cfg.distributed if run.world > 1 else None, precision=cfg.precision)
     run.clock.stop()
     if not run.writer:
         return None

@@ -54,7 +54,7 @@ class DenoisingAutoencoder(UnitBase):
         """Masking noise: each input is set to 0 with probability ``noise``."""
         if noise <= 0:
             return v
-        keep = torch.rand(v.shape, generator=self.generator, dtype=v.dtype) >= noise
+        keep = torch.rand(v.shape, generator=self.generator, dtype=v.dtype, device=v.device) >= noise
         return v * keep
 
     def reconstruction_logits(self, v: torch.Tensor) -> torch.Tensor:
@@ -77,7 +77,13 @@ class DenoisingAutoencoder(UnitBase):
         """One gradient step with momentum on the minibatch ``v`` (batch, n_visible)."""
         params = (self.weight, self.visible_bias, self.hidden_bias)
         with torch.enable_grad():
-            grads = torch.autograd.grad(self.loss(v, noise), params)
+            if self.precision == "bf16" and v.device.type in ("cpu", "cuda"):
+                # bf16 products; the loss (binary_cross_entropy_with_logits) autocasts to fp32
+                with torch.autocast(v.device.type, dtype=torch.bfloat16):
+                    loss = self.loss(v, noise)
+            else:
+                loss = self.loss(v, noise)
+            grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
             velocities = (self.weight_velocity, self.visible_bias_velocity, self.hidden_bias_velocity)
             for i, (p, g, vel) in enumerate(zip(params, grads, velocities)):

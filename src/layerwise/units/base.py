@@ -1,14 +1,31 @@
 """What every pretraining unit shares: its sizes, its own ``torch.Generator``, weights
 ``(n_hidden, n_visible)`` laid out as ``nn.Linear`` lays them out (so a trained layer
-copies straight into a classifier), two biases, and a momentum ("velocity") buffer per
-parameter, so that momentum lands in ``state_dict``."""
+copies straight into a classifier), two biases, a momentum ("velocity") buffer per
+parameter, so that momentum lands in ``state_dict``, and the precision of its matrix
+products.
+
+Devices: a unit lives where its tensors are (``unit.to("cuda")``). Its weights are drawn
+on the CPU, so a net starts from the same weights on every device; its generator
+follows the weights (``generator`` is a CUDA generator once the unit is on a GPU), so
+every random draw of a step is made on the unit's device.
+
+Precision (``precision``): "fp32", or "bf16" for the matrix products of training steps
+(operands in bfloat16, results and every accumulator in fp32). Metrics (reconstruction
+cross-entropy, free energy) are always computed in fp32. "tf32" is a process setting of
+CUDA (``runtime``): for the unit it is fp32.
+"""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
 
-from layerwise._checks import check_int
+from layerwise import _devices
+from layerwise._checks import check_choice, check_int
+
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class UnitBase(nn.Module):
@@ -19,7 +36,46 @@ class UnitBase(nn.Module):
         check_int(name, "n_hidden", n_hidden, low=1)
         self.n_visible = n_visible
         self.n_hidden = n_hidden
-        self.generator = torch.Generator().manual_seed(seed)
+        self._generator = torch.Generator().manual_seed(seed)
+        self.precision = "fp32"
+        self._step_dtype = None  # bfloat16 inside a bf16 training step, else None (fp32)
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The unit's generator, on the device of its weights."""
+        weight = self.__dict__.get("_parameters", {}).get("weight")
+        if weight is not None:
+            self._generator = _devices.follow(self._generator, weight.device)
+        return self._generator
+
+    @generator.setter
+    def generator(self, g: torch.Generator) -> None:
+        self._generator = g
+
+    def set_precision(self, precision: str) -> "UnitBase":
+        self.precision = check_choice(type(self).__name__, "precision", precision, PRECISIONS)
+        return self
+
+    def _mm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """a @ b; in a bf16 step from bfloat16 operands, the result in fp32."""
+        if self._step_dtype is None:
+            return torch.mm(a, b)
+        return torch.mm(a.to(self._step_dtype), b.to(self._step_dtype)).float()
+
+    def _addmm(self, bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """bias + a @ b, the product in the step's precision, the sum in fp32."""
+        if self._step_dtype is None:
+            return torch.addmm(bias, a, b)
+        return self._mm(a, b).add_(bias)
+
+    @contextlib.contextmanager
+    def _training(self):
+        """One training step: the step's precision applies inside it."""
+        self._step_dtype = torch.bfloat16 if self.precision == "bf16" else None
+        try:
+            yield
+        finally:
+            self._step_dtype = None
 
     def _init_parameters(self, weight: torch.Tensor, *, requires_grad: bool) -> None:
         """The weights as given, zero biases, zero velocities (in the weights' dtype)."""

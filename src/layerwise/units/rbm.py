@@ -43,7 +43,7 @@ from layerwise.units.base import UnitBase
 def _bernoulli(p: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A Bernoulli(p) sample in p's dtype: 1.0 where u < p for u ~ U[0, 1).
     (torch.bernoulli converts p to double on CPU; this was 1.8x faster at (100, 500).)"""
-    return torch.rand(p.shape, generator=generator, dtype=p.dtype).lt_(p)
+    return torch.rand(p.shape, generator=generator, dtype=p.dtype, device=p.device).lt_(p)
 
 
 class _RBM(UnitBase):
@@ -80,7 +80,7 @@ class _RBM(UnitBase):
     # -- hidden side (shared) ---------------------------------------------------------
     def hidden_logits(self, v: torch.Tensor) -> torch.Tensor:
         """c + v W^T, shape (batch, n_hidden)."""
-        return torch.addmm(self.hidden_bias, v, self.weight.t())
+        return self._addmm(self.hidden_bias, v, self.weight.t())
 
     def mean_hiddens(self, v: torch.Tensor) -> torch.Tensor:
         """P(h=1 | v) = sigmoid(c + v W^T), shape (batch, n_hidden)."""
@@ -148,6 +148,10 @@ class _RBM(UnitBase):
         sparsity_cost: float = 0.0,
     ) -> None:
         """One CD-k (or PCD-k) update on a minibatch ``v_pos`` (batch, n_visible)."""
+        with self._training():
+            self._cd_step(v_pos, lr, momentum, weight_decay, k, persistent, sparsity_target, sparsity_cost)
+
+    def _cd_step(self, v_pos, lr, momentum, weight_decay, k, persistent, sparsity_target, sparsity_cost) -> None:
         h_pos = self.mean_hiddens(v_pos)  # (batch, n_hidden)
         if persistent:
             chains = self.persistent_chains
@@ -203,13 +207,16 @@ class _RBM(UnitBase):
         scale = lr / batch
         # velocity <- momentum * velocity + lr * (<h v>_pos - <h v>_neg - weight_decay * W)
         vw = self.weight_velocity.mul_(momentum)
-        vw.addmm_(h_pos.t(), v_pos, alpha=scale)
-        vw.addmm_(h_neg.t(), v_neg, alpha=-scale)
+        if self._step_dtype is None:
+            vw.addmm_(h_pos.t(), v_pos, alpha=scale)
+            vw.addmm_(h_neg.t(), v_neg, alpha=-scale)
+        else:  # bf16 products, accumulated into the fp32 velocity
+            vw.add_(self._mm(h_pos.t(), v_pos), alpha=scale).add_(self._mm(h_neg.t(), v_neg), alpha=-scale)
         if weight_decay:
             vw.add_(self.weight, alpha=-lr * weight_decay)
         # column sums as matrix-vector products: a BLAS gemv is several times faster here
         # than a reduction over the batch dimension
-        ones = torch.ones(batch, dtype=v_pos.dtype)
+        ones = torch.ones(batch, dtype=v_pos.dtype, device=v_pos.device)
         vb = self.visible_bias_velocity.mul_(momentum)
         vb.addmv_(v_pos.t(), ones, alpha=scale).addmv_(v_neg.t(), ones, alpha=-scale)
         vc = self.hidden_bias_velocity.mul_(momentum)
@@ -243,7 +250,7 @@ class BernoulliRBM(_RBM):
 
     def visible_logits(self, h: torch.Tensor) -> torch.Tensor:
         """b + h W, shape (batch, n_visible)."""
-        return torch.addmm(self.visible_bias, h, self.weight)
+        return self._addmm(self.visible_bias, h, self.weight)
 
     def mean_visibles(self, h: torch.Tensor) -> torch.Tensor:
         """P(v=1 | h) = sigmoid(b + h W), shape (batch, n_visible)."""
@@ -274,10 +281,10 @@ class GaussianBernoulliRBM(_RBM):
 
     def mean_visibles(self, h: torch.Tensor) -> torch.Tensor:
         """E[v | h] = b + h W, shape (batch, n_visible)."""
-        return torch.addmm(self.visible_bias, h, self.weight)
+        return self._addmm(self.visible_bias, h, self.weight)
 
     def sample_visibles(self, v_mean: torch.Tensor) -> torch.Tensor:
-        noise = torch.randn(v_mean.shape, generator=self.generator, dtype=v_mean.dtype)
+        noise = torch.randn(v_mean.shape, generator=self.generator, dtype=v_mean.dtype, device=v_mean.device)
         return v_mean + noise
 
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,209 @@
+"""What the training loop iterates over: data in memory (``TensorData``, on any device)
+or streamed from shards on disk (``ShardedData``). Both give the loop the same four
+things: an epoch's order (a tensor, saved in checkpoints), the number of batches, the
+batches from any batch index on (a resumed epoch), and a head for monitoring; and both
+``map`` a layer over themselves for the next layer of greedy pretraining.
+
+**In memory**: the epoch's order is a permutation of the rows drawn from the loop's
+generator; the data is gathered once per epoch and cut into contiguous batches, so no
+batch is copied inside the loop. A worker of a group of N takes every N-th row of the
+shared permutation.
+
+**Streamed**: the rows are cut into blocks of about ``shards.BLOCK_BYTES`` (blocks never
+span shards). An epoch draws one seed from the loop's generator; the seed orders the
+blocks (over all shards) and the rows inside each block, which is all a resumed epoch
+needs to find its place again. Each block is read from disk once per epoch, shuffled,
+moved to the device in one copy, and cut into batches; a batch that straddles two
+blocks takes the end of one and the start of the next, so every batch but the epoch's
+last is full. A worker of a group of N takes every N-th row of each block's shuffle.
+Layer activations are written as float32 ``.npy`` shards (one per input shard) in a
+folder the caller names, and read back the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from layerwise import shards as sh
+
+CHUNK = 10000  # rows per forward pass when mapping a layer over data in memory
+
+
+class TensorData:
+    """Inputs ``x`` (rows, features) and optional labels ``y`` held as tensors."""
+
+    streamed = False
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def share(self, world: int) -> int:
+        return len(self) // world if world > 1 else len(self)
+
+    def epoch_order(self, generator: torch.Generator, rank: int, world: int) -> torch.Tensor:
+        order = torch.randperm(len(self), generator=generator, device=generator.device)
+        # every worker draws the same permutation (same seed) and takes its own share:
+        # disjoint shards, reshuffled every epoch, of equal length so rounds line up
+        return order[rank::world][: self.share(world)] if world > 1 else order
+
+    def batches(self, order: torch.Tensor, batch_size: int, start: int, rank: int = 0, world: int = 1):
+        order = order.to(self.x.device)
+        # one gather per epoch, then contiguous slices: no per-batch copies
+        xs = self.x.index_select(0, order)
+        ys = None if self.y is None else self.y.index_select(0, order)
+        for s in range(start * batch_size, len(order), batch_size):
+            yield xs[s : s + batch_size], None if ys is None else ys[s : s + batch_size]
+
+    def head(self, n: int) -> torch.Tensor:
+        return self.x[:n]
+
+    def chunks(self, chunk: int = CHUNK):
+        for s in range(0, len(self), chunk):
+            yield self.x[s : s + chunk], None if self.y is None else self.y[s : s + chunk]
+
+    @torch.no_grad()
+    def map(self, fn, folder: Path | None = None, key: str = "") -> "TensorData":
+        return TensorData(torch.cat([fn(x) for x, _ in self.chunks()]), self.y)
+
+    def concat(self, other: "TensorData") -> "TensorData":
+        y = None if self.y is None or other.y is None else torch.cat([self.y, other.y])
+        return TensorData(torch.cat([self.x, other.x]), y)
+
+    def discard(self) -> None:
+        pass
+
+
+class ShardedData:
+    """Rows streamed from the shards of a ``shards.ShardSet`` onto ``device``."""
+
+    streamed = True
+
+    def __init__(self, source: sh.ShardSet, device=None, *, labels: bool = False, folder: Path | None = None):
+        self.source, self.labels, self.folder = source, labels and source.has_labels, folder
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        step = source.block_rows()
+        # (shard index, first row, last row + 1) of each block
+        self.blocks = [(i, a, min(a + step, len(s))) for i, s in enumerate(source.shards) for a in range(0, len(s), step)]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def share(self, world: int) -> int:
+        return sum((b - a) // world for _, a, b in self.blocks) if world > 1 else len(self)
+
+    def epoch_order(self, generator: torch.Generator, rank: int, world: int) -> torch.Tensor:
+        # one draw per epoch: the seed of the block order and of every block's shuffle
+        return torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).cpu()
+
+    def _plan(self, order: torch.Tensor) -> list[int]:
+        seed = int(order[0])
+        return torch.randperm(len(self.blocks), generator=torch.Generator().manual_seed(seed)).tolist()
+
+    def _block(self, j: int, order: torch.Tensor, rank: int, world: int):
+        i, a, b = self.blocks[j]
+        s = self.source.shards[i]
+        seed = int(hashlib.sha256(f"{int(order[0])}/{j}".encode()).hexdigest()[:15], 16)
+        perm = torch.randperm(b - a, generator=torch.Generator().manual_seed(seed))
+        if world > 1:
+            perm = perm[rank::world][: (b - a) // world]
+        x = torch.from_numpy(s.x.read(a, b).astype(np.float32, copy=False)).index_select(0, perm)
+        y = torch.from_numpy(s.y.read(a, b).astype(np.int64)).index_select(0, perm) if self.labels else None
+        return x.to(self.device), None if y is None else y.to(self.device)
+
+    def batches(self, order: torch.Tensor, batch_size: int, start: int, rank: int = 0, world: int = 1):
+        skip = start * batch_size
+        carry_x = carry_y = None
+        for j in self._plan(order):
+            _, a, b = self.blocks[j]
+            rows = (b - a) // world if world > 1 else b - a
+            if skip >= rows:  # a resumed epoch: blocks already done are not read
+                skip -= rows
+                continue
+            x, y = self._block(j, order, rank, world)
+            x, y, skip = x[skip:], None if y is None else y[skip:], 0
+            if carry_x is not None:  # the batch that straddles two blocks
+                need = batch_size - len(carry_x)
+                yield torch.cat([carry_x, x[:need]]), None if y is None else torch.cat([carry_y, y[:need]])
+                x, y = x[need:], None if y is None else y[need:]
+                carry_x = carry_y = None
+            full = len(x) // batch_size * batch_size
+            for s in range(0, full, batch_size):
+                yield x[s : s + batch_size], None if y is None else y[s : s + batch_size]
+            if full < len(x):
+                carry_x, carry_y = x[full:], None if y is None else y[full:]
+        if carry_x is not None:
+            yield carry_x, carry_y
+
+    def head(self, n: int) -> torch.Tensor:
+        return torch.from_numpy(self.source.read(0, min(n, len(self)))).to(self.device)
+
+    def chunks(self, chunk: int = CHUNK):
+        """The rows in order, block by block, on the device."""
+        for i, a, b in self.blocks:
+            s = self.source.shards[i]
+            x = torch.from_numpy(s.x.read(a, b).astype(np.float32, copy=False)).to(self.device)
+            y = torch.from_numpy(s.y.read(a, b).astype(np.int64)).to(self.device) if self.labels else None
+            yield x, y
+
+    @torch.no_grad()
+    def map(self, fn, folder: Path | None = None, key: str = "") -> "ShardedData":
+        """``fn`` over every row, written as float32 .npy shards (one per input shard) in
+        ``folder``; a folder already made for the same ``key`` (the source and the
+        layers below) is read back, not made again."""
+        if folder is None:
+            raise ValueError(f"{self.source.name}: streamed data needs a folder for the activations of each layer")
+        folder = Path(folder)
+        meta = {"key": key, "source": self.source.name, "rows": [len(s) for s in self.source.shards]}
+        if (folder / "meta.json").is_file() and json.loads((folder / "meta.json").read_text()) == meta:
+            return ShardedData(_opened(folder, len(self.source.shards)), self.device, folder=folder)
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        width = None
+        for i, s in enumerate(self.source.shards):
+            blocks = [(a, b) for k, a, b in self.blocks if k == i]
+
+            def out(blocks=blocks, s=s):
+                for a, b in blocks:
+                    x = torch.from_numpy(s.x.read(a, b).astype(np.float32, copy=False)).to(self.device)
+                    yield fn(x).float().cpu().numpy()
+
+            if width is None:
+                width = int(fn(torch.from_numpy(s.x.read(0, 1).astype(np.float32)).to(self.device)).shape[1])
+            sh.write_npy(tmp / f"shard-{i:05d}.npy", out(), len(s), width)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        return ShardedData(_opened(folder, len(self.source.shards)), self.device, folder=folder)
+
+    def concat(self, other: "ShardedData") -> "ShardedData":
+        both = sh.ShardSet(f"{self.source.name}+{other.source.name}", self.source.shards + other.source.shards,
+                           self.source.scanned and other.source.scanned)
+        return ShardedData(both, self.device, labels=self.labels and other.labels)
+
+    def discard(self) -> None:
+        """Remove the activations folder this data was written to (nothing for a source)."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _opened(folder: Path, n: int) -> sh.ShardSet:
+    return sh.ShardSet(str(folder), [sh.open_npy(folder / f"shard-{i:05d}.npy") for i in range(n)], True)
+
+
+def as_data(x, y=None, device=None):
+    """Loop data from tensors (moved to ``device`` once) or from loop data as is."""
+    if isinstance(x, (TensorData, ShardedData)):
+        return x
+    if device is not None:
+        x, y = x.to(device), None if y is None else y.to(device)
+    return TensorData(x, y)

@@ -33,6 +33,7 @@ from layerwise.distributed import rank_world
 from layerwise.finetune import evaluate, finetune
 from layerwise.guard import DivergenceError, dead_fraction, first_non_finite
 from layerwise.pretrain import pretrain
+from layerwise.runtime import resolve_device
 from layerwise.stack import DeepBeliefNet
 
 
@@ -59,7 +60,8 @@ def first_layer_point(cfg: RunConfig, n_inputs: int, x: torch.Tensor, xv: torch.
                       distributed: DistributedConfig | None = None) -> ProbePoint:
     """Train the recipe's first unit for ``epochs`` at ``lr``; is it stable?"""
     dbn = DeepBeliefNet(n_inputs, [(cfg.model.hidden or [max(1, n_inputs // 2)])[0]], unit=cfg.model.unit,
-                        visible=cfg.model.visible, seed=cfg.seed, init_std=cfg.model.init_std)
+                        visible=cfg.model.visible, seed=cfg.seed, init_std=cfg.model.init_std, device=x.device,
+                        precision=cfg.precision)
     unit = dbn.layers[0]
     start = float(unit.reconstruction_cross_entropy(xv))
     pcfg = dataclasses.replace(cfg.pretrain, epochs=epochs, learning_rate=lr, monitor_samples=min(len(x), 1000))
@@ -92,7 +94,8 @@ def finetune_point(cfg: RunConfig, dbn: DeepBeliefNet, n_labels: int, data, lr: 
     fcfg = FinetuneConfig(**{**ft.__dict__, "learning_rate": lr, "epochs": epochs, "patience": None,
                              "lr_schedule": "constant", "train_on_validation": False})
     try:
-        finetune(clf, x, y, None, None, fcfg, seed=cfg.seed, guard=_strict_guard(cfg), distributed=distributed)
+        finetune(clf, x, y, None, None, fcfg, seed=cfg.seed, guard=_strict_guard(cfg), distributed=distributed,
+                 precision=cfg.precision)
     except DivergenceError as e:
         return ProbePoint(lr, math.nan, False, e.what)
     bad = first_non_finite(clf.named_parameters())
@@ -123,12 +126,11 @@ def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, e
     parameter averaging across the group, each worker on its share of the subset; every
     rank returns the same result, because its decisions are taken on averaged weights."""
     workers = rank_world()[1] if distributed is not None else 1
+    device = resolve_device(cfg.device)
     n = min(subset, len(splits.train))
-    x = torch.from_numpy(np.ascontiguousarray(splits.train.x[:n]))
-    y = torch.from_numpy(splits.train.y[:n])
-    val = splits.validation
-    xv = torch.from_numpy(np.ascontiguousarray(val.x[:subset]))
-    yv = torch.from_numpy(val.y[:subset])
+    # the subset in memory on the device (from data streamed from disk: its first rows)
+    x, y = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in splits.train.head(n))
+    xv, yv = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in splits.validation.head(subset))
     out = {"grid": grid, "samples": n, "epochs": epochs, "workers": workers}
     if workers > 1:
         out["averaging_frequency"] = distributed.averaging_frequency
@@ -141,7 +143,7 @@ def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, e
             rate = out["pretrain"]["recommended"] or cfg.pretrain.learning_rate
             source = "the probe's recommended" if out["pretrain"]["recommended"] else "the recipe's"
             dbn = DeepBeliefNet(splits.n_inputs, cfg.model.hidden, unit=cfg.model.unit, visible=cfg.model.visible,
-                                seed=cfg.seed, init_std=cfg.model.init_std)
+                                seed=cfg.seed, init_std=cfg.model.init_std, device=device, precision=cfg.precision)
             out["finetune_from"] = {"pretrain_lr": rate, "epochs_per_layer": epochs}
             try:
                 pretrain(dbn, x, None, dataclasses.replace(cfg.pretrain, epochs=epochs, learning_rate=rate),

@@ -39,6 +39,27 @@ def _at_least(low: int):
     return parse
 
 
+def _device(text: str) -> str:
+    """An argparse type: a device spec (auto, cpu, cuda, cuda:N)."""
+    from layerwise.runtime import check_device
+
+    try:
+        return check_device(text, "the command", "--device")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _size(text: str) -> str:
+    """An argparse type: a size such as 600M or 2G (kept as written, for the config)."""
+    from layerwise.shards import parse_size
+
+    try:
+        parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="layerwise", description="Layer-wise pretraining and fine-tuning of deep nets.")
     p.add_argument("--debug", action="store_true", help="show the full traceback of any error (also: LAYERWISE_DEBUG=1)")
@@ -51,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", help="run name (default: the recipe's name, else its file stem)")
     t.add_argument("--runs-dir", default="runs", help="folder that holds run folders (default: runs)")
     t.add_argument("--threads", type=_at_least(1), help="torch CPU threads (default: the recipe's, else min(2, cores))")
+    t.add_argument("--device", type=_device, help="where to train: auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: the recipe's, else auto)")
+    t.add_argument("--max-memory", metavar="SIZE", type=_size,
+                   help="stream training inputs larger than SIZE (e.g. 600M) from disk instead of loading them")
     t.add_argument("--quiet", action="store_true", help="print only the final summary")
     t.add_argument("--strict", action="store_true", help="treat the advisor's warnings as errors")
     t.add_argument("--workers", type=_at_least(1),
@@ -81,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="probe N averaged worker processes on this machine, as `train --workers N` trains")
     pr.add_argument("--out", default="probe-lr", help="path stem of the PNG plot and JSON results (default probe-lr)")
     pr.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
+    pr.add_argument("--device", type=_device, help="where to train: auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: the recipe's, else auto)")
     pr.add_argument("--quiet", action="store_true", help="print only the summary")
     pr.set_defaults(func=cmd_probe_lr)
 
@@ -94,11 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("pretrain", help="staged pretraining: feed data, pause, resume when more arrives")
     pt.add_argument("recipe", nargs="?", help="recipe for the first stage ([model], [pretrain])")
-    pt.add_argument("--data", help=".npz with an array x: the data of this stage")
+    pt.add_argument("--data", help="the data of this stage: a .npz with an array x, a .npy, or a folder of shards "
+                                   "(a folder again: only the shards no earlier stage has seen)")
     pt.add_argument("--out", help="pretraining folder to create (first stage)")
     pt.add_argument("--resume", metavar="FOLDER", help="go on in a pretraining folder: finish an interrupted stage, or a new stage with --data")
     pt.add_argument("--epochs", type=_at_least(0), help="epochs per layer for this stage (default: the recipe's)")
     pt.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
+    pt.add_argument("--device", type=_device, help="where to train: auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: the recipe's, else auto)")
+    pt.add_argument("--max-memory", metavar="SIZE", type=_size,
+                    help="stream stage data larger than SIZE (e.g. 600M) from disk instead of loading it")
     pt.add_argument("--quiet", action="store_true", help="print only the final summary")
     pt.set_defaults(func=cmd_pretrain)
 
@@ -107,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--recipe", required=True, help="recipe whose [data] and [finetune] are used")
     ft.add_argument("--out", required=True, help="new artifact folder (must not exist)")
     ft.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
+    ft.add_argument("--device", type=_device, help="where to train: auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: the recipe's, else auto)")
     ft.add_argument("--quiet", action="store_true", help="print only the final summary")
     ft.set_defaults(func=cmd_finetune)
 
@@ -119,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="a finetuned artifact folder, e.g. runs/NAME/finetuned")
     e.add_argument("--data", help=".npz with x and y (default: the test split of the run's data)")
     e.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
+    e.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda or cuda:N")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="labels and probabilities for the inputs in a .npz file")
@@ -127,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="write labels and probabilities to this .npz instead of printing")
     r.add_argument("--force", action="store_true", help="replace --out if it exists")
     r.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
+    r.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda or cuda:N")
     r.set_defaults(func=cmd_predict)
 
     d = sub.add_parser("data", help="data sets")

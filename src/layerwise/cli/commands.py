@@ -42,9 +42,13 @@ def cmd_train(args) -> int:
     if args.resume:
         if args.recipe or args.name:
             return _err("--resume takes the run folder alone: its config.toml is the recipe")
-        runtime.apply(args.threads, read_config(args.resume).threads)
+        if args.max_memory:
+            return _err("--max-memory applies to a new run; a resumed run reads its data as it started")
+        saved = read_config(args.resume)
+        runtime.apply(args.threads, saved.threads, device=args.device or saved.device, precision=saved.precision)
         result = jobs.resume(args.resume, workers=args.workers, allow_resize=args.allow_resize,
-                             max_restarts=args.max_restarts, threads=args.threads, progress=bars, echo=echo)
+                             max_restarts=args.max_restarts, threads=args.threads, device=args.device, progress=bars,
+                             echo=echo)
         if echo is None or result.workers == 1:  # a group's rank 0 printed its own summary through echo
             _print_result(result)
         return 0
@@ -53,13 +57,13 @@ def cmd_train(args) -> int:
     cfg = config.load(args.recipe)
     if args.name is not None:
         cfg.name = config.check_name(args.name)
-    if args.threads:
-        cfg.threads = args.threads  # recorded in the run's config.toml
+    _flags_into(cfg, args)  # recorded in the run's config.toml
     if under_torchrun():  # one worker of a distributed run (torchrun, or --workers)
-        runtime.apply(args.threads, cfg.threads, local_workers=runtime.local_workers())
+        rt = runtime.apply(args.threads, cfg.threads, local_workers=runtime.local_workers(), device=cfg.device,
+                           precision=cfg.precision)
         run_dir = Path(args.recipe).parent if args.in_run_folder else None  # the folder --workers claimed
-        run_worker(lambda: jobs.worker_main(cfg, args.runs_dir, echo=echo, run_dir=run_dir),
-                   timeout_minutes=cfg.distributed.timeout_minutes, on_result=_print_result)
+        run_worker(lambda: jobs.worker_main(cfg, args.runs_dir, echo=echo, run_dir=run_dir, device=args.device),
+                   timeout_minutes=cfg.distributed.timeout_minutes, on_result=_print_result, device=rt.device)
     workers = args.workers or 1
     if not _advise_or_stop(cfg, args.strict, args.quiet, workers=workers):
         return 2
@@ -68,10 +72,20 @@ def cmd_train(args) -> int:
         if echo is not None:
             return 0  # rank 0's own summary came through echo
     else:
-        runtime.apply(args.threads, cfg.threads)
+        runtime.apply(args.threads, cfg.threads, device=cfg.device, precision=cfg.precision)
         result = jobs.train(cfg, runs_dir=args.runs_dir, progress=bars, echo=echo)
     _print_result(result)
     return 0
+
+
+def _flags_into(cfg, args) -> None:
+    """The flags that a run records in its config.toml: --threads, --device, --max-memory."""
+    if getattr(args, "threads", None):
+        cfg.threads = args.threads
+    if getattr(args, "device", None):
+        cfg.device = args.device
+    if getattr(args, "max_memory", None):
+        cfg.data.max_memory = args.max_memory
 
 
 def _print_result(result) -> None:
@@ -136,16 +150,19 @@ def cmd_probe_lr(args) -> int:
     grid = geometric_grid(args.low, args.high, args.points)
     echo = None if args.quiet else _say
     trial = {"grid": grid, "subset": args.subset, "epochs": args.epochs}
+    _flags_into(cfg, args)
     if under_torchrun():  # one worker of `probe-lr --workers N`
-        runtime.apply(args.threads, cfg.threads, local_workers=runtime.local_workers())
+        rt = runtime.apply(args.threads, cfg.threads, local_workers=runtime.local_workers(), device=cfg.device,
+                           precision=cfg.precision)
         run_worker(lambda: jobs.probe(cfg, **trial, echo=echo, in_group=True),
-                   timeout_minutes=cfg.distributed.timeout_minutes, on_result=lambda res: _print_probe(res, args))
+                   timeout_minutes=cfg.distributed.timeout_minutes, on_result=lambda res: _print_probe(res, args),
+                   device=rt.device)
     if args.workers > 1:
         jobs.probe_workers(args.recipe, args.workers, low=args.low, high=args.high, points=args.points,
                            subset=args.subset, epochs=args.epochs, out=args.out, threads=args.threads,
-                           quiet=args.quiet, echo=_say)
+                           quiet=args.quiet, echo=_say, device=args.device)
         return 0
-    runtime.apply(args.threads, cfg.threads)
+    runtime.apply(args.threads, cfg.threads, device=cfg.device, precision=cfg.precision)
     _print_probe(jobs.probe(cfg, **trial, echo=echo), args)
     return 0
 
@@ -206,8 +223,9 @@ def cmd_evaluate(args) -> int:
     from layerwise.data import as_tensors, load_npz, load_splits, validate
     from layerwise.finetune import evaluate
 
-    runtime.apply(args.threads)
+    rt = runtime.apply(args.threads, device=args.device)
     model, manifest, cfg = _classifier(args.model)
+    model.to(rt.device)
     arch = manifest["architecture"]
     if args.data:
         ds = load_npz(args.data, require_labels=True)
@@ -231,13 +249,14 @@ def cmd_predict(args) -> int:
     from layerwise.data import as_tensors, load_npz, validate
     from layerwise.finetune import predict_proba
 
-    runtime.apply(args.threads)
+    rt = runtime.apply(args.threads, device=args.device)
     out = Path(args.out) if args.out else None
     if out is not None and out.is_dir():
         return _err(f"--out '{out}' is a folder; name a .npz file")
     if out is not None and out.exists() and not args.force:
         return _err(f"--out '{out}' already exists; pass --force to replace it")
     model, manifest, cfg = _classifier(args.model)
+    model.to(rt.device)
     arch = manifest["architecture"]
     ds = validate(load_npz(args.data), visible=cfg.model.visible, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
     proba = predict_proba(model, as_tensors(ds)[0]).numpy()
@@ -262,15 +281,19 @@ def cmd_pretrain(args) -> int:
     if args.resume:
         if args.recipe or args.out:
             return _err("--resume takes the pretraining folder alone (plus --data/--epochs)")
-        runtime.apply(args.threads, read_config(args.resume, "staged pretraining folder").threads)
-        res = jobs.pretrain_stage(args.resume, data=args.data, epochs=args.epochs, progress=bars, echo=echo)
+        saved = read_config(args.resume, "staged pretraining folder")
+        runtime.apply(args.threads, saved.threads, device=args.device or saved.device, precision=saved.precision)
+        res = jobs.pretrain_stage(args.resume, data=args.data, epochs=args.epochs, device=args.device,
+                                  max_memory=args.max_memory, progress=bars, echo=echo)
+        if res is None:
+            print(f"nothing new to pretrain on: every shard of '{args.data}' was fed to an earlier stage")
+            return 0
     else:
         if not (args.recipe and args.data and args.out):
             return _err("pretrain needs RECIPE --data FILE.npz --out FOLDER (or --resume FOLDER)")
         cfg = config.load(args.recipe, require_data=False)  # its data comes with --data
-        if args.threads:
-            cfg.threads = args.threads
-        runtime.apply(args.threads, cfg.threads)
+        _flags_into(cfg, args)
+        runtime.apply(args.threads, cfg.threads, device=cfg.device, precision=cfg.precision)
         res = jobs.pretrain_stage(args.out, cfg=cfg, data=args.data, epochs=args.epochs, progress=bars, echo=echo)
     print(f"stage {res.stage}: {res.seconds:.1f} s, {len(res.manifest['stages'])} stage(s) recorded")
     print(f"pretrained net: {res.artifact}")
@@ -281,9 +304,8 @@ def cmd_finetune(args) -> int:
     from layerwise import config, jobs, runtime
 
     cfg = config.load(args.recipe)
-    if args.threads:
-        cfg.threads = args.threads
-    runtime.apply(args.threads, cfg.threads)
+    _flags_into(cfg, args)
+    runtime.apply(args.threads, cfg.threads, device=cfg.device, precision=cfg.precision)
     echo, bars = _progress(args)
     res = jobs.finetune_pretrained(args.pretrained, cfg, args.out, progress=bars, echo=echo)
     print(f"fine-tuning {res.seconds_finetune:.1f} s")

@@ -11,14 +11,17 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
 
 from layerwise import checkpointing
 from layerwise.artifacts import classifier_architecture, load_model, write_artifact
 from layerwise.config import RunConfig
-from layerwise.data import as_tensors, load_splits
+from layerwise._devices import device_generator
+from layerwise.data import load_splits, loop_data
+from layerwise.runtime import resolve_device
 from layerwise.finetune import FinetuneState, finetune, make_optimizer
-from layerwise.jobs.common import checkpoint_policy, final_metrics, finetuning_state, load_finetuning_state, silent
+from layerwise.jobs.common import (
+    checkpoint_policy, final_metrics, finetuning_state, load_finetuning_state, other_device, silent,
+)
 from layerwise.loop import Checkpointer, Reporter
 from layerwise.budget import check_fits
 from layerwise.runs import RunResult, partial_dir, resolve_config, run_lock
@@ -44,7 +47,9 @@ def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str
             f"{splits.train.name}: the data has {splits.n_inputs} features per sample; "
             f"the pretrained net '{pretrained_dir}' expects {dbn.n_visible}"
         )
-    check_fits(dbn.sizes, splits.n_labels, len(splits.train))
+    check_fits(dbn.sizes, splits.n_labels, splits.train.source.block_rows() if splits.streamed else len(splits.train))
+    device = resolve_device(cfg.device)
+    dbn.to(device)
     if cfg.model.hidden is not None and list(cfg.model.hidden) != dbn.hidden:
         warnings.warn(f"the recipe's model.hidden {cfg.model.hidden} is not used: the pretrained net "
                       f"'{pretrained_dir}' has the hidden layers {dbn.hidden}, and those are fine-tuned", UserWarning,
@@ -67,24 +72,26 @@ def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str
         clf = dbn.to_classifier(splits.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden,
                                 seed=cfg.seed)
         optimizer = make_optimizer(clf, ft)
-        fstate = FinetuneState(generator=torch.Generator().manual_seed(cfg.seed))
+        fstate = FinetuneState(generator=device_generator(device, cfg.seed))
         seconds = 0.0
         if ckpt is not None:
             load_finetuning_state(ckpt, clf, optimizer, fstate)
             seconds = ckpt["seconds"]
             loop = ckpt["finetune"]["loop"]
-            reporter.log({"phase": "resume", "from": "finetune", "epoch": loop["epoch"], "batch": loop["batch"]})
+            reporter.log({"phase": "resume", "from": "finetune", "epoch": loop["epoch"], "batch": loop["batch"],
+                          "device": str(device)})
+            other_device(ckpt.get("device", "cpu"), device, work)
         t0 = time.perf_counter()
 
         def save(pos):
             tree = {"job": "finetune", "phase": "finetune", **finetuning_state(clf, optimizer, fstate), "identity": identity,
-                    "seconds": seconds + time.perf_counter() - t0}
+                    "seconds": seconds + time.perf_counter() - t0, "device": str(device)}
             checkpointing.save_state(work / "checkpoint", tree)
 
-        (x_train, y_train), (x_val, y_val) = as_tensors(splits.train), as_tensors(splits.validation)
-        result = finetune(clf, x_train, y_train, x_val, y_val, ft, seed=cfg.seed, reporter=reporter,
+        train, val = loop_data(splits.train, device), loop_data(splits.validation, device)
+        result = finetune(clf, train, None, val, None, ft, seed=cfg.seed, reporter=reporter,
                           optimizer=optimizer, state=fstate, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
-                          guard=cfg.guard)
+                          guard=cfg.guard, precision=cfg.precision)
         seconds += time.perf_counter() - t0
         metrics, val_acc, test_acc = final_metrics(clf, result, ft, seconds, splits)
         manifest = write_artifact(

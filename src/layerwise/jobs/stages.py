@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from layerwise import checkpointing
 from layerwise.artifacts import read_artifact, write_artifact
 from layerwise.config import RunConfig
-from layerwise.data import Dataset, as_tensors, load_npz, validate
-from layerwise.jobs.common import checkpoint_policy, load_pretraining_state, pretrain_metrics, pretraining_state
+from layerwise._devices import device_generator
+from layerwise.data import loop_data, open_data, validate
+from layerwise.jobs.common import (
+    checkpoint_policy, load_pretraining_state, other_device, pretrain_metrics, pretraining_state, remove_scratch,
+)
 from layerwise.loop import Checkpointer, LoopPosition
 from layerwise.pretrain import PretrainProgress, pretrain
 from layerwise.budget import check_fits
 from layerwise.runs import METRICS, continue_log, read_config, resolve_config, run_lock, write_config
+from layerwise.runtime import resolve_device
+from layerwise.shards import StreamedDataset, parse_size, scan
 from layerwise.stack import DeepBeliefNet
 
 
@@ -38,7 +42,8 @@ class StageResult:
 
 
 def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: str | Path | None = None,
-                   epochs: int | None = None, progress: bool = False, echo=None) -> StageResult:
+                   epochs: int | None = None, device: str | None = None, max_memory: str | None = None,
+                   progress: bool = False, echo=None) -> StageResult | None:
     """One stage of staged pretraining.
 
     With ``cfg`` (a recipe), start ``out_dir`` and run stage 1 on ``data``. Without it,
@@ -47,30 +52,45 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
     ``epochs`` (default: the recipe's) and continues from the weights, momentum and
     generators where the previous stage left them. Data of the wrong width is refused
     before any change.
+
+    ``data`` is a ``.npz`` (in memory unless above ``max_memory``, default the
+    recipe's ``data.max_memory``), a ``.npy`` or a folder of shards (streamed). From a
+    folder a stage takes the shards that no earlier stage has seen, by fingerprint, in
+    name order, and records each one: feeding data is dropping files into the folder and
+    running the same command again. Returns None when the folder holds nothing new.
+    ``device`` overrides the recipe's.
     """
     out_dir = Path(out_dir)
     first = None  # a first stage's data, validated before its folder exists
     if cfg is not None:
         if data is None:
-            raise ValueError("the first pretraining stage needs --data FILE.npz")
+            raise ValueError("the first pretraining stage needs --data FILE.npz (or a .npy, or a folder of shards)")
         if out_dir.exists() and any(out_dir.iterdir()):
             raise FileExistsError(f"output folder '{out_dir}' already exists; continue it with --resume {out_dir}")
-        first = _stage_data(data, cfg.model.visible, None)  # bad data is refused before the folder exists
-        check_fits([first.x.shape[1], *resolve_config(cfg, first.x.shape[1]).model.hidden], 0, len(first))
+        # bad data is refused before the folder exists
+        first = _stage_data(data, cfg.model.visible, None, _bytes(max_memory or cfg.data.max_memory), set())
+        n = first[0].n_features
+        check_fits([n, *resolve_config(cfg, n).model.hidden], 0, _rows_held(first[0]))
         out_dir.mkdir(parents=True, exist_ok=True)
         write_config(out_dir, cfg)
     cfg = read_config(out_dir, "staged pretraining folder")
+    cfg.device = device or cfg.device
     with run_lock(out_dir):
         ckpt = checkpointing.load_state(out_dir / "checkpoint", "stage") if checkpointing.exists(out_dir / "checkpoint") else None
         new = ckpt is None or ckpt["stage_done"]
-        stage, ds = _stage_and_data(out_dir, cfg, ckpt, data, epochs, first)
-        resolved = resolve_config(cfg, ds.x.shape[1])
-        dbn = DeepBeliefNet(ds.x.shape[1], resolved.model.hidden, unit=cfg.model.unit, visible=cfg.model.visible,
-                            seed=cfg.seed, init_std=cfg.model.init_std)
-        generator = torch.Generator().manual_seed(cfg.seed)
+        found = _stage_and_data(out_dir, cfg, ckpt, data, epochs, first, _bytes(max_memory or cfg.data.max_memory))
+        if found is None:
+            return None
+        stage, ds = found
+        dev = resolve_device(cfg.device)
+        resolved = resolve_config(cfg, ds.n_features)
+        dbn = DeepBeliefNet(ds.n_features, resolved.model.hidden, unit=cfg.model.unit, visible=cfg.model.visible,
+                            seed=cfg.seed, init_std=cfg.model.init_std, device=dev, precision=cfg.precision)
+        generator = device_generator(dev, cfg.seed)
         prog, records = PretrainProgress(), []
         if ckpt is not None:  # weights, momentum, PCD chains and generators go on
             load_pretraining_state(ckpt, dbn, generator, prog)
+            other_device(ckpt.get("device", "cpu"), dev, out_dir)
             records = [] if new else ckpt["records"]
         before = [] if ckpt is None else ckpt["stages"]
         number = len(before) + 1
@@ -81,13 +101,16 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
 
         def save(pos, done=False):
             tree = {"job": "stage", "phase": "pretrain", "stage_done": done, "stage": stage, "stages": before + ([stage] if done else []),
-                    **pretraining_state(dbn, generator, prog), "records": records, "metrics_lines": reporter.lines}
+                    **pretraining_state(dbn, generator, prog), "records": records, "metrics_lines": reporter.lines,
+                    "device": str(dev)}
             checkpointing.save_state(out_dir / "checkpoint", tree)
 
         t0 = time.perf_counter()
-        pretrain(dbn, as_tensors(ds)[0], None, dataclasses.replace(cfg.pretrain, epochs=stage["epochs_per_layer"]),
+        pretrain(dbn, loop_data(ds, dev), None, dataclasses.replace(cfg.pretrain, epochs=stage["epochs_per_layer"]),
                  seed=cfg.seed, reporter=reporter, progress=prog, generator=generator, records=records,
-                 checkpointer=Checkpointer(save, **checkpoint_policy(cfg)), guard=cfg.guard)
+                 checkpointer=Checkpointer(save, **checkpoint_policy(cfg)), guard=cfg.guard,
+                 scratch=out_dir / "activations")
+        remove_scratch(out_dir / "activations")
         seconds = time.perf_counter() - t0
         parent = read_artifact(out_dir / f"stage-{number - 1}")[1]["weights_sha256"] if number > 1 else None
         artifact = out_dir / f"stage-{number}"
@@ -102,22 +125,54 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
         return StageResult(out_dir, number, artifact, manifest, seconds)
 
 
-def _stage_data(path: str | Path, visible: str, n_inputs: int | None) -> Dataset:
-    return validate(load_npz(path), visible=visible, n_inputs=n_inputs)
+def _bytes(size: str | None) -> int | None:
+    return None if size is None else parse_size(size)
+
+
+def _rows_held(ds) -> int:
+    """Rows a stage holds in memory at once: all of them, or one block when streamed."""
+    return ds.source.block_rows() if isinstance(ds, StreamedDataset) else len(ds)
+
+
+def _stage_data(path: str | Path, visible: str, n_inputs: int | None, max_memory: int | None, seen: set[str],
+                only: list[str] | None = None):
+    """(the validated data of a stage, its shards' records); None when a folder holds no
+    shard outside ``seen``. ``only``: the fingerprints of the shards to take (an
+    interrupted stage's own), in place of every unseen one."""
+    ds = open_data(path, max_memory=max_memory)
+    if not isinstance(ds, StreamedDataset):
+        ds = validate(ds, visible=visible, n_inputs=n_inputs)
+        return ds, [{"file": Path(path).name, "fingerprint": ds.fingerprint, "samples": len(ds)}]
+    scan(ds.source, visible=visible, n_inputs=n_inputs)  # every shard checked and fingerprinted
+    keep = [s for s in ds.source.shards if (s.fingerprint in only if only is not None else s.fingerprint not in seen)]
+    if not keep:
+        return None
+    fresh = StreamedDataset(ds.source.subset(keep, ds.name), ds.name)
+    return fresh, [{"file": s.path.name, "fingerprint": s.fingerprint, "samples": len(s)} for s in keep]
+
+
+def _seen(ckpt: dict | None) -> set[str]:
+    """The fingerprints of every shard and data set an earlier stage was fed."""
+    stages = [] if ckpt is None else ckpt["stages"]
+    return {st["fingerprint"] for st in stages} | {sh["fingerprint"] for st in stages for sh in st.get("shards", [])}
 
 
 def _stage_and_data(out_dir: Path, cfg: RunConfig, ckpt: dict | None, data, epochs: int | None,
-                    loaded: Dataset | None = None) -> tuple[dict, Dataset]:
-    """(the stage's record, its validated data; ``loaded``: ``data`` already read). An
-    interrupted stage goes on with its own data, unchanged; a new stage needs new data of
-    the net's input width. Anything else is refused before a weight changes."""
+                    loaded=None, max_memory: int | None = None):
+    """(the stage's record, its validated data; ``loaded``: ``data`` already read), or
+    None when a folder holds nothing new. An interrupted stage goes on with its own
+    data, unchanged; a new stage needs new data of the net's input width. Anything else
+    is refused before a weight changes."""
     n_inputs = None if ckpt is None else int(ckpt["dbn"]["layers.0.weight"].shape[1])
+    visible = cfg.model.visible
     if ckpt is not None and not ckpt["stage_done"]:
         # the stage's own data: where it was (from any working folder), or the same file
         # under another name or path (the fingerprint decides)
         stage = ckpt["stage"]
-        ds = _stage_data(data if data is not None else stage["path"], cfg.model.visible, n_inputs)
-        if ds.fingerprint != stage["fingerprint"]:
+        only = [sh["fingerprint"] for sh in stage.get("shards", [])] if Path(stage["path"]).is_dir() else None
+        found = _stage_data(data if data is not None else stage["path"], visible, n_inputs, max_memory, set(), only)
+        ds = None if found is None else found[0]
+        if ds is None or ds.fingerprint != stage["fingerprint"]:
             if data is not None:
                 raise ValueError(
                     f"'{out_dir}': stage {len(ckpt['stages']) + 1} on '{stage['data']}' was interrupted, and '{data}' "
@@ -129,9 +184,16 @@ def _stage_and_data(out_dir: Path, cfg: RunConfig, ckpt: dict | None, data, epoc
     if data is None:
         if ckpt is None:
             raise ValueError(f"'{out_dir}': the first pretraining stage needs --data FILE.npz")
-        raise ValueError(f"'{out_dir}': stage {len(ckpt['stages'])} is finished; a new stage needs --data FILE.npz")
+        raise ValueError(f"'{out_dir}': stage {len(ckpt['stages'])} is finished; a new stage needs --data FILE.npz "
+                         "(or a folder of shards)")
     # the wrong width is refused here, nothing touched
-    ds = loaded if loaded is not None else _stage_data(data, cfg.model.visible, n_inputs)
+    found = loaded if loaded is not None else _stage_data(data, visible, n_inputs, max_memory, _seen(ckpt))
+    if found is None:
+        return None
+    ds, taken = found
+    if ckpt is not None and not Path(data).is_dir() and ds.fingerprint in _seen(ckpt):
+        warnings.warn(f"'{data}' was fed to an earlier stage already; it is fed again, as asked", UserWarning,
+                      stacklevel=3)
     stage = {"data": str(data), "path": str(Path(data).resolve()), "fingerprint": ds.fingerprint, "samples": len(ds),
-             "epochs_per_layer": cfg.pretrain.epochs if epochs is None else epochs}
+             "epochs_per_layer": cfg.pretrain.epochs if epochs is None else epochs, "shards": taken}
     return stage, ds

@@ -18,13 +18,15 @@ from layerwise.loop import stop_requested
 from layerwise.runs import CONFIG, RunResult, claim_run_dir, read_config, resolve_config, result_from_disk, run_lock
 
 
-def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None, run_dir: str | Path | None = None) -> RunResult | None:
+def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None, run_dir: str | Path | None = None,
+                device: str | None = None) -> RunResult | None:
     """One worker of a distributed run, inside a joined group. ``run_dir``: started by
     ``--workers`` (or a resume) for that claimed and locked folder, whose config.toml it
     trains. Otherwise (torchrun run by hand, on one node or many) rank 0
     claims a new run folder as ``--workers`` does, and holds its lock. Rank 0 writes
     everything, the others only train. A restarted group (``--max-restarts``) resumes
-    from the last checkpoint of its folder."""
+    from the last checkpoint of its folder. ``device`` (``--device``) overrides the
+    config's."""
     if under_torchrun() and rank_world()[1] == 1 and int(os.environ["WORLD_SIZE"]) > 1:
         raise RuntimeError("worker_main runs inside a joined process group: call it through distributed.run_worker")
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=silent)
@@ -35,6 +37,7 @@ def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None, run_dir: str
             return result_from_disk(run_dir) if is_writer() else None
         cfg = read_config(run_dir)
         cfg.name = run_dir.name
+        cfg.device = device or cfg.device
         return train_in(run_dir, cfg, splits, read_checkpoint(run_dir), echo=echo if is_writer() else None)
 
 
@@ -68,11 +71,13 @@ def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs"
         return _group_in(run_dir, workers, max_restarts, echo)
 
 
-def _group_in(run_dir: Path, workers: int, max_restarts: int, echo, threads: int | None = None) -> RunResult:
+def _group_in(run_dir: Path, workers: int, max_restarts: int, echo, threads: int | None = None,
+              device: str | None = None) -> RunResult:
     """Run the workers of a claimed, locked run folder (they resume from its checkpoint,
     if any). A Ctrl-C stops them all: the last epoch-end checkpoint stands."""
     flags = ["--quiet"] if echo is None else []  # rank 0 prints its progress (and the summary) unless quiet
     flags += ["--threads", str(threads)] if threads else []
+    flags += ["--device", device] if device else []
     proc = launch_workers(["train", str(run_dir / CONFIG), "--runs-dir", str(run_dir.parent), "--in-run-folder", *flags],
                           workers,
                           max_restarts=max_restarts, on_line=echo)
@@ -84,14 +89,16 @@ def _group_in(run_dir: Path, workers: int, max_restarts: int, echo, threads: int
 
 
 def resume(run_dir: str | Path, *, workers: int | None = None, allow_resize: bool = False, max_restarts: int = 0,
-           threads: int | None = None, progress: bool = False, echo=None) -> RunResult:
+           threads: int | None = None, device: str | None = None, progress: bool = False, echo=None) -> RunResult:
     """Continue an interrupted ``train`` run from its last checkpoint, with the group size
     that wrote it (``workers`` other than that only with ``allow_resize``: the result is
     then not bitwise the uninterrupted run's). A run that died before its first
-    checkpoint starts over, on ``workers`` (default 1)."""
+    checkpoint starts over, on ``workers`` (default 1). ``device`` overrides the
+    config's (a checkpoint of another kind of device goes on, not bitwise)."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir)
     cfg.name = run_dir.name
+    cfg.device = device or cfg.device
     with run_lock(run_dir):
         if (run_dir / "finetuned").exists():
             raise ValueError(f"run '{run_dir}' is complete (finetuned/ exists); nothing to resume")
@@ -105,7 +112,7 @@ def resume(run_dir: str | Path, *, workers: int | None = None, allow_resize: boo
                 f"(the default), or add --allow-resize to accept a result that is not bitwise the uninterrupted run's"
             )
         if n > 1:
-            return _group_in(run_dir, n, max_restarts, echo, threads)
+            return _group_in(run_dir, n, max_restarts, echo, threads, device)
         return train_in(run_dir, cfg, splits, ckpt, progress=progress, echo=echo)
 
 
@@ -124,7 +131,8 @@ def probe(cfg: RunConfig, *, grid: list[float], subset: int, epochs: int, echo=N
 
 
 def probe_workers(recipe: str | Path, workers: int, *, low: float, high: float, points: int, subset: int, epochs: int,
-                  out: str | Path, threads: int | None = None, quiet: bool = False, echo=None) -> None:
+                  out: str | Path, threads: int | None = None, quiet: bool = False, echo=None,
+                  device: str | None = None) -> None:
     """``layerwise probe-lr RECIPE --workers N``: check the data once (and fetch MNIST
     once, not in every worker), then run the probe as N workers on loopback; rank 0
     prints and writes the results, and ``echo`` gets its lines as they come."""
@@ -135,6 +143,7 @@ def probe_workers(recipe: str | Path, workers: int, *, low: float, high: float, 
     argv = ["probe-lr", str(recipe), "--low", str(low), "--high", str(high), "--points", str(points),
             "--subset", str(subset), "--epochs", str(epochs), "--out", str(out)]
     argv += ["--threads", str(threads)] if threads else []
+    argv += ["--device", device] if device else []
     argv += ["--quiet"] if quiet else []
     proc = launch_workers(argv, workers, on_line=echo)
     if stop_requested():

@@ -107,6 +107,25 @@ class Case:
     stream: str = "err"
 
 
+def _shards(w: Path, nan_at: int | None = None, npy: bool = False) -> None:
+    x, y = make_patterns(n=200)
+    (w / "sh").mkdir()
+    if npy:
+        np.save(w / "sh" / "a.npy", x[:100])
+    else:
+        np.savez(w / "sh" / "a.npz", x=x[:100], y=y[:100])
+    bad = x[100:].copy()
+    if nan_at is not None:
+        bad[nan_at, 0] = np.nan
+    np.savez(w / "sh" / "b.npz", x=bad, y=y[100:])
+    (w / "sh.toml").write_text(RECIPE.replace('"train.npz"', '"sh"').replace('name = "r"', 'name = "sh"'))
+
+
+def _truncated_npy(w: Path) -> None:
+    np.save(w / "t.npy", np.zeros((50, 36), np.float32))
+    (w / "t.npy").write_bytes((w / "t.npy").read_bytes()[:-100])
+
+
 CASES = [
     # 1: a net trained on standardized inputs is used on standardized inputs
     Case("gaussian-evaluate", ["evaluate", "runs/g/finetuned", "--data", "std-test.npz"], 0, "test accuracy:", stream="out"),
@@ -176,6 +195,9 @@ CASES = [
     Case("seed-beyond-64-bits", ["check", "seed.toml"], 2,
          "The 'seed' parameter of the recipe must be an int in the range [0, 9223372036854775807]. Got 18446744073709551616",
          setup=_write("seed.toml", RECIPE.replace("seed = 1", f"seed = {2**64}"))),
+    *([Case("cuda-on-a-machine-without", ["train", "r.toml", "--device", "cuda", "--quiet"], 2,
+            "device 'cuda': this machine has no CUDA device that torch can use", absent=("runs/r-2",))]
+      if not __import__("torch").cuda.is_available() else []),
     Case("first-stage-missing-data", ["pretrain", "r.toml", "--data", "nope.npz", "--out", "p"], 2,
          "data file 'nope.npz' does not exist", absent=("p",)),
     Case("first-stage-bad-data", ["pretrain", "r.toml", "--data", "nan.npz", "--out", "p"], 2, "nan.npz: array 'x' contains NaN",
@@ -196,6 +218,19 @@ CASES = [
          setup=_write("gone.toml", RECIPE.replace("train.npz", "gone.npz")), stream="out"),
     Case("check-json-says-why", ["check", "gone.toml", "--format", "json"], 0, '"data_not_inspected": "data file',
          setup=_write("gone.toml", RECIPE.replace("train.npz", "gone.npz")), stream="out"),
+    # data on disk, devices
+    Case("shard-with-nan", ["train", "sh.toml", "--quiet"], 2, "b.npz:x: array 'x' contains NaN (first at row 5, column 0)",
+         setup=lambda w: _shards(w, nan_at=5), absent=("runs/sh",)),
+    Case("shard-without-labels", ["train", "sh.toml", "--quiet"], 2,
+         "a.npy: no array 'y' (labels), which is required here; a .npy shard holds inputs only",
+         setup=lambda w: _shards(w, npy=True), absent=("runs/sh",)),
+    Case("truncated-npy", ["pretrain", "r.toml", "--data", "t.npy", "--out", "p"], 2, "'t.npy' is truncated: its header promises",
+         setup=_truncated_npy, absent=("p",)),
+    Case("unknown-device", ["train", "r.toml", "--device", "gpu"], 2,
+         "--device: must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    Case("max-memory-on-resume", ["train", "--resume", "runs/r", "--max-memory", "1M"], 2,
+         "--max-memory applies to a new run"),
+    Case("bad-max-memory", ["train", "r.toml", "--max-memory", "much"], 2, "cannot read the size 'much'"),
     # 22: "none" only where it means something
     Case("none-where-it-means-nothing", ["check", "n.toml"], 2,
          "The 'data.n_labels' parameter of the recipe must be an int in the range [2, inf). Got 'none' (str) instead.",

@@ -148,12 +148,13 @@ def build_classifier(
     check_range("build_classifier", "dropout_input", dropout_input, low=0.0, high=1.0, high_open=True)
     check_range("build_classifier", "dropout_hidden", dropout_hidden, low=0.0, high=1.0, high_open=True)
     gen = torch.Generator().manual_seed(seed)
+    device = layers[0].weight.device if layers else torch.device("cpu")  # built where the units are
     mods: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         p = dropout_input if i == 0 else dropout_hidden
         if p > 0:
             mods.append(nn.Dropout(p))
-        linear = nn.Linear(n_in, n_out)
+        linear = nn.Linear(n_in, n_out, device=device)
         with torch.no_grad():
             if layers is not None:
                 linear.weight.copy_(layers[i].weight)
@@ -165,7 +166,7 @@ def build_classifier(
         mods += [linear, nn.Sigmoid()]
     if dropout_hidden > 0 and len(sizes) > 1:
         mods.append(nn.Dropout(dropout_hidden))
-    head = nn.Linear(sizes[-1], n_labels)
+    head = nn.Linear(sizes[-1], n_labels, device=device)
     with torch.no_grad():
         head.weight.copy_(torch.randn(n_labels, sizes[-1], generator=gen) * 0.01)
         head.bias.zero_()

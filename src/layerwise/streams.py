@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from layerwise import _devices
 from layerwise import shards as sh
 
 CHUNK = 10000  # rows per forward pass when mapping a layer over data in memory
@@ -50,7 +51,10 @@ class TensorData:
         return len(self) // world if world > 1 else len(self)
 
     def epoch_order(self, generator: torch.Generator, rank: int, world: int) -> torch.Tensor:
-        order = torch.randperm(len(self), generator=generator, device=generator.device)
+        # on the data's device when the generator can draw there (the meta device draws
+        # from a CPU generator), else on the generator's
+        same = generator.device == _devices.generator_device(self.x.device)
+        order = torch.randperm(len(self), generator=generator, device=self.x.device if same else generator.device)
         # every worker draws the same permutation (same seed) and takes its own share:
         # disjoint shards, reshuffled every epoch, of equal length so rounds line up
         return order[rank::world][: self.share(world)] if world > 1 else order

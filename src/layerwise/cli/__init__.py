@@ -44,9 +44,9 @@ def _device(text: str) -> str:
     from layerwise.runtime import check_device
 
     try:
-        return check_device(text, "the command", "--device")
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        return check_device(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}") from None
 
 
 def _size(text: str) -> str:

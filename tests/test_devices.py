@@ -1,0 +1,158 @@
+"""The device plumbing, proved on a CPU-only machine: every tensor a training step or the
+loop makes is on the unit's device (the ``meta`` device stands in for a GPU), generators
+follow the net, artifacts and checkpoints are CPU tensors whatever the device, a
+checkpoint from another kind of device resumes with a note, and bf16 keeps its
+accumulators in fp32. The tests that need a GPU skip without one, saying so."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from layerwise import _devices
+from layerwise.finetune import evaluate, make_optimizer, train_step
+from layerwise.config import FinetuneConfig
+from layerwise.loop import Reporter, run_loop
+from layerwise.stack import DeepBeliefNet
+from layerwise.streams import TensorData
+from layerwise.units import BernoulliRBM, DenoisingAutoencoder, GaussianBernoulliRBM
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+class DevicesMade(TorchDispatchMode):
+    """Records the device of every tensor each op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.made = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.made.append((str(func), t.device.type))
+        return out
+
+
+def _off_device(made, device="meta"):
+    return sorted({op for op, dev in made if dev != device})
+
+
+UNIT_STEPS = [
+    (BernoulliRBM, {"k": 1}),
+    (BernoulliRBM, {"k": 2, "persistent": True, "weight_decay": 1e-3, "sparsity_target": 0.1, "sparsity_cost": 0.1}),
+    (GaussianBernoulliRBM, {"k": 1, "persistent": True}),
+    (DenoisingAutoencoder, {"noise": 0.3, "weight_decay": 1e-3}),
+]
+
+
+@pytest.mark.parametrize("unit_cls, options", UNIT_STEPS, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_unit_step_makes_every_tensor_on_the_units_device(unit_cls, options, precision):
+    unit = unit_cls(12, 7, seed=0).set_precision(precision).to("meta")
+    v = torch.empty(10, 12, device="meta")
+    with DevicesMade() as mode:
+        for _ in range(2):  # the second PCD step goes on from the chains of the first
+            unit.step(v, lr=0.1, momentum=0.5, **options)
+    assert len(mode.made) > 10
+    assert _off_device(mode.made) == [], "ops that made tensors off the unit's device inside a step"
+
+
+def test_the_loop_makes_every_tensor_on_the_datas_device():
+    """The whole loop (the epoch's order, the gather, the batches, the steps) on meta data."""
+    unit = BernoulliRBM(12, 7).to("meta")
+    data = TensorData(torch.empty(95, 12, device="meta"))
+    gen = _devices.device_generator("meta", 0)
+    with DevicesMade() as mode:
+        run_loop(data=data, batch_size=10, epochs=2, generator=gen, desc="t", reporter=Reporter(),
+                 step=lambda xb, yb, e: unit.step(xb, lr=0.1), end_epoch=lambda e, s: False)
+    assert _off_device(mode.made) == []
+    assert sum(op.startswith("aten.randperm") for op, _ in mode.made) == 2  # one order per epoch, on meta
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_finetuning_step_makes_every_tensor_on_the_models_device(precision):
+    dbn = DeepBeliefNet(12, [8, 6], seed=0)
+    clf = dbn.to_classifier(3, dropout_input=0.2, dropout_hidden=0.5).to("meta")
+    opt = make_optimizer(clf, FinetuneConfig(momentum=0.9))
+    xb, yb = torch.empty(10, 12, device="meta"), torch.zeros(10, dtype=torch.long, device="meta")
+    with DevicesMade() as mode:
+        for _ in range(2):
+            loss = train_step(clf, opt, xb, yb, precision)
+    assert loss.device.type == "meta"
+    assert _off_device(mode.made) == []
+
+
+def test_a_net_moved_to_a_device_takes_its_generators_along():
+    dbn = DeepBeliefNet(12, [8, 6], seed=0, device="meta")
+    assert dbn.device.type == "meta"
+    assert all(layer.weight.device.type == "meta" for layer in dbn.layers)
+    assert all(layer.generator.device.type == "cpu" for layer in dbn.layers)  # meta draws from a CPU generator
+    assert dbn.to_classifier(3)[0].weight.device.type == "meta"
+    # the same start on every device: weights are drawn on the CPU, then moved
+    a, b = DeepBeliefNet(12, [8], seed=4), DeepBeliefNet(12, [8], seed=4).to("cpu")
+    assert torch.equal(a.layers[0].weight, b.layers[0].weight)
+
+
+def test_a_generator_state_from_another_device_seeds_a_generator_deterministically():
+    cpu = torch.Generator().manual_seed(1)
+    state = cpu.get_state()
+    g, exact = _devices.restore(torch.Generator(), state)
+    assert exact and torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=torch.Generator().manual_seed(1)))
+    philox = torch.tensor([7] * 16, dtype=torch.uint8)  # a CUDA generator's state is 16 bytes
+    g1, exact1 = _devices.restore(torch.Generator(), philox)
+    g2, _ = _devices.restore(torch.Generator(), philox)
+    assert not exact1
+    assert torch.equal(torch.rand(5, generator=g1), torch.rand(5, generator=g2))  # the same seed every time
+
+
+def test_bf16_keeps_parameters_momentum_and_metrics_in_fp32():
+    x = (torch.rand(64, 20, generator=torch.Generator().manual_seed(0)) < 0.3).float()
+    a, b = BernoulliRBM(20, 10, seed=2), BernoulliRBM(20, 10, seed=2).set_precision("bf16")
+    for unit in (a, b):
+        for _ in range(20):
+            unit.step(x, lr=0.1, momentum=0.5)
+    assert all(t.dtype == torch.float32 for t in [*b.parameters(), *b.buffers()])
+    rel = float((a.weight - b.weight).norm() / a.weight.norm())
+    assert 0 < rel < 0.05, f"bf16 weights {rel:.3g} (relative) away from fp32's"
+    # the metric of the bf16 unit is an fp32 computation: equal to evaluating its weights in fp32
+    c = BernoulliRBM(20, 10)
+    c.load_state_dict(b.state_dict())
+    assert torch.equal(b.reconstruction_cross_entropy(x), c.reconstruction_cross_entropy(x))
+
+
+def test_bf16_fine_tuning_learns_like_fp32(tmp_path):
+    from conftest import make_patterns
+
+    x, y = (torch.from_numpy(a) for a in make_patterns(n=200))
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        clf = DeepBeliefNet(36, [16], seed=0).to_classifier(3)
+        opt = make_optimizer(clf, FinetuneConfig(learning_rate=0.5))
+        for _ in range(30):
+            train_step(clf, opt, x, y, precision)
+        assert all(p.dtype == torch.float32 for p in clf.parameters())
+        losses[precision] = evaluate(clf, x, y)[0]
+    assert losses["bf16"] < 0.5 and abs(losses["bf16"] - losses["fp32"]) < 0.1, losses
+
+
+@GPU
+def test_a_net_trained_on_a_gpu_evaluates_on_the_cpu_and_back(tmp_path):  # pragma: no cover - needs a GPU
+    from conftest import make_patterns
+
+    from layerwise.artifacts import load_model, write_artifact
+    from layerwise.artifacts import classifier_architecture
+
+    x, y = (torch.from_numpy(a) for a in make_patterns(n=200))
+    clf = DeepBeliefNet(36, [16], seed=0, device="cuda").to_classifier(3)
+    opt = make_optimizer(clf, FinetuneConfig(learning_rate=0.5))
+    for _ in range(10):
+        train_step(clf, opt, x.cuda(), y.cuda())
+    write_artifact(tmp_path / "m", clf.state_dict(), kind="finetuned", architecture=classifier_architecture([36, 16], 3, 0, 0),
+                   config={}, stages=[], metrics={})
+    cpu, _ = load_model(tmp_path / "m")
+    assert next(cpu.parameters()).device.type == "cpu"
+    gpu_loss, cpu_loss = evaluate(clf, x, y)[0], evaluate(cpu, x, y)[0]
+    assert abs(gpu_loss - cpu_loss) < 1e-4
+    assert abs(evaluate(cpu.cuda(), x, y)[0] - cpu_loss) < 1e-4

@@ -1,0 +1,295 @@
+"""Data larger than memory: .npy files and folders of shards, opened without loading,
+checked shard by shard, streamed in shuffled blocks that a resumed epoch finds again,
+with bounded memory; and the jobs that train on them (pretraining writes each layer's
+activations as shards; fine-tuning streams; staged pretraining feeds a folder's new
+shards)."""
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_patterns, read_metrics, weights, worker_env
+from layerwise import shards, streams
+from layerwise.config import PretrainConfig
+from layerwise.pretrain import pretrain
+from layerwise.stack import DeepBeliefNet
+
+
+def _rows(n=1000, d=6, seed=0):
+    x = np.random.default_rng(seed).random((n, d)).astype(np.float32)
+    x[:, 0] = np.arange(n) / n  # row i is recognisable by its first column
+    return x
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """The same 1000 rows as a .npy, a stored .npz (with labels) and a compressed .npz."""
+    x = _rows()
+    y = (np.arange(1000) % 3).astype(np.int64)
+    d = tmp_path / "shards"
+    d.mkdir()
+    np.save(d / "a.npy", x[:300])
+    np.savez(d / "b.npz", x=x[300:700], y=y[300:700])
+    np.savez_compressed(d / "c.npz", x=x[700:], y=y[700:])
+    return d, x, y
+
+
+def test_every_kind_of_shard_reads_back_exactly(folder):
+    d, x, y = folder
+    src = shards.open_source(d)
+    assert [s.path.name for s in src.shards] == ["a.npy", "b.npz", "c.npz"]
+    assert [s.x.offset is None for s in src.shards] == [False, False, True]  # the stored ones are memory-mapped
+    assert len(src) == 1000 and src.n_features == 6 and not src.has_labels  # a.npy has no labels
+    assert np.array_equal(src.read(0, 1000), x)
+    assert np.array_equal(src.read(250, 750), x[250:750])  # across shard ends
+    assert np.array_equal(src.rows(100, 900, "v").read(0, 800), x[100:900])  # a view reads its own rows
+    one = shards.open_source(d / "b.npz", require_labels=True)
+    assert np.array_equal(one.read(0, 400, labels=True)[1], y[300:700])
+
+
+def test_the_fingerprints_match_the_in_memory_ones_and_name_each_shard(folder, tmp_path):
+    from layerwise.data import Dataset
+
+    d, x, _ = folder
+    src = shards.scan(shards.open_source(d))
+    assert src.shards[0].fingerprint == Dataset(x[:300], None, "a").fingerprint
+    np.save(d / "a.npy", x[:300] * 0.5)  # another shard: another fingerprint
+    assert shards.scan(shards.open_source(d)).shards[0].fingerprint != src.shards[0].fingerprint
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda x: x.__setitem__((150, 2), np.nan), "b.npy: array 'x' contains NaN (first at row 150, column 2)"),
+    (lambda x: x.__setitem__((7, 4), 3.0), "b.npy: array 'x' has values in [{lo:g}, 3] (first outside [0, 1] at row 7, column 4)"),
+])
+def test_a_bad_value_is_named_by_shard_and_row(tmp_path, bad, message):
+    x = _rows(400)
+    np.save(tmp_path / "a.npy", x[:200])
+    b = x[200:].copy()
+    bad(b)
+    np.save(tmp_path / "b.npy", b)
+    with pytest.raises(ValueError, match=re.escape(message.format(lo=float(np.nanmin(b))))):
+        shards.scan(shards.open_source(tmp_path))
+
+
+def test_bad_shards_are_refused_before_any_work(tmp_path):
+    np.save(tmp_path / "a.npy", _rows(10, 6))
+    np.save(tmp_path / "b.npy", _rows(10, 5))
+    with pytest.raises(ValueError, match="b.npy: 5 features per sample, but .*a.npy has 6"):
+        shards.open_source(tmp_path)
+    t = tmp_path / "t.npy"
+    np.save(t, _rows(100, 6))
+    t.write_bytes(t.read_bytes()[:-40])
+    with pytest.raises(ValueError, match="is truncated: its header promises"):
+        shards.open_source(t)
+    np.savez(tmp_path / "l.npz", x=_rows(10, 6), y=np.arange(10) * 2)
+    with pytest.raises(ValueError, match=r"l.npz:y: array 'y' must hold labels in \[0, 4\); found 4 at row 2"):
+        shards.scan(shards.open_source(tmp_path / "l.npz"), n_labels=4)
+    with pytest.raises(ValueError, match="a .npy shard holds inputs only; put labels in .npz shards"):
+        shards.open_source(tmp_path / "a.npy", require_labels=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no .npy or .npz shards"):
+        shards.open_source(tmp_path / "empty")
+
+
+def _epoch(data, order, bs, start=0, rank=0, world=1):
+    return list(data.batches(order, bs, start, rank, world))
+
+
+def test_an_epoch_streams_every_row_once_in_full_batches(folder, monkeypatch):
+    monkeypatch.setattr(shards, "BLOCK_BYTES", 4 * 6 * 256)  # 256-row blocks: several per shard
+    d, x, _ = folder
+    data = streams.ShardedData(shards.open_source(d))
+    assert len(data.blocks) == 6  # 300 -> 256 + 44, 400 -> 256 + 144, 300 -> 256 + 44
+    gen = torch.Generator().manual_seed(0)
+    order = data.epoch_order(gen, 0, 1)
+    batches = _epoch(data, order, 64)
+    assert [len(b) for b, _ in batches] == [64] * 15 + [40]  # every batch full but the last
+    ids = torch.cat([b[:, 0] for b, _ in batches])
+    assert torch.equal(ids.sort().values, torch.from_numpy(x[:, 0]))  # each row exactly once
+    assert not torch.equal(ids, torch.from_numpy(x[:, 0]))  # shuffled
+    assert not torch.equal(ids, torch.cat([b[:, 0] for b, _ in _epoch(data, data.epoch_order(gen, 0, 1), 64)]))
+    # a resumed epoch: from batch 7 on, the very same batches, without reading the blocks before
+    again = _epoch(data, order, 64, start=7)
+    assert len(again) == 9 and all(torch.equal(a, b) for (a, _), (b, _) in zip(again, batches[7:]))
+    # two workers: disjoint shares of equal length, from the same order
+    r0, r1 = (torch.cat([b[:, 0] for b, _ in _epoch(data, order, 64, 0, r, 2)]) for r in (0, 1))
+    assert len(r0) == len(r1) == data.share(2) and not set(r0.tolist()) & set(r1.tolist())
+
+
+def test_streaming_reads_in_bounded_blocks_and_lets_them_go(tmp_path):
+    """A pass over a 256 MB .npy raises the peak resident set by about one block (32 MB
+    of it, plus its tensor copies), not by the file's size, as slicing one map would."""
+    path = tmp_path / "big.npy"
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(65536, 1024))
+    for s in range(0, 65536, 8192):
+        mm[s : s + 8192] = 0.5
+    mm.flush()
+    del mm
+    code = f"""
+import resource, torch
+from layerwise import shards, streams
+data = streams.ShardedData(shards.open_source({str(path)!r}))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+order = data.epoch_order(torch.Generator().manual_seed(0), 0, 1)
+total = sum(float(b.sum()) for b, _ in data.batches(order, 1000, 0))
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, total)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=worker_env(), check=True)
+    before, after, total = out.stdout.split()
+    assert float(total) == 0.5 * 65536 * 1024
+    grown_mb = (int(after) - int(before)) / 1024
+    assert grown_mb < 160, f"peak RSS grew by {grown_mb:.0f} MB over a 256 MB file"
+
+
+def test_streamed_pretraining_learns_and_writes_each_layers_activations_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "BLOCK_BYTES", 4 * 36 * 128)
+    x, _ = make_patterns(n=600)
+    d = tmp_path / "shards"
+    d.mkdir()
+    for i in range(3):
+        np.save(d / f"p{i}.npy", x[200 * i : 200 * (i + 1)])
+    dbn = DeepBeliefNet(36, [24, 12, 8], seed=0)
+    made = []
+    real_map = streams.ShardedData.map
+
+    def spy(self, fn, folder=None, key=""):
+        out = real_map(self, fn, folder, key)
+        made.append((folder.name, sorted(p.name for p in folder.iterdir())))
+        return out
+
+    monkeypatch.setattr(streams.ShardedData, "map", spy)
+    data = streams.ShardedData(shards.scan(shards.open_source(d)))
+    records = pretrain(dbn, data, None, PretrainConfig(epochs=3, batch_size=20, learning_rate=0.1), scratch=tmp_path / "act")
+    # layers 2 and 3 trained on the shards of the layer below, written once each
+    assert made == [("train-layer-1", ["meta.json", "shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]),
+                    ("train-layer-2", ["meta.json", "shard-00000.npy", "shard-00001.npy", "shard-00002.npy"])]
+    assert not any((tmp_path / "act").iterdir())  # removed once the next layer had its own
+    for layer in range(3):
+        ce = [r["recon_ce_train"] for r in records if r["layer"] == layer]
+        assert ce[-1] < ce[0], (layer, ce)
+
+
+STREAM_RECIPE = """
+seed = 2
+threads = 1
+[data]
+source = "files"
+train = "train"
+test = "test.npz"
+[model]
+hidden = [24, 12]
+[pretrain]
+epochs = 3
+batch_size = 10
+learning_rate = 0.1
+[finetune]
+epochs = 3
+batch_size = 10
+learning_rate = 0.5
+dropout_hidden = 0.2
+[checkpoint]
+every_batches = 7
+"""
+
+
+def _stream_files(tmp_path):
+    x, y = make_patterns(n=900, n_features=36, n_classes=3, seed=4)
+    (tmp_path / "train").mkdir()
+    for i in range(3):
+        np.savez(tmp_path / "train" / f"part-{i}.npz", x=x[250 * i : 250 * (i + 1)], y=y[250 * i : 250 * (i + 1)])
+    np.savez(tmp_path / "test.npz", x=x[750:], y=y[750:])
+    (tmp_path / "r.toml").write_text(STREAM_RECIPE)
+
+
+def _train(tmp_path, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "layerwise", "train", *args, "--quiet"], cwd=tmp_path,
+                          env=env or worker_env(), capture_output=True, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", ["pretrain layer 2@2.31", "finetune@2.40"])
+def test_a_streamed_run_killed_and_resumed_is_bitwise_the_uninterrupted_one(tmp_path, kill):
+    _stream_files(tmp_path)
+    ref = _train(tmp_path, "r.toml", "--name", "ref")
+    assert ref.returncode == 0, ref.stderr
+    start = read_metrics(tmp_path / "runs" / "ref")[0]
+    assert start["streamed"] is True and start["device"] == "cpu" and start["train"] == 675  # 10% held out
+    assert not (tmp_path / "runs" / "ref" / "activations").exists()  # the layers' shards are gone at the end
+    killed = _train(tmp_path, "r.toml", "--name", "k", env=worker_env(LAYERWISE_TEST_KILL=kill))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    res = _train(tmp_path, "--resume", "runs/k")
+    assert res.returncode == 0, res.stderr
+    for artifact in ("pretrained", "finetuned"):
+        a, b = weights(tmp_path / "runs" / "ref" / artifact), weights(tmp_path / "runs" / "k" / artifact)
+        assert all(torch.equal(a[k], b[k]) for k in a), artifact
+
+
+@pytest.mark.slow
+def test_inputs_above_max_memory_are_streamed(tmp_path):
+    x, y = make_patterns(n=400)
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    (tmp_path / "r.toml").write_text(STREAM_RECIPE.replace('"train"', '"train.npz"').replace('test = "test.npz"\n', "")
+                                     .replace("epochs = 3", "epochs = 1"))
+    small = _train(tmp_path, "r.toml", "--name", "mem")
+    big = _train(tmp_path, "r.toml", "--name", "disk", "--max-memory", "20k")  # 400 x 36 x 4 = 56 kB
+    assert small.returncode == 0 and big.returncode == 0, small.stderr + big.stderr
+    assert read_metrics(tmp_path / "runs" / "mem")[0]["streamed"] is False
+    assert read_metrics(tmp_path / "runs" / "disk")[0]["streamed"] is True
+    assert 'max_memory = "20k"' in (tmp_path / "runs" / "disk" / "config.toml").read_text()  # a resume streams too
+    bad = _train(tmp_path, "r.toml", "--max-memory", "lots")
+    assert bad.returncode == 2 and "cannot read the size 'lots'" in bad.stderr
+
+
+def _pretrain(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "layerwise", "pretrain", *args, "--quiet"], cwd=tmp_path,
+                          env=worker_env(), capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_staged_pretraining_feeds_a_folders_new_shards_once(tmp_path):
+    """Three shards arrive one at a time: three stages, each on the one new shard; run
+    again with nothing new, nothing is fed twice."""
+    x, _ = make_patterns(n=600)
+    (tmp_path / "incoming").mkdir()
+    (tmp_path / "r.toml").write_text("seed = 1\n[model]\nhidden = [16, 8]\n[pretrain]\nepochs = 1\nbatch_size = 20\n")
+    for i in range(3):
+        np.save(tmp_path / "incoming" / f"day-{i}.npy", x[200 * i : 200 * (i + 1)])
+        args = ["r.toml", "--out", "p"] if i == 0 else ["--resume", "p"]
+        res = _pretrain(tmp_path, *args, "--data", "incoming")
+        assert res.returncode == 0, res.stderr
+        assert f"stage {i + 1}:" in res.stdout
+    manifest = json.loads((tmp_path / "p" / "stage-3" / "manifest.json").read_text())
+    fed = [[s["file"] for s in st["shards"]] for st in manifest["stages"]]
+    assert fed == [["day-0.npy"], ["day-1.npy"], ["day-2.npy"]]
+    assert [st["samples"] for st in manifest["stages"]] == [200, 200, 200]
+    again = _pretrain(tmp_path, "--resume", "p", "--data", "incoming")
+    assert again.returncode == 0, again.stderr
+    assert "nothing new to pretrain on" in again.stdout
+    assert not (tmp_path / "p" / "stage-4").exists()
+    # two new shards at once (one of them a copy of a shard already fed): one stage, on the new one
+    np.save(tmp_path / "incoming" / "day-3.npy", x[:100])
+    np.save(tmp_path / "incoming" / "day-4.npy", x[:200])  # the bytes of day-0
+    res = _pretrain(tmp_path, "--resume", "p", "--data", "incoming")
+    assert res.returncode == 0, res.stderr
+    last = json.loads((tmp_path / "p" / "stage-4" / "manifest.json").read_text())["stages"][-1]
+    assert [s["file"] for s in last["shards"]] == ["day-3.npy"]
+
+
+def test_a_stored_npz_member_is_mapped_at_its_offset(tmp_path):
+    """The offset of a stored member comes from the zip's local header (its name and
+    extra field vary in length): the bytes read are the array's."""
+    x = _rows(50, 4)
+    path = tmp_path / "s.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("comment.txt", "x" * 17)
+        with z.open("x.npy", "w") as f:
+            np.lib.format.write_array(f, x)
+    shard = shards.open_npz(path)
+    assert shard.x.offset is not None and np.array_equal(shard.x.read(0, 50), x)

@@ -156,3 +156,38 @@ def test_a_net_trained_on_a_gpu_evaluates_on_the_cpu_and_back(tmp_path):  # prag
     gpu_loss, cpu_loss = evaluate(clf, x, y)[0], evaluate(cpu, x, y)[0]
     assert abs(gpu_loss - cpu_loss) < 1e-4
     assert abs(evaluate(cpu.cuda(), x, y)[0] - cpu_loss) < 1e-4
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_another_device_resumes_with_a_note(tmp_path):
+    """A checkpoint written on a GPU (its device and a CUDA generator's 16-byte state,
+    put there by hand) resumes on the CPU: the run finishes, and says that its result is
+    not the uninterrupted run's."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import RESUME_RECIPE, worker_env, write_patterns
+    from layerwise.checkpointing import load_checkpoint, save_checkpoint
+
+    write_patterns(tmp_path)
+    (tmp_path / "r.toml").write_text(RESUME_RECIPE)
+    cmd = [sys.executable, "-m", "layerwise", "train"]
+    killed = subprocess.run([*cmd, "r.toml", "--quiet"], cwd=tmp_path, env=worker_env(LAYERWISE_TEST_KILL="finetune@2.53"),
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    ck = tmp_path / "runs" / "r" / "checkpoint"
+    tensors, meta = load_checkpoint(ck)
+    assert meta["device"] == "cpu"
+    meta["device"] = "cuda:0"
+    generators = [k for k in tensors if k.endswith("/generator")]
+    assert generators, sorted(tensors)
+    for k in generators:
+        tensors[k] = torch.arange(16, dtype=torch.uint8)  # what a CUDA (Philox) generator's state looks like
+    save_checkpoint(ck, tensors, meta)
+    res = subprocess.run([*cmd, "--resume", "runs/r", "--quiet"], cwd=tmp_path, env=worker_env(),
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "was checkpointed on cuda:0 and resumes on cpu" in res.stderr
+    assert "will not be bitwise equal to an uninterrupted run" in res.stderr
+    assert (tmp_path / "runs" / "r" / "finetuned").is_dir()

@@ -293,3 +293,24 @@ def test_a_stored_npz_member_is_mapped_at_its_offset(tmp_path):
             np.lib.format.write_array(f, x)
     shard = shards.open_npz(path)
     assert shard.x.offset is not None and np.array_equal(shard.x.read(0, 50), x)
+
+
+@pytest.mark.distributed
+def test_two_workers_stream_their_shares_and_share_one_copy_of_the_activations(tmp_path, monkeypatch):
+    """Two workers on a folder of shards: each streams its half of every block, rank 0
+    writes each layer's activations once for both, and a kill and restart of the group
+    ends as the uninterrupted group does."""
+    _stream_files(tmp_path)
+    (tmp_path / "r.toml").write_text(STREAM_RECIPE.replace("[checkpoint]\nevery_batches = 7\n", ""))
+    env = worker_env(LAYERWISE_TEST_KILL="1/pretrain layer 2@2.5")
+    ref = _train(tmp_path, "r.toml", "--name", "ref", "--workers", "2")
+    assert ref.returncode == 0, ref.stderr
+    kill = _train(tmp_path, "r.toml", "--name", "k", "--workers", "2", "--max-restarts", "1", env=env)
+    assert kill.returncode == 0, kill.stderr
+    assert [r["phase"] for r in read_metrics(tmp_path / "runs" / "k")].count("resume") == 1
+    start = read_metrics(tmp_path / "runs" / "ref")[0]
+    assert start["workers"] == 2 and start["streamed"] is True
+    assert not (tmp_path / "runs" / "ref" / "activations").exists()
+    for artifact in ("pretrained", "finetuned"):
+        a, b = weights(tmp_path / "runs" / "ref" / artifact), weights(tmp_path / "runs" / "k" / artifact)
+        assert all(torch.equal(a[k], b[k]) for k in a), artifact

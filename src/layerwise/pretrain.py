@@ -20,6 +20,7 @@ import torch
 from layerwise._devices import device_generator
 from layerwise.averaging import from_rank0, make_averager
 from layerwise.config import DistributedConfig, GuardConfig, PretrainConfig
+from layerwise.distributed import barrier, rank_world
 from layerwise.guard import DivergenceGuard, dead_fraction, make_guard
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
 from layerwise.stack import DeepBeliefNet
@@ -146,11 +147,20 @@ def pretrain(
 
 def _up(dbn: DeepBeliefNet, j: int, data, scratch: Path | None, part: str = "train"):
     """The mean activations of layer j over ``data`` (the activations of the layer below
-    it), for layer j + 1; the layer below's streamed activations are removed."""
+    it), for layer j + 1; the layer below's streamed activations are removed. In a
+    group, the layers are the same on every worker after the epoch's last averaging
+    round: rank 0 writes the shards, the others wait and read them."""
     unit = dbn.layers[j]
     folder = None if scratch is None else Path(scratch) / f"{part}-layer-{j + 1}"
+    if not data.streamed:
+        return data.map(unit.transform, folder)
     key = hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for layer in dbn.layers[: j + 1]
-                                  for t in layer.parameters())).hexdigest() if data.streamed else ""
+                                  for t in layer.parameters())).hexdigest()
+    rank, world = rank_world()
+    if rank != 0:
+        barrier()  # rank 0 writes; the shards are complete (renamed into place) after this
     out = data.map(unit.transform, folder, key)
-    data.discard()
+    if rank == 0:
+        data.discard()
+        barrier()
     return out

@@ -178,7 +178,7 @@ def pretrain_phase(run: Run, dbn: DeepBeliefNet, ckpt: dict | None) -> dict | No
     pretrain(dbn, x_train, x_held, cfg.pretrain, seed=cfg.seed, reporter=run.reporter, progress=progress,
              generator=generator, records=records, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
              guard=cfg.guard, distributed=cfg.distributed if run.world > 1 else None,
-             scratch=run.folder / "activations" / f"rank{rank_world()[0]}")
+             scratch=run.folder / "activations")
     run.clock.stop()
     remove_scratch(run.folder / "activations")
     manifest = write_pretrained(run, dbn, records) if run.writer else None

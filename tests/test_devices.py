@@ -191,3 +191,12 @@ def test_a_checkpoint_from_another_device_resumes_with_a_note(tmp_path):
     assert "was checkpointed on cuda:0 and resumes on cpu" in res.stderr
     assert "will not be bitwise equal to an uninterrupted run" in res.stderr
     assert (tmp_path / "runs" / "r" / "finetuned").is_dir()
+
+
+def test_restored_pcd_chains_land_on_the_units_device():
+    a = BernoulliRBM(12, 7)
+    a.step(torch.rand(10, 12), lr=0.1, persistent=True)
+    b = BernoulliRBM(12, 7).to("meta")
+    with pytest.warns(UserWarning, match="copying from a non-meta parameter"):  # torch: a copy into meta is a no-op
+        b.load_state_dict(a.state_dict())
+    assert b.persistent_chains.device.type == "meta" and b.persistent_chains.shape == (10, 12)

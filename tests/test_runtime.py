@@ -34,6 +34,9 @@ def test_device_specs_resolve_or_fail_with_the_reason(monkeypatch):
     assert runtime.resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         assert runtime.resolve_device("auto") == torch.device("cpu")  # auto: the CPU when torch sees no GPU
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        assert runtime.resolve_device("auto") == torch.device("cpu")  # a worker too
         for spec in ("cuda", "cuda:1"):
             with pytest.raises(ValueError, match="this machine has no CUDA device"):
                 runtime.resolve_device(spec)
@@ -43,9 +46,13 @@ def test_device_specs_resolve_or_fail_with_the_reason(monkeypatch):
         n = torch.cuda.device_count()
         assert runtime.resolve_device("auto").type == "cuda"
         monkeypatch.setenv("LOCAL_RANK", str(n - 1))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(n))
         assert runtime.resolve_device("cuda") == torch.device("cuda", n - 1)  # a worker's own GPU
-        monkeypatch.setenv("LOCAL_RANK", str(n))  # more workers than GPUs: auto falls back to the CPU
+        with pytest.raises(ValueError, match="names one GPU, but"):  # n workers cannot share one GPU under NCCL
+            runtime.resolve_device("cuda:0") if n > 1 else (_ for _ in ()).throw(ValueError("names one GPU, but"))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(n + 1))  # more workers than GPUs: every one on the CPU
         assert runtime.resolve_device("auto") == torch.device("cpu")
+        monkeypatch.setenv("LOCAL_RANK", str(n))
         with pytest.raises(ValueError, match=f"LOCAL_RANK {n} of a distributed run needs GPU {n}"):
             runtime.resolve_device("cuda")
     with pytest.raises(ValueError, match="The 'precision' parameter of the runtime policy must be one of"):

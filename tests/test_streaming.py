@@ -314,3 +314,108 @@ def test_two_workers_stream_their_shares_and_share_one_copy_of_the_activations(t
     for artifact in ("pretrained", "finetuned"):
         a, b = weights(tmp_path / "runs" / "ref" / artifact), weights(tmp_path / "runs" / "k" / artifact)
         assert all(torch.equal(a[k], b[k]) for k in a), artifact
+
+
+@pytest.mark.parametrize("bs", [100, 70, 7])
+def test_blocks_smaller_than_a_batch_still_make_full_batches(tmp_path, bs):
+    """Three shards of 30 rows: every batch but the last is full, every row is used, and
+    an epoch resumed at any batch gives the same batches as the uninterrupted one."""
+    for i in range(3):
+        np.save(tmp_path / f"s{i}.npy", _rows(30, 2, seed=i) + i)
+    data = streams.ShardedData(shards.open_source(tmp_path))
+    order = data.epoch_order(torch.Generator().manual_seed(0), 0, 1)
+    full = _epoch(data, order, bs)
+    assert [len(b) for b, _ in full][:-1] == [bs] * (len(full) - 1) and sum(len(b) for b, _ in full) == 90
+    assert len(full) == -(-data.share(1) // bs)  # what the loop counts
+    for start in range(len(full)):
+        again = _epoch(data, order, bs, start)
+        assert len(again) == len(full) - start and all(torch.equal(a, b) for (a, _), (b, _) in zip(again, full[start:]))
+
+
+def test_blocks_are_of_nearly_equal_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(shards, "BLOCK_BYTES", 4 * 6 * 256)  # at most 256 rows a block
+    np.save(tmp_path / "a.npy", _rows(1025, 6))
+    data = streams.ShardedData(shards.open_source(tmp_path))
+    assert [b - a for _, a, b in data.blocks] == [205] * 5  # not 256, 256, 256, 256, 1
+
+
+def test_streamed_labels_and_rows_are_checked_with_file_positions(tmp_path):
+    from layerwise.config import DataConfig
+    from layerwise.data import load_splits
+
+    x, y = make_patterns(n=1000)
+    d = tmp_path / "sh"
+    d.mkdir()
+    xb = x.copy()
+    xb[950, 3] = np.nan
+    np.savez(d / "part.npz", x=xb, y=y)
+    # the NaN sits in the held-out rows (the last 10%): the message gives its row in the file
+    with pytest.raises(ValueError, match=r"part.npz:x: array 'x' contains NaN \(first at row 950, column 3\)"):
+        load_splits(DataConfig(source="files", train=str(d)))
+    yn = y.astype(np.float64)
+    yn[10] = np.nan
+    np.savez(d / "part.npz", x=x, y=yn)
+    with pytest.raises(ValueError, match="part.npz:y: array 'y' must hold integer class labels"):
+        load_splits(DataConfig(source="files", train=str(d)))
+    # the largest label only in the held-out rows: the labels are counted over all of them
+    y2 = y % 3
+    y2[-1] = 7
+    np.savez(d / "part.npz", x=x, y=y2)
+    splits = load_splits(DataConfig(source="files", train=str(d)))
+    assert splits.n_labels == 8 and len(splits.train) == 900 and len(splits.validation) == 100
+    assert splits.train.fingerprint != splits.validation.fingerprint
+    np.save(tmp_path / "w.npy", np.zeros((10, 0), np.float32))
+    with pytest.raises(ValueError, match=r"w.npy: array 'x' has no features \(shape \(10, 0\)\)"):
+        shards.open_source(tmp_path / "w.npy")
+
+
+def test_a_loop_resumes_over_data_of_the_kind_its_order_was_drawn_for(tmp_path):
+    from layerwise.data import Dataset, loop_data
+
+    x, y = make_patterns(n=100)
+    mem = Dataset(x, y, "m")
+    assert not loop_data(mem).streamed and loop_data(mem, streamed=True).streamed  # in memory, streamed as it was
+    np.save(tmp_path / "a.npy", x)
+    disk = shards.StreamedDataset(shards.open_source(tmp_path / "a.npy"), "a.npy")
+    with pytest.raises(ValueError, match="the checkpoint was written by a loop over this data in memory"):
+        loop_data(disk, streamed=False)
+
+
+def test_train_on_validation_joins_streamed_and_in_memory_data(tmp_path):
+    from layerwise.config import FinetuneConfig
+    from layerwise.finetune import finetune
+
+    x, y = make_patterns(n=300)
+    np.savez(tmp_path / "a.npz", x=x[:200], y=y[:200])
+    train = streams.ShardedData(shards.open_source(tmp_path / "a.npz"), labels=True)
+    val = streams.TensorData(torch.from_numpy(x[200:]), torch.from_numpy(y[200:]))
+    clf = DeepBeliefNet(36, [16], seed=0).to_classifier(3)
+    res = finetune(clf, train, None, val, None, FinetuneConfig(epochs=2, batch_size=20, learning_rate=0.5,
+                                                               train_on_validation=True))
+    assert res.epochs_run == 2
+
+
+def test_a_later_stage_reads_only_the_new_shards(tmp_path, monkeypatch):
+    from layerwise.config import from_dict
+    from layerwise.jobs import stages
+
+    x, _ = make_patterns(n=600)
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(2):
+        np.save(d / f"p{i}.npy", x[200 * i : 200 * (i + 1)])
+    cfg = from_dict({"model": {"hidden": [8]}, "pretrain": {"epochs": 1, "batch_size": 20}})
+    scanned = []
+    real = stages.scan
+    monkeypatch.setattr(stages, "scan", lambda src, **kw: (scanned.append([s.path.name for s in src.shards]),
+                                                           real(src, **kw))[1])
+    assert stages.pretrain_stage(tmp_path / "p", cfg=cfg, data=d).stage == 1
+    assert scanned == [["p0.npy"], ["p1.npy"]]
+    np.save(d / "p2.npy", x[400:])
+    scanned.clear()
+    res = stages.pretrain_stage(tmp_path / "p", data=d)
+    assert res.stage == 2 and scanned == [["p2.npy"]]  # the shards fed before were not read again
+    np.save(tmp_path / "one.npy", x[:100])
+    assert stages.pretrain_stage(tmp_path / "p", data=tmp_path / "one.npy").stage == 3
+    with pytest.warns(UserWarning, match="was fed to an earlier stage already; it is fed again"):
+        assert stages.pretrain_stage(tmp_path / "p", data=tmp_path / "one.npy").stage == 4  # a file is fed as asked

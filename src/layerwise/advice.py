@@ -188,9 +188,9 @@ def data_facts(cfg) -> tuple[dict | None, str | None]:
     be read: nothing is downloaded here."""
     import numpy as np
 
-    from layerwise.data import MNIST_NPZ, Dataset, Splits, cache_dir, load_digits, load_mnist, load_npz, open_data
+    from layerwise.data import MNIST_NPZ, Dataset, Splits, cache_dir, load_digits, load_mnist, open_data
 
-    total = None  # rows of data streamed from disk (of which the first are inspected)
+    total = held = None  # rows of data streamed from disk (the first are inspected), rows it holds at once
     try:
         if cfg.source == "mnist":
             if not (cache_dir() / MNIST_NPZ).exists():
@@ -199,11 +199,13 @@ def data_facts(cfg) -> tuple[dict | None, str | None]:
         elif cfg.source == "digits":
             splits = load_digits()
         else:
-            train = open_data(cfg.train)
+            from layerwise.shards import parse_size
+
+            train = open_data(cfg.train, max_memory=None if cfg.max_memory is None else parse_size(cfg.max_memory))
             if not isinstance(train, Dataset):  # streamed from disk: its first rows speak for it
                 x, y = train.head(20000)
-                total, train = len(train), Dataset(x, y, train.name)
-            splits = Splits(train, load_npz(cfg.validation) if cfg.validation else None, None, None)
+                total, held, train = len(train), train.source.block_rows(), Dataset(x, y, train.name)
+            splits = Splits(train, open_data(cfg.validation) if cfg.validation else None, None, None)
     except (OSError, ValueError, ImportError) as e:
         return None, str(e)
     x, y = np.asarray(splits.train.x), splits.train.y
@@ -218,6 +220,7 @@ def data_facts(cfg) -> tuple[dict | None, str | None]:
         "range": (float(finite.min()), float(finite.max())) if finite.size else None,
         "has_validation": True,  # a split is held out when no validation file is given
         "samples": int(x.shape[0] if total is None else total),
+        "rows_in_memory": int(x.shape[0] if held is None else held),
     }, None
 
 
@@ -238,7 +241,8 @@ def _memory_findings(cfg: RunConfig, facts: dict) -> list[Finding]:
 
     hidden = cfg.model.hidden or suggest_layers(max(facts["n_inputs"], 2))
     try:
-        samples = min(facts["samples"], cfg.data.train_limit or facts["samples"])
+        # streamed data holds one block at a time
+        samples = min(facts["rows_in_memory"], cfg.data.train_limit or facts["samples"])
         check_fits([facts["n_inputs"], *hidden], cfg.data.n_labels or facts["n_labels"] or 2, samples)
     except ValueError as e:
         return [Finding("memory", "error", str(e), "a run that cannot fit fails halfway, after writing",

@@ -236,8 +236,11 @@ def open_data(path, *, require_labels: bool = False, max_memory: int | None = No
     if shards.is_sharded(path):
         return StreamedDataset(shards.open_source(path, require_labels=require_labels), str(path))
     if max_memory is not None and Path(path).is_file():
-        src = shards.open_source(path, require_labels=require_labels)
-        if src.nbytes > max_memory:
+        try:  # the headers say the size; a file they cannot map is read into memory as before
+            src = shards.open_source(path, require_labels=require_labels)
+        except ValueError:
+            src = None
+        if src is not None and src.nbytes > max_memory:
             return StreamedDataset(src, str(path))
     return load_npz(path, require_labels=require_labels)
 
@@ -270,8 +273,8 @@ def load_splits(cfg, *, visible: str = "bernoulli", seed: int = 0, report=print)
     elif cfg.source == "digits":
         splits = load_digits()
     else:  # "files" (or its first name, "npz")
-        opened = lambda path: open_data(path, require_labels=True, max_memory=max_memory)  # noqa: E731
-        train = opened(cfg.train)
+        opened = lambda path, limit=None: open_data(path, require_labels=True, max_memory=limit)  # noqa: E731
+        train = opened(cfg.train, max_memory)  # the bound is the training data's
         val = opened(cfg.validation) if cfg.validation else None
         test = opened(cfg.test) if cfg.test else None
         splits = Splits(train, val, test, None)
@@ -302,10 +305,14 @@ def load_splits(cfg, *, visible: str = "bernoulli", seed: int = 0, report=print)
 
 
 def _streamed_splits(cfg, train: StreamedDataset, splits: Splits, n_labels: int | None, visible: str) -> Splits:
-    """load_splits for training data streamed from disk: limited and split by rows
-    (views, nothing read), then each part scanned once."""
+    """load_splits for training data streamed from disk: limited (a view), checked and
+    fingerprinted once over every row it trains on, then split by rows into views whose
+    fingerprints name their rows; a validation or test file is checked on its own."""
     if cfg.train_limit is not None and cfg.train_limit < len(train):
         train = _rows(train, 0, cfg.train_limit, f"[:{cfg.train_limit}]")
+    check(train, visible=visible, n_labels=n_labels)  # every row it trains on, once
+    if n_labels is None:  # labels are small: read them whole to find the largest
+        n_labels = max(shards.max_label(train.source) + 1, 2)
     val = splits.validation
     if val is None:
         n = len(train)
@@ -314,28 +321,30 @@ def _streamed_splits(cfg, train: StreamedDataset, splits: Splits, n_labels: int 
             raise ValueError(f"{train.name}: validation_fraction={cfg.validation_fraction} leaves {n - n_val} training "
                              f"and {n_val} validation samples; both must be at least 1")
         train, val = _rows(train, 0, n - n_val, "[train]"), _rows(train, n - n_val, n, "[validation]")
-    if n_labels is None:  # labels are small: read them whole to find the largest
-        n_labels = max(shards.max_label(train.source) + 1, 2)
-    check(train, visible=visible, n_labels=n_labels)
-    val = check(val, visible=visible, n_inputs=train.n_features, n_labels=n_labels)
+    else:
+        val = check(val, visible=visible, n_inputs=train.n_features, n_labels=n_labels)
     test = splits.test and check(splits.test, visible=visible, n_inputs=train.n_features, n_labels=n_labels)
     return Splits(train, val, test, n_labels)
 
 
-def loop_data(ds, device=None):
+def loop_data(ds, device=None, *, labels: bool = True, streamed: bool | None = None):
     """A data set as the training loop takes it: tensors moved to ``device`` once
     (``streams.TensorData``), or streamed from disk (``streams.ShardedData``); None for
-    None."""
+    None. ``labels``: False to leave the labels on disk (pretraining). ``streamed``:
+    what a checkpoint's loop was (its epoch order is of that kind), None to decide."""
     from layerwise.streams import ShardedData, TensorData
 
     if ds is None:
         return None
     if isinstance(ds, StreamedDataset):
-        return ShardedData(ds.source, device, labels=True)
+        if streamed is False:
+            raise ValueError(f"{ds.name}: the checkpoint was written by a loop over this data in memory, and it is "
+                             "streamed from disk now (another --max-memory?); resume with the run's own setting")
+        return ShardedData(ds.source, device, labels=labels)
     x, y = as_tensors(ds)
-    if device is not None and _too_big_for(device, 4 * x.numel()):
+    if streamed or (streamed is None and device is not None and _too_big_for(device, 4 * x.numel())):
         # in host memory, moved to the GPU block by block
-        return ShardedData(shards.in_memory(ds.x, ds.y, ds.name), device, labels=ds.y is not None)
+        return ShardedData(shards.in_memory(ds.x, ds.y, ds.name), device, labels=labels and ds.y is not None)
     return TensorData(x.to(device) if device is not None else x, None if y is None else (y.to(device) if device is not None else y))
 
 

@@ -24,7 +24,7 @@ from layerwise.distributed import collective_device
 from layerwise.config import DistributedConfig, FinetuneConfig, GuardConfig
 from layerwise.guard import DivergenceGuard, make_guard
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
-from layerwise.streams import as_data
+from layerwise.streams import as_data, concat
 
 
 def _device_rng(device: torch.device):
@@ -197,7 +197,7 @@ def finetune(
     val = None if x_val is None else as_data(x_val, y_val, device)
     has_val = val is not None
     if cfg.train_on_validation and has_val:
-        train, val = train.concat(val), None
+        train, val = concat(train, val), None
         has_val = False  # the validation data is training data now
     optimizer = optimizer if optimizer is not None else make_optimizer(model, cfg)
     st = state if state is not None else FinetuneState()
@@ -270,7 +270,8 @@ def finetune(
             if st.device_rng_state is not None and st.exact:
                 torch.cuda.set_rng_state(st.device_rng_state, device)
             else:
-                torch.cuda.manual_seed(seed)
+                with torch.cuda.device(device):  # that GPU's generator, not the current one's
+                    torch.cuda.manual_seed(seed)
         epochs_run = run_loop(
             data=train, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=st.generator,
             step=step, end_epoch=end_epoch, reporter=reporter, desc="finetune", position=st.position,

@@ -24,7 +24,7 @@ from layerwise.distributed import barrier, rank_world
 from layerwise.guard import DivergenceGuard, dead_fraction, make_guard
 from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
 from layerwise.stack import DeepBeliefNet
-from layerwise.streams import as_data
+from layerwise.streams import as_data, wait_for_activations
 from layerwise.units import Unit
 
 
@@ -158,9 +158,11 @@ def _up(dbn: DeepBeliefNet, j: int, data, scratch: Path | None, part: str = "tra
                                   for t in layer.parameters())).hexdigest()
     rank, world = rank_world()
     if rank != 0:
-        barrier()  # rank 0 writes; the shards are complete (renamed into place) after this
+        # rank 0 writes (for as long as that takes: a barrier would time out on a large
+        # layer); the shards are complete once their folder is renamed into place
+        wait_for_activations(folder, key)
     out = data.map(unit.transform, folder, key)
     if rank == 0:
         data.discard()
-        barrier()
+    barrier()
     return out

@@ -64,13 +64,17 @@ def resolve_device(spec: str = "auto"):
         return torch.device("cpu")
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     local = int(os.environ.get("LOCAL_RANK", "-1"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if local >= 0 else 1
     if spec == "auto":
-        if n == 0 or local >= n:  # every worker has a GPU, or none of them trains on one
+        if n == 0 or local_world > n:  # every worker has a GPU of its own, or none trains on one
             return torch.device("cpu")
-        return torch.device("cuda", max(local, 0) if local >= 0 else torch.cuda.current_device())
+        return torch.device("cuda", local if local >= 0 else torch.cuda.current_device())
     if n == 0:
         raise ValueError(f"device {spec!r}: this machine has no CUDA device that torch can use "
                          f"(torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu or auto")
+    if ":" in spec and local_world > 1:
+        raise ValueError(f"device {spec!r} names one GPU, but {local_world} workers run on this machine, one GPU "
+                         "each (NCCL): use --device cuda (each worker takes the GPU of its LOCAL_RANK) or auto")
     index = int(spec.split(":")[1]) if ":" in spec else (local if local >= 0 else torch.cuda.current_device())
     if index >= n:
         what = f"LOCAL_RANK {local} of a distributed run" if ":" not in spec else f"device {spec!r}"

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 BLOCK_BYTES = 32 * 2**20  # rows per block: about this many bytes of float32 inputs
-_LAST: list = [None, None]  # the compressed .npz member read last: (path, member), array
+_MEMBERS: dict = {}  # compressed .npz members in memory: (path, member, mtime, size) -> array; the last two
 
 
 @dataclass
@@ -55,13 +55,15 @@ class Array:
         a, b = a + self.start, b + self.start
         if self.array is not None:
             return np.array(self.array[a:b])
-        if self.offset is None:  # one compressed member in memory at a time
-            key = (str(self.path), self.member)
-            if _LAST[0] != key:
-                _LAST[:] = [None, None]
+        if self.offset is None:  # a compressed member: decompressed once, x and y of one shard kept
+            st = os.stat(self.path)
+            key = (str(self.path), self.member, st.st_mtime_ns, st.st_size)
+            if key not in _MEMBERS:
+                while len(_MEMBERS) >= 2:
+                    _MEMBERS.pop(next(iter(_MEMBERS)))
                 with np.load(self.path, allow_pickle=False) as z:
-                    _LAST[:] = [key, z[self.member]]
-            return np.array(_LAST[1][a:b])
+                    _MEMBERS[key] = z[self.member]
+            return np.array(_MEMBERS[key][a:b])
         row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         if b <= a:
             return np.empty((0, *self.shape[1:]), self.dtype)
@@ -129,9 +131,11 @@ class ShardSet:
             lo, hi = max(a - start, 0), min(b - start, len(s))
             if lo < hi:
                 view = Shard(s.path, s.x.rows(lo, hi), None if s.y is None else s.y.rows(lo, hi))
+                if self.scanned:  # a view of checked rows is checked; its fingerprint names the rows
+                    view.fingerprint = hashlib.sha256(f"{s.fingerprint}[{lo}:{hi}]".encode()).hexdigest()
                 out.append(view)
             start += len(s)
-        return ShardSet(name, out, False)
+        return ShardSet(name, out, self.scanned)
 
     def block_rows(self) -> int:
         return max(256, BLOCK_BYTES // (4 * self.n_features))
@@ -238,6 +242,8 @@ def open_source(path, *, require_labels: bool = False) -> ShardSet:
     for s in shards:
         if len(s.x.shape) != 2:
             raise ValueError(f"{s.x.name}: array 'x' must be 2-D (samples, features); got shape {s.x.shape}")
+        if s.x.shape[1] == 0:
+            raise ValueError(f"{s.x.name}: array 'x' has no features (shape {s.x.shape})")
         if s.x.shape[1] != first.x.shape[1]:
             raise ValueError(f"{s.x.name}: {s.x.shape[1]} features per sample, but {first.x.name} has "
                              f"{first.x.shape[1]}; every shard of '{p}' must have the same width")
@@ -267,12 +273,12 @@ def scan(src: ShardSet, *, visible: str = "bernoulli", n_inputs: int | None = No
         for a in range(0, len(s), step):
             block = s.x.read(a, min(a + step, len(s)))
             h.update(block.tobytes())
-            _check_x(block.astype(np.float32, copy=False), s.x.name, a, visible)
+            _check_x(block.astype(np.float32, copy=False), s.x.name, s.x.start + a, visible)  # rows of the file
         if s.y is not None:
             y = s.y.read(0, len(s))  # labels are small beside the inputs
             h.update(f"{y.dtype.str}{y.shape}".encode())
             h.update(np.ascontiguousarray(y).tobytes())
-            _check_y(y, s.y.name, n_labels)
+            _check_y(y, s.y.name, n_labels, s.y.start)
         else:
             h.update(b"none")
         s.fingerprint = h.hexdigest()
@@ -296,7 +302,7 @@ def _check_x(x: np.ndarray, where: str, row0: int, visible: str) -> None:
                 "visible = \"gaussian\" for standardized real-valued inputs")
 
 
-def _check_y(y: np.ndarray, where: str, n_labels: int | None) -> None:
+def _check_y(y: np.ndarray, where: str, n_labels: int | None, row0: int = 0) -> None:
     if np.issubdtype(y.dtype, np.floating):
         if not np.isfinite(y).all() or not np.all(y == np.round(y)):
             raise ValueError(f"{where}: array 'y' must hold integer class labels; got non-integer values")
@@ -306,7 +312,7 @@ def _check_y(y: np.ndarray, where: str, n_labels: int | None) -> None:
     if bad.any():
         i = int(np.argmax(bad))
         span = f"[0, {n_labels})" if n_labels is not None else ">= 0"
-        raise ValueError(f"{where}: array 'y' must hold labels in {span}; found {int(y[i])} at row {i}")
+        raise ValueError(f"{where}: array 'y' must hold labels in {span}; found {int(y[i])} at row {row0 + i}")
 
 
 def max_label(src: ShardSet) -> int:

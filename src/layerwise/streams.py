@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -95,8 +96,13 @@ class ShardedData:
         self.source, self.labels, self.folder = source, labels and source.has_labels, folder
         self.device = torch.device("cpu") if device is None else torch.device(device)
         step = source.block_rows()
-        # (shard index, first row, last row + 1) of each block
-        self.blocks = [(i, a, min(a + step, len(s))) for i, s in enumerate(source.shards) for a in range(0, len(s), step)]
+        # (shard index, first row, last row + 1) of each block: a shard in blocks of
+        # nearly equal size, at most ``step`` rows (no tiny tail block)
+        self.blocks = []
+        for i, s in enumerate(source.shards):
+            k = max(1, -(-len(s) // step))
+            edges = [len(s) * j // k for j in range(k + 1)]
+            self.blocks += [(i, a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
     def __len__(self) -> int:
         return len(self.source)
@@ -124,6 +130,8 @@ class ShardedData:
         return x.to(self.device), None if y is None else y.to(self.device)
 
     def batches(self, order: torch.Tensor, batch_size: int, start: int, rank: int = 0, world: int = 1):
+        """Batches of ``batch_size`` rows (every one full but the epoch's last) from batch
+        ``start`` on; the blocks before it are not read."""
         skip = start * batch_size
         carry_x = carry_y = None
         for j in self._plan(order):
@@ -134,10 +142,9 @@ class ShardedData:
                 continue
             x, y = self._block(j, order, rank, world)
             x, y, skip = x[skip:], None if y is None else y[skip:], 0
-            if carry_x is not None:  # the batch that straddles two blocks
-                need = batch_size - len(carry_x)
-                yield torch.cat([carry_x, x[:need]]), None if y is None else torch.cat([carry_y, y[:need]])
-                x, y = x[need:], None if y is None else y[need:]
+            if carry_x is not None:  # the rows left over from the blocks before: the next batch starts with them
+                x = torch.cat([carry_x, x])
+                y = None if y is None else torch.cat([carry_y, y])
                 carry_x = carry_y = None
             full = len(x) // batch_size * batch_size
             for s in range(0, full, batch_size):
@@ -198,6 +205,31 @@ class ShardedData:
         """Remove the activations folder this data was written to (nothing for a source)."""
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def wait_for_activations(folder: Path, key: str, poll: float = 0.2) -> None:
+    """Wait until another process has written the activations ``key`` into ``folder``."""
+    meta = Path(folder) / "meta.json"
+    while True:
+        try:
+            if json.loads(meta.read_text())["key"] == key:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(poll)
+
+
+def concat(a, b):
+    """``a`` then ``b`` as one data set; streamed if either is (the other joins it as an
+    in-memory shard)."""
+    if a.streamed != b.streamed:
+        a, b = (x if x.streamed else _as_sharded(x, (b if b.streamed else a).device) for x in (a, b))
+    return a.concat(b)
+
+
+def _as_sharded(data: TensorData, device) -> ShardedData:
+    y = None if data.y is None else data.y.cpu().numpy()
+    return ShardedData(sh.in_memory(data.x.cpu().numpy(), y, "memory"), device, labels=y is not None)
 
 
 def _opened(folder: Path, n: int) -> sh.ShardSet:

@@ -85,10 +85,11 @@ def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str
 
         def save(pos):
             tree = {"job": "finetune", "phase": "finetune", **finetuning_state(clf, optimizer, fstate), "identity": identity,
-                    "seconds": seconds + time.perf_counter() - t0, "device": str(device)}
+                    "seconds": seconds + time.perf_counter() - t0, "device": str(device), "streamed": train.streamed}
             checkpointing.save_state(work / "checkpoint", tree)
 
-        train, val = loop_data(splits.train, device), loop_data(splits.validation, device)
+        train = loop_data(splits.train, device, streamed=None if ckpt is None else ckpt.get("streamed"))
+        val = loop_data(splits.validation, device)
         result = finetune(clf, train, None, val, None, ft, seed=cfg.seed, reporter=reporter,
                           optimizer=optimizer, state=fstate, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
                           guard=cfg.guard, precision=cfg.precision)

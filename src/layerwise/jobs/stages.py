@@ -68,7 +68,7 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
         if out_dir.exists() and any(out_dir.iterdir()):
             raise FileExistsError(f"output folder '{out_dir}' already exists; continue it with --resume {out_dir}")
         # bad data is refused before the folder exists
-        first = _stage_data(data, cfg.model.visible, None, _bytes(max_memory or cfg.data.max_memory), set())
+        first = _stage_data(data, cfg.model.visible, None, _bytes(max_memory or cfg.data.max_memory))
         n = first[0].n_features
         check_fits([n, *resolve_config(cfg, n).model.hidden], 0, _rows_held(first[0]))
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,11 +102,13 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
         def save(pos, done=False):
             tree = {"job": "stage", "phase": "pretrain", "stage_done": done, "stage": stage, "stages": before + ([stage] if done else []),
                     **pretraining_state(dbn, generator, prog), "records": records, "metrics_lines": reporter.lines,
-                    "device": str(dev)}
+                    "device": str(dev), "streamed": data.streamed}
             checkpointing.save_state(out_dir / "checkpoint", tree)
 
         t0 = time.perf_counter()
-        pretrain(dbn, loop_data(ds, dev), None, dataclasses.replace(cfg.pretrain, epochs=stage["epochs_per_layer"]),
+        # an interrupted stage goes on over data of the kind its epoch order was drawn for
+        data = loop_data(ds, dev, labels=False, streamed=None if new else ckpt.get("streamed"))
+        pretrain(dbn, data, None, dataclasses.replace(cfg.pretrain, epochs=stage["epochs_per_layer"]),
                  seed=cfg.seed, reporter=reporter, progress=prog, generator=generator, records=records,
                  checkpointer=Checkpointer(save, **checkpoint_policy(cfg)), guard=cfg.guard,
                  scratch=out_dir / "activations")
@@ -134,27 +136,48 @@ def _rows_held(ds) -> int:
     return ds.source.block_rows() if isinstance(ds, StreamedDataset) else len(ds)
 
 
-def _stage_data(path: str | Path, visible: str, n_inputs: int | None, max_memory: int | None, seen: set[str],
+def _stage_data(path: str | Path, visible: str, n_inputs: int | None, max_memory: int | None, seen: tuple | None = None,
                 only: list[str] | None = None):
     """(the validated data of a stage, its shards' records); None when a folder holds no
-    shard outside ``seen``. ``only``: the fingerprints of the shards to take (an
-    interrupted stage's own), in place of every unseen one."""
+    new shard. From a folder: the shards that ``seen`` (``_seen``) does not know, each
+    checked and fingerprinted (a shard whose name, size and time match a shard fed before
+    is not read again); ``only``: the files to take instead (an interrupted stage's own:
+    the others are not even read)."""
     ds = open_data(path, max_memory=max_memory)
     if not isinstance(ds, StreamedDataset):
         ds = validate(ds, visible=visible, n_inputs=n_inputs)
         return ds, [{"file": Path(path).name, "fingerprint": ds.fingerprint, "samples": len(ds)}]
-    scan(ds.source, visible=visible, n_inputs=n_inputs)  # every shard checked and fingerprinted
-    keep = [s for s in ds.source.shards if (s.fingerprint in only if only is not None else s.fingerprint not in seen)]
+    folder = Path(path).is_dir()
+    fingerprints, known = seen if (seen and folder) else (set(), {})
+    keep = []
+    for s in ds.source.shards:
+        if only is not None and s.path.name not in only:
+            continue
+        if only is None and _stat(s.path) in known:  # fed before, unchanged: not read again
+            continue
+        scan(ds.source.subset([s], s.path.name), visible=visible, n_inputs=n_inputs)
+        if only is not None or s.fingerprint not in fingerprints:
+            keep.append(s)
     if not keep:
         return None
     fresh = StreamedDataset(ds.source.subset(keep, ds.name), ds.name)
-    return fresh, [{"file": s.path.name, "fingerprint": s.fingerprint, "samples": len(s)} for s in keep]
+    fresh.source.scanned = True
+    return fresh, [{"file": s.path.name, "fingerprint": s.fingerprint, "samples": len(s), "bytes": _stat(s.path)[1],
+                    "mtime_ns": _stat(s.path)[2]} for s in keep]
 
 
-def _seen(ckpt: dict | None) -> set[str]:
-    """The fingerprints of every shard and data set an earlier stage was fed."""
+def _stat(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return path.name, st.st_size, st.st_mtime_ns
+
+
+def _seen(ckpt: dict | None) -> tuple[set[str], set]:
+    """(the fingerprints of every shard and data set an earlier stage was fed, the
+    (name, bytes, time) of each such shard)."""
     stages = [] if ckpt is None else ckpt["stages"]
-    return {st["fingerprint"] for st in stages} | {sh["fingerprint"] for st in stages for sh in st.get("shards", [])}
+    shards = [sh for st in stages for sh in st.get("shards", [])]
+    fingerprints = {st["fingerprint"] for st in stages} | {sh["fingerprint"] for sh in shards}
+    return fingerprints, {(sh["file"], sh["bytes"], sh["mtime_ns"]) for sh in shards if "bytes" in sh}
 
 
 def _stage_and_data(out_dir: Path, cfg: RunConfig, ckpt: dict | None, data, epochs: int | None,
@@ -169,8 +192,8 @@ def _stage_and_data(out_dir: Path, cfg: RunConfig, ckpt: dict | None, data, epoc
         # the stage's own data: where it was (from any working folder), or the same file
         # under another name or path (the fingerprint decides)
         stage = ckpt["stage"]
-        only = [sh["fingerprint"] for sh in stage.get("shards", [])] if Path(stage["path"]).is_dir() else None
-        found = _stage_data(data if data is not None else stage["path"], visible, n_inputs, max_memory, set(), only)
+        only = [sh["file"] for sh in stage.get("shards", [])] if Path(stage["path"]).is_dir() else None
+        found = _stage_data(data if data is not None else stage["path"], visible, n_inputs, max_memory, None, only)
         ds = None if found is None else found[0]
         if ds is None or ds.fingerprint != stage["fingerprint"]:
             if data is not None:
@@ -191,7 +214,7 @@ def _stage_and_data(out_dir: Path, cfg: RunConfig, ckpt: dict | None, data, epoc
     if found is None:
         return None
     ds, taken = found
-    if ckpt is not None and not Path(data).is_dir() and ds.fingerprint in _seen(ckpt):
+    if ckpt is not None and not Path(data).is_dir() and ds.fingerprint in _seen(ckpt)[0]:
         warnings.warn(f"'{data}' was fed to an earlier stage already; it is fed again, as asked", UserWarning,
                       stacklevel=3)
     stage = {"data": str(data), "path": str(Path(data).resolve()), "fingerprint": ds.fingerprint, "samples": len(ds),

@@ -77,6 +77,7 @@ class Run:
     clock: Stopwatch = field(default_factory=Stopwatch)
     data: dict = field(default_factory=dict)  # the training data's identity: checked on resume
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    streamed: bool | None = None  # the training loop's data: streamed from disk (None: not decided yet)
 
     @classmethod
     def open(cls, folder: Path, cfg: RunConfig, splits: Splits, ckpt: dict | None, progress: bool, echo) -> "Run":
@@ -88,7 +89,7 @@ class Run:
                     if writer else Reporter())
         device = resolve_device(cfg.device)
         run = cls(folder, trained, recorded, splits, writer, world, reporter, Stopwatch(ckpt and ckpt["seconds"]),
-                  _data_identity(splits), device)  # hashed once, not at every checkpoint
+                  _data_identity(splits), device, ckpt and ckpt.get("streamed"))  # hashed once, not at every checkpoint
         if ckpt is None:
             run.reporter.log({
                 "phase": "start", "folder": str(folder),
@@ -119,7 +120,7 @@ class Run:
         others = gather_local_state({k: v for k, v in tensors.items() if local(k)})
         if self.writer:
             meta.update(metrics_lines=self.reporter.lines, seconds=self.clock.now(), world=self.world if others else 1,
-                        workers=self.world, data=self.data, device=str(self.device))
+                        workers=self.world, data=self.data, device=str(self.device), streamed=self.streamed)
             save_checkpoint(self.folder / "checkpoint", {**tensors, **others}, meta)
 
 
@@ -174,13 +175,17 @@ def pretrain_phase(run: Run, dbn: DeepBeliefNet, ckpt: dict | None) -> dict | No
             run.checkpoint(tree, lambda path: path in local)
 
     run.clock.start("pretrain")
-    x_train, x_held = loop_data(run.splits.train, run.device), loop_data(run.splits.validation, run.device)
+    # a resumed loop goes on over data of the kind its epoch order was drawn for
+    x_train = loop_data(run.splits.train, run.device, labels=False, streamed=run.streamed)
+    x_held = loop_data(run.splits.validation, run.device, labels=False)
+    run.streamed = x_train.streamed
     pretrain(dbn, x_train, x_held, cfg.pretrain, seed=cfg.seed, reporter=run.reporter, progress=progress,
              generator=generator, records=records, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
              guard=cfg.guard, distributed=cfg.distributed if run.world > 1 else None,
              scratch=run.folder / "activations")
     run.clock.stop()
     remove_scratch(run.folder / "activations")
+    run.streamed = None  # fine-tuning decides its own
     manifest = write_pretrained(run, dbn, records) if run.writer else None
     barrier()  # the pretrained net is on disk before anyone fine-tunes
     return manifest
@@ -222,7 +227,8 @@ def finetune_phase(run: Run, dbn: DeepBeliefNet, pre_manifest: dict | None, ckpt
                            lambda path: path.startswith(FINETUNE_LOCAL))
 
     run.clock.start("finetune")
-    train, val = loop_data(splits.train, run.device), loop_data(splits.validation, run.device)
+    train, val = loop_data(splits.train, run.device, streamed=run.streamed), loop_data(splits.validation, run.device)
+    run.streamed = train.streamed
     result = finetune(clf, train, None, val, None, ft, seed=cfg.seed, reporter=run.reporter, optimizer=optimizer,
                       state=fstate, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)), guard=cfg.guard,
                       distributed=cfg.distributed if run.world > 1 else None, precision=cfg.precision)

@@ -74,7 +74,8 @@ class _RBM(UnitBase):
         # the number of persistent chains is the batch size they were started with
         chains = state_dict.get(prefix + "persistent_chains")
         if chains is not None:
-            self.persistent_chains = torch.empty_like(chains)
+            # where the unit is: a checkpoint holds CPU tensors, the unit may be on a GPU
+            self.persistent_chains = torch.empty_like(chains, device=self.weight.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- hidden side (shared) ---------------------------------------------------------

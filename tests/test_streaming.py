@@ -245,6 +245,21 @@ def test_inputs_above_max_memory_are_streamed(tmp_path):
     assert 'max_memory = "20k"' in (tmp_path / "runs" / "disk" / "config.toml").read_text()  # a resume streams too
     bad = _train(tmp_path, "r.toml", "--max-memory", "lots")
     assert bad.returncode == 2 and "cannot read the size 'lots'" in bad.stderr
+    # a saved net evaluates and predicts on shards streamed from disk as on a file in memory
+    from layerwise.cli import main
+
+    (tmp_path / "sh").mkdir()
+    np.savez(tmp_path / "sh" / "a.npz", x=x[:150], y=y[:150])
+    np.savez(tmp_path / "sh" / "b.npz", x=x[150:], y=y[150:])
+    np.save(tmp_path / "x.npy", x)
+    outs = []
+    for data in ("train.npz", "sh"):
+        assert main(["evaluate", str(tmp_path / "runs" / "mem" / "finetuned"), "--data", str(tmp_path / data)]) == 0
+    for data in ("train.npz", "x.npy"):
+        out = tmp_path / f"p-{data}.npz"
+        assert main(["predict", str(tmp_path / "runs" / "mem" / "finetuned"), str(tmp_path / data), "--out", str(out)]) == 0
+        outs.append(np.load(out)["probabilities"])
+    assert np.allclose(outs[0], outs[1], atol=1e-6)
 
 
 def _pretrain(tmp_path, *args):

@@ -147,14 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="accuracy of a finetuned net on its test data or a .npz file")
     e.add_argument("model", help="a finetuned artifact folder, e.g. runs/NAME/finetuned")
-    e.add_argument("--data", help=".npz with x and y (default: the test split of the run's data)")
+    e.add_argument("--data", help=".npz with x and y, or a folder of .npz shards (default: the test split of the run's data)")
     e.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
     e.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda or cuda:N")
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="labels and probabilities for the inputs in a .npz file")
     r.add_argument("model", help="a finetuned artifact folder")
-    r.add_argument("data", help=".npz with an array x")
+    r.add_argument("data", help=".npz with an array x, a .npy, or a folder of shards")
     r.add_argument("--out", help="write labels and probabilities to this .npz instead of printing")
     r.add_argument("--force", action="store_true", help="replace --out if it exists")
     r.add_argument("--threads", type=_at_least(1), help="torch CPU threads")

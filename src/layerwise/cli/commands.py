@@ -220,21 +220,21 @@ def _classifier(path):
 
 def cmd_evaluate(args) -> int:
     from layerwise import runtime
-    from layerwise.data import as_tensors, load_npz, load_splits, validate
+    from layerwise.data import check, load_splits, loop_data, open_data
     from layerwise.finetune import evaluate
 
     rt = runtime.apply(args.threads, device=args.device)
     model, manifest, cfg = _classifier(args.model)
     model.to(rt.device)
     arch = manifest["architecture"]
-    if args.data:
-        ds = load_npz(args.data, require_labels=True)
+    if args.data:  # a .npz, or a .npy / folder of shards streamed from disk
+        ds = open_data(args.data, require_labels=True)
     else:
         ds = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed).test
         if ds is None:
             return _err(f"the config of '{args.model}' names no test data; pass --data FILE.npz")
-    ds = validate(ds, visible=cfg.model.visible, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
-    loss, acc = evaluate(model, *as_tensors(ds))
+    ds = check(ds, visible=cfg.model.visible, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
+    loss, acc = evaluate(model, loop_data(ds))
     print(f"data: {ds.name} ({len(ds)} samples)")
     print(f"loss: {loss:.4f}")
     print(f"test accuracy: {100 * acc:.2f}%")
@@ -246,7 +246,7 @@ def cmd_predict(args) -> int:
 
     from layerwise import runtime
     from layerwise._files import atomic_write
-    from layerwise.data import as_tensors, load_npz, validate
+    from layerwise.data import Dataset, check, loop_data, open_data
     from layerwise.finetune import predict_proba
 
     rt = runtime.apply(args.threads, device=args.device)
@@ -258,8 +258,8 @@ def cmd_predict(args) -> int:
     model, manifest, cfg = _classifier(args.model)
     model.to(rt.device)
     arch = manifest["architecture"]
-    ds = validate(load_npz(args.data), visible=cfg.model.visible, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
-    proba = predict_proba(model, as_tensors(ds)[0]).numpy()
+    ds = check(open_data(args.data), visible=cfg.model.visible, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
+    proba = predict_proba(model, loop_data(ds, labels=False)).numpy()
     labels = proba.argmax(1)
     if args.out:
         atomic_write(out, lambda f: np.savez(f, labels=labels, probabilities=proba))
@@ -268,7 +268,7 @@ def cmd_predict(args) -> int:
         print("index,label,probability")
         for i, (lab, p) in enumerate(zip(labels, proba.max(1))):
             print(f"{i},{lab},{p:.4f}")
-    if ds.y is not None:
+    if isinstance(ds, Dataset) and ds.y is not None:
         print(f"accuracy against the file's labels: {100 * float((labels == ds.y).mean()):.2f}%", file=sys.stderr)
     return 0
 

@@ -143,8 +143,13 @@ class ShardedData:
             x, y = self._block(j, order, rank, world)
             x, y, skip = x[skip:], None if y is None else y[skip:], 0
             if carry_x is not None:  # the rows left over from the blocks before: the next batch starts with them
-                x = torch.cat([carry_x, x])
-                y = None if y is None else torch.cat([carry_y, y])
+                need = batch_size - len(carry_x)
+                carry_x = torch.cat([carry_x, x[:need]])
+                carry_y = None if y is None else torch.cat([carry_y, y[:need]])
+                x, y = x[need:], None if y is None else y[need:]
+                if len(carry_x) < batch_size:  # a block smaller than the batch: keep gathering
+                    continue
+                yield carry_x, carry_y
                 carry_x = carry_y = None
             full = len(x) // batch_size * batch_size
             for s in range(0, full, batch_size):

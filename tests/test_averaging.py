@@ -139,3 +139,58 @@ def test_a_hung_worker_makes_the_others_fail_within_the_timeout(tmp_path):
     message = (tmp_path / "hang.txt").read_text()
     assert "parameter averaging: no answer from the other workers" in message
     assert "a worker hung or died (the timeout is distributed.timeout_minutes)" in message
+
+
+# -- the outer optimizer (DiLoCo) ----------------------------------------------------------
+def _rounds(outer, anchor, averages):
+    """Apply ``outer`` to a sequence of workers' averages; the weights after each round."""
+    from layerwise.averaging import OuterNesterov  # noqa: F401
+
+    outer.reset([anchor.clone()])
+    out = []
+    for avg in averages:
+        w = [avg.clone()]
+        outer.step(w)
+        out.append(w[0])
+    return out
+
+
+def test_the_outer_step_at_rate_1_without_momentum_is_plain_averaging_bitwise():
+    from layerwise.averaging import OuterNesterov
+
+    g = torch.Generator().manual_seed(0)
+    anchor = torch.randn(50, 30, generator=g)
+    averages = [anchor + 0.1 * k * torch.randn(50, 30, generator=g) for k in range(1, 6)]
+    for avg, w in zip(averages, _rounds(OuterNesterov(1.0, 0.0), anchor, averages)):
+        assert torch.equal(avg, w)
+
+
+def test_the_pseudo_gradient_moves_the_weights_toward_the_average():
+    from layerwise.averaging import OuterNesterov
+
+    anchor, avg = torch.zeros(4), torch.tensor([1.0, -2.0, 0.5, 0.0])
+    (w,) = _rounds(OuterNesterov(0.5, 0.0), anchor, [avg])
+    assert torch.allclose(w, 0.5 * avg)  # half way from the anchor to the average
+    (w,) = _rounds(OuterNesterov(1.5, 0.0), anchor, [avg])
+    assert torch.allclose(w, 1.5 * avg)  # past it, in the same direction: never away from it
+
+
+def test_the_outer_step_is_torch_sgd_with_nesterov_on_the_pseudo_gradient():
+    """The oracle: torch.optim.SGD(nesterov=True) stepping on g = anchor - average."""
+    from layerwise.averaging import OuterNesterov
+
+    g = torch.Generator().manual_seed(1)
+    anchor = torch.randn(20, generator=g)
+    moves = [0.3 * torch.randn(20, generator=g) for _ in range(6)]
+    p = torch.nn.Parameter(anchor.clone())
+    sgd = torch.optim.SGD([p], lr=0.7, momentum=0.9, nesterov=True)
+    outer = OuterNesterov(0.7, 0.9)
+    outer.reset([anchor.clone()])
+    w = [anchor.clone()]
+    for move in moves:
+        avg = p.detach() + move  # the workers moved the weights by ``move`` since the last round
+        p.grad = p.detach() - avg
+        sgd.step()
+        w[0].copy_(avg)
+        outer.step(w)
+        assert torch.allclose(w[0], p.detach(), atol=1e-6), (w[0] - p.detach()).abs().max()

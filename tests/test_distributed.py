@@ -184,3 +184,29 @@ def test_torchrun_by_hand_twice_makes_two_runs(folder):
     _, a = read_artifact(folder / "runs/r/finetuned")
     _, b = read_artifact(folder / "runs/r-2/finetuned")
     assert (a["config"]["seed"], b["config"]["seed"]) == (3, 4)  # the second trained its own recipe
+
+
+def test_the_outer_optimizer_at_rate_1_without_momentum_is_plain_averaging(folder):
+    outer = RECIPE.format(pre=2, ft=3, unit="rbm") + 'outer_optimizer = "nesterov"\nouter_lr = 1.0\nouter_momentum = 0.0\n'
+    (folder / "plain.toml").write_text(RECIPE.format(pre=2, ft=3, unit="rbm"))
+    (folder / "outer.toml").write_text(outer)
+    for name in ("plain", "outer"):
+        res = run_layerwise("train", f"{name}.toml", "--workers", "2", "--quiet")
+        assert res.returncode == 0, res.stderr
+    for artifact in ("pretrained", "finetuned"):
+        assert_same_weights(folder / "runs/plain" / artifact, folder / "runs/outer" / artifact)
+
+
+def test_a_group_with_the_outer_optimizer_restarts_to_the_uninterrupted_result(folder):
+    """DiLoCo's momentum (the same on every worker) is in the checkpoint: a worker killed in
+    each phase, the group restarted, ends bitwise where the uninterrupted group does."""
+    recipe = RECIPE.format(pre=3, ft=4, unit="rbm") + 'outer_optimizer = "nesterov"\n'
+    (folder / "dl.toml").write_text(recipe)
+    ref = run_layerwise("train", "dl.toml", "--workers", "2", "--name", "ref", "--quiet")
+    assert ref.returncode == 0, ref.stderr
+    res = run_layerwise("train", "dl.toml", "--workers", "2", "--max-restarts", "2", "--quiet",
+                        env=worker_env(LAYERWISE_TEST_KILL="1/pretrain layer 2@2.30,1/finetune@3.30"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [r["from"] for r in read_metrics(folder / "runs/dl") if r["phase"] == "resume"] == ["pretrain", "finetune"]
+    for artifact in ("pretrained", "finetuned"):
+        assert_same_weights(folder / "runs/ref" / artifact, folder / "runs/dl" / artifact)

@@ -98,6 +98,50 @@ def average_tensors(tensors: list[torch.Tensor], group=None, drift_floor: float 
     return spread
 
 
+class OuterNesterov:
+    """An outer optimizer over averaging rounds, after DiLoCo (Douillard et al. 2023).
+
+    Each round, the workers' average moved the weights from the *anchor* (the weights
+    of the round before, the same on every worker) to ``avg``. The change, taken as a
+    pseudo-gradient ``g = anchor - avg`` (so that a descent step moves toward the
+    average), is applied with Nesterov momentum, as ``torch.optim.SGD(nesterov=True)``
+    applies a gradient::
+
+        b <- mu * b + g
+        w <- anchor - lr * (g + mu * b)  =  avg + (1 - lr) * g - lr * mu * b
+
+    written in the second form, so that ``lr = 1``, ``mu = 0`` gives the average itself,
+    bit for bit (plain averaging). The paper used ``lr = 0.7``, ``mu = 0.9``. The anchor
+    and momentum are the same on every worker; ``state_dict`` carries the momentum (the
+    anchor is the weights themselves right after a round)."""
+
+    def __init__(self, lr: float, momentum: float):
+        self.lr, self.momentum = lr, momentum
+        self.anchor: list[torch.Tensor] | None = None
+        self.buffers: list[torch.Tensor] | None = None
+
+    def reset(self, tensors: list[torch.Tensor], buffers: list[torch.Tensor] | None = None) -> None:
+        """Start from these weights (the anchor), with zero momentum or ``buffers``."""
+        self.anchor = [t.detach().clone() for t in tensors]
+        self.buffers = [torch.zeros_like(t) for t in tensors] if buffers is None else [
+            b.to(t.device, t.dtype).clone() for b, t in zip(buffers, tensors)]
+
+    @torch.no_grad()
+    def step(self, tensors: list[torch.Tensor]) -> None:
+        """``tensors`` hold the workers' average; replace them by the outer step's result."""
+        if self.anchor is None:
+            self.reset(tensors)
+            return
+        for t, a, b in zip(tensors, self.anchor, self.buffers):
+            g = a - t  # the pseudo-gradient: the average lies at anchor - g
+            b.mul_(self.momentum).add_(g)
+            t.add_(g, alpha=1 - self.lr).add_(b, alpha=-self.lr * self.momentum)
+            a.copy_(t)
+
+    def state_dict(self) -> dict:
+        return {"momentum_buffers": None if self.buffers is None else [b.clone() for b in self.buffers]}
+
+
 class PeriodicAverager:
     """Average the given tensors after every ``period``-th step (steps counted from 1:
     after step k, 2k, ...). ``period`` 1 averages after every step. The training loop
@@ -105,7 +149,8 @@ class PeriodicAverager:
     batches of every epoch, in a resumed run too."""
 
     def __init__(self, period: int, tensors_fn, group=None, *, rank: int | None = None, world: int | None = None,
-                 max_drift: float | None = None, drift_floor: float = DRIFT_FLOOR_RMS):
+                 max_drift: float | None = None, drift_floor: float = DRIFT_FLOOR_RMS, outer: OuterNesterov | None = None,
+                 outer_fn=None):
         self.period = check_int("PeriodicAverager", "period", period, low=1)
         self.tensors_fn = tensors_fn
         self.group = group
@@ -116,6 +161,15 @@ class PeriodicAverager:
         self.last_drift = 0.0
         self.rank = dist.get_rank(group) if rank is None else rank
         self.world = dist.get_world_size(group) if world is None else world
+        # the outer optimizer acts on the parameters (``outer_fn``), not on momentum buffers
+        self.outer, self.outer_fn = outer, outer_fn
+        if outer is not None and outer.anchor is None:
+            outer.reset(outer_fn())
+
+    def restart(self) -> None:
+        """The weights were set from outside (a guard's rollback): they are the new anchor."""
+        if self.outer is not None:
+            self.outer.reset(self.outer_fn())
 
     def after_step(self) -> bool:
         """Count a step; average when due. Returns True when it averaged."""
@@ -130,6 +184,8 @@ class PeriodicAverager:
         ``max_drift`` (every rank raises: the drift is the same number everywhere)."""
         self.last_drift = average_tensors(self.tensors_fn(), self.group, self.drift_floor,
                                           drift=self.max_drift is not None)
+        if self.outer is not None:
+            self.outer.step(self.outer_fn())
         self.rounds += 1
         if self.max_drift is not None and self.last_drift > self.max_drift:
             raise FloatingPointError(
@@ -138,17 +194,25 @@ class PeriodicAverager:
             )
 
 
-def make_averager(distributed, guard, module: nn.Module, optimizer: torch.optim.Optimizer | None = None):
+def make_averager(distributed, guard, module: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                  outer_state: dict | None = None):
     """The averager of a training loop from the [distributed] and [guard] configs: every
     trained tensor of ``module`` (and the optimizer state when asked), the guard's
-    replica-drift bound when the guard is on. None outside a distributed run."""
+    replica-drift bound when the guard is on, the outer optimizer when asked (its
+    momentum from ``outer_state``, a checkpointed ``OuterNesterov.state_dict``). None
+    outside a distributed run."""
     if distributed is None:
         return None
+    outer = None
+    if distributed.outer_optimizer == "nesterov":
+        outer = OuterNesterov(distributed.outer_lr, distributed.outer_momentum)
+        outer.reset([p.data for p in module.parameters()], (outer_state or {}).get("momentum_buffers"))
     return PeriodicAverager(
         distributed.averaging_frequency,
         lambda: trained_tensors(module, optimizer, include_optimizer_state=distributed.average_optimizer_state),
         max_drift=guard.max_drift if guard is not None and guard.enabled else None,
         drift_floor=guard.drift_floor if guard is not None else DRIFT_FLOOR_RMS,
+        outer=outer, outer_fn=lambda: [p.data for p in module.parameters()],
     )
 
 

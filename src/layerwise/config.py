@@ -87,6 +87,9 @@ class DistributedConfig:
     average_optimizer_state: bool = False  # also average momentum / Adam state
     lr_correction: str = "none"  # "none" | "sqrt" | "linear": scale the learning rate for N workers
     timeout_minutes: float = 10.0  # a worker that hangs this long fails the others
+    outer_optimizer: str = "none"  # "none" | "nesterov": DiLoCo's outer step on the averaged change
+    outer_lr: float = 0.7  # outer learning rate (DiLoCo: 0.7); 1 with momentum 0 is plain averaging
+    outer_momentum: float = 0.9  # outer Nesterov momentum (DiLoCo: 0.9)
 
 
 @dataclass
@@ -136,6 +139,7 @@ CHOICES = {
     "finetune.optimizer": ("sgd", "adam"),
     "finetune.lr_schedule": ("constant", "exponential", "cosine"),
     "distributed.lr_correction": ("none", "sqrt", "linear"),
+    "distributed.outer_optimizer": ("none", "nesterov"),
 }
 
 # key -> interval "[low, high]"; "(" or ")" marks an open end, "inf" no upper bound
@@ -152,6 +156,7 @@ _BOUNDS = {
     "finetune.epochs": "[0, inf)", "finetune.batch_size": "[1, inf)", "finetune.learning_rate": "(0, inf)",
     "finetune.momentum": "[0, 1)", "finetune.weight_decay": "[0, inf)", "finetune.lr_decay": "(0, 1]",
     "distributed.averaging_frequency": "[1, inf)", "distributed.timeout_minutes": "(0, inf)",
+    "distributed.outer_lr": "(0, inf)", "distributed.outer_momentum": "[0, 1)",
     "guard.lr_factor": "(0, 1)", "guard.max_rollbacks": "[0, inf)", "guard.max_growth": "(1, inf)",
     "guard.rising_epochs": "[1, inf)", "guard.check_every": "[1, inf)",
     "guard.max_dead": "(0, 1]", "guard.max_drift": "(0, inf)", "guard.drift_floor": "[0, inf)",

@@ -140,6 +140,8 @@ class FinetuneState:
     guard: DivergenceGuard | None = None
     guard_state: dict | None = None  # a checkpointed guard, taken over by ``finetune``
     exact: bool = True  # False when resumed from a checkpoint of another device type
+    averager: object | None = None  # the PeriodicAverager in a group (its outer optimizer's momentum)
+    outer_state: dict | None = None  # a checkpointed outer optimizer, taken over by ``finetune``
 
     def state_dict(self) -> dict:
         return {
@@ -149,6 +151,7 @@ class FinetuneState:
             "best": None if math.isinf(self.best) else self.best, "best_epoch": self.best_epoch,
             "since_best": self.since_best, "best_state": self.best_state, "records": self.records,
             "guard": None if self.guard is None else self.guard.state_dict(),
+            "outer": None if getattr(self.averager, "outer", None) is None else self.averager.outer.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -162,6 +165,7 @@ class FinetuneState:
         self.best_epoch, self.since_best = state["best_epoch"], state["since_best"]
         self.best_state, self.records = state["best_state"], state["records"]
         self.guard, self.guard_state = None, state["guard"]
+        self.averager, self.outer_state = None, state.get("outer")
 
 
 def finetune(
@@ -221,7 +225,8 @@ def finetune(
         st.count += len(xb)
         return value
 
-    averager = make_averager(distributed, guard, model, optimizer)
+    averager = make_averager(distributed, guard, model, optimizer, outer_state=st.outer_state)
+    st.averager, st.outer_state = averager, None
 
     def end_epoch(epoch, seconds):
         if averager is not None:  # the training loss over every worker's shard

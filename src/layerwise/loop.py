@@ -252,11 +252,15 @@ def run_loop(
                 guard.diverge(str(e), epoch, pos.batch)
             except Rollback:
                 pos.batch = 0
+                if averager is not None:
+                    averager.restart()  # the restored weights are the outer optimizer's new anchor
                 continue
         except Rollback:
             # the guard restored the best weights so far and lowered the rate: run the
             # epoch again, same data order
             pos.batch = 0
+            if averager is not None:
+                averager.restart()
             continue
         finally:
             bar.close()

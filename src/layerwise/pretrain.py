@@ -50,15 +50,20 @@ class PretrainProgress:
     position: LoopPosition = field(default_factory=LoopPosition)
     guard: DivergenceGuard | None = None
     guard_state: dict | None = None  # a checkpointed guard, taken over by the layer in progress
+    averager: object | None = None  # the layer's PeriodicAverager in a group (its outer optimizer's momentum)
+    outer_state: dict | None = None  # a checkpointed outer optimizer, taken over likewise
 
     def state_dict(self) -> dict:
+        outer = getattr(self.averager, "outer", None)
         return {"layer": self.layer, "loop": self.position.state_dict(),
-                "guard": None if self.guard is None else self.guard.state_dict()}
+                "guard": None if self.guard is None else self.guard.state_dict(),
+                "outer": None if outer is None else outer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.layer = state["layer"]
         self.position.load_state_dict(state["loop"])
         self.guard, self.guard_state = None, state["guard"]
+        self.averager, self.outer_state = None, state.get("outer")
 
 
 def pretrain(
@@ -128,7 +133,8 @@ def pretrain(
             reporter.log(rec)
             return False
 
-        averager = make_averager(distributed, guard, unit)
+        averager = make_averager(distributed, guard, unit, outer_state=progress.outer_state)
+        progress.averager, progress.outer_state = averager, None
         run_loop(
             data=inp, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=generator,
             step=step, end_epoch=end_epoch, reporter=reporter, position=progress.position,
@@ -141,7 +147,7 @@ def pretrain(
     inp.discard()
     if held is not None:
         held.discard()
-    progress.layer, progress.position, progress.guard = len(dbn.layers), LoopPosition(), None
+    progress.layer, progress.position, progress.guard, progress.averager = len(dbn.layers), LoopPosition(), None, None
     return records
 
 

@@ -19,7 +19,7 @@ import warnings
 
 from layerwise.cli.commands import (
     _err,
-    cmd_advise, cmd_check, cmd_data_fetch, cmd_evaluate, cmd_finetune, cmd_models, cmd_predict, cmd_pretrain,
+    cmd_advise, cmd_check, cmd_data_fetch, cmd_evaluate, cmd_finetune, cmd_lab, cmd_models, cmd_predict, cmd_pretrain,
     cmd_probe_lr, cmd_train,
 )
 
@@ -160,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
     r.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda or cuda:N")
     r.set_defaults(func=cmd_predict)
+
+    lb = sub.add_parser("lab", help="measure the guide's tricks: experiments with verdicts, plots and a page")
+    lb.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help="experiments to run (default: all)")
+    lb.add_argument("--budget", choices=("tiny", "quick", "full"), default="quick",
+                    help="quick: minutes on 2 cores, on subsets (default); full: the published numbers")
+    lb.add_argument("--data", help="your training data (.npz with x and y) instead of MNIST; needs --test")
+    lb.add_argument("--test", help="your test data (.npz with x and y)")
+    lb.add_argument("--out", default="lab", help="folder for the cache, the JSON, the plots and TRICKS.md (default lab)")
+    lb.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
+    lb.add_argument("--quiet", action="store_true", help="print only where the page is")
+    lb.set_defaults(func=cmd_lab)
 
     d = sub.add_parser("data", help="data sets")
     dsub = d.add_subparsers(dest="data_command", required=True)

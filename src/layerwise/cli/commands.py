@@ -340,3 +340,18 @@ def cmd_data_fetch(args) -> int:
     path = fetch_mnist()
     print(f"mnist: {path}")
     return 0
+
+
+def cmd_lab(args) -> int:
+    from layerwise import runtime
+    from layerwise.lab import run_lab
+
+    if bool(args.data) != bool(args.test):
+        return _err("--data needs --test (and --test needs --data): the lab measures accuracy on held-out test data")
+    runtime.apply(args.threads, device="cpu")
+    command = "layerwise lab " + " ".join([*args.experiments, "--budget", args.budget]
+                                          + (["--data", args.data, "--test", args.test] if args.data else []))
+    page = run_lab(args.experiments, budget=args.budget, data=args.data, test=args.test, out=args.out,
+                   say=None if args.quiet else _say, command=command)
+    print(f"the page: {page}")
+    return 0

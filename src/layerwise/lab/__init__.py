@@ -1,0 +1,85 @@
+"""The tricks lab: every claim of the guide as an experiment that anyone can rerun, on
+MNIST or on their own data, each ending in a verdict with a plot (``layerwise lab``).
+
+Each experiment is a module of this package (see ``core`` for what it declares); cells
+are cached, so a rerun skips finished cells and a killed lab resumes where it was. The
+page (``TRICKS.md``) collects the sections under a table of verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from layerwise.lab import passes, pretraining, widths
+from layerwise.lab.core import BUDGETS, Cache, load, run_experiment, section
+
+EXPERIMENTS = {m.NAME: m for m in (widths, pretraining, passes)}
+
+
+def run_lab(names: list[str] | None = None, *, budget: str = "quick", data: str | None = None, test: str | None = None,
+            out: str | Path = "lab", say=None, command: str = "") -> Path:
+    """Run the experiments (all by default) and write, under ``out``: ``cells/`` (the
+    cache), ``NAME.json`` and ``NAME.png`` per experiment, and ``TRICKS.md``. Returns the
+    page's path."""
+    names = list(names or EXPERIMENTS)
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"unknown experiment {', '.join(map(repr, unknown))}; the lab has {', '.join(EXPERIMENTS)}")
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; one of {', '.join(BUDGETS)}")
+    b = BUDGETS[budget]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lab_data = load(data, test)
+    cache = Cache(out / "cells")
+    t0 = time.perf_counter()
+    sections, verdicts = [], []
+    for name in names:
+        module = EXPERIMENTS[name]
+        records = run_experiment(module, lab_data, b, cache, say)
+        v = module.verdict(records, b)
+        png = out / f"{name}.png"
+        try:
+            module.plot(records, png)
+        except ImportError:
+            png = None
+        (out / f"{name}.json").write_text(json.dumps({"experiment": name, "budget": b.__dict__, "data": lab_data.name,
+                                                      "fingerprint": lab_data.fingerprint, "records": records,
+                                                      "verdict": v}, indent=1))
+        sections.append(section(module, v, png.name if png else None))
+        verdicts.append((module, v))
+    page = out / "TRICKS.md"
+    page.write_text(_page(verdicts, sections, b, lab_data, command, time.perf_counter() - t0))
+    return page
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _page(verdicts, sections, budget, data, command: str, seconds: float) -> str:
+    import os
+
+    import torch
+
+    head = ["# The guide's tricks, measured", "",
+            f"Data: {data.name} ({len(data.x)} training, {len(data.xt)} test images; fingerprint "
+            f"{data.fingerprint[:12]}). Budget: `{budget.name}` (up to {budget.train} training samples, "
+            f"{budget.pretrain_epochs} pretraining and {budget.finetune_epochs} fine-tuning epochs unless an "
+            f"experiment says otherwise).",
+            f"Command: `{command or 'layerwise lab'}`; commit {_commit()}; {time.strftime('%Y-%m-%d')}; "
+            f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; {seconds / 60:.1f} minutes "
+            "(cells from the cache count as none).", "",
+            "Each verdict holds on this data and budget only; rerun `layerwise lab --data TRAIN.npz --test TEST.npz` "
+            "for yours.", "", "| trick | verdict | layerwise recommends |", "|---|---|---|"]
+    head += [f"| [{m.TITLE}](#{m.TITLE.lower().replace(' ', '-').replace(',', '')}) | {v['verdict']} | {v['recommend']} |"
+             for m, v in verdicts]
+    return "\n".join(head + [""] + sections)

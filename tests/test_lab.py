@@ -1,0 +1,101 @@
+"""The tricks lab at a tiny budget on data the test makes: every experiment runs, writes
+its JSON, plot and section; the cache makes a rerun train nothing and a killed lab go on
+where it stopped. No test asserts a verdict: the verdicts are the lab's findings."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from conftest import make_patterns
+from layerwise import lab
+from layerwise.cli import main
+from layerwise.lab.core import VERDICTS
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("labdata")
+    x, y = make_patterns(n=700, n_features=36, n_classes=4, flip=0.15, seed=2)
+    np.savez(d / "train.npz", x=x[:500], y=y[:500])
+    np.savez(d / "test.npz", x=x[500:], y=y[500:])
+    return d / "train.npz", d / "test.npz"
+
+
+@pytest.fixture(scope="module")
+def done(pair, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lab")
+    page = lab.run_lab(budget="tiny", data=str(pair[0]), test=str(pair[1]), out=out)
+    return out, page
+
+
+def test_every_experiment_writes_its_numbers_plot_and_section(done):
+    out, page = done
+    text = page.read_text()
+    assert text.startswith("# The guide's tricks, measured")
+    for name, module in lab.EXPERIMENTS.items():
+        res = json.loads((out / f"{name}.json").read_text())
+        assert res["experiment"] == name and res["budget"]["name"] == "tiny" and res["data"] == "train.npz"
+        assert len(res["records"]) == len(module.cells(lab.core.BUDGETS["tiny"])) > 0
+        for rec in res["records"]:
+            assert set(rec) == {"settings", "result", "seconds"}
+            assert all(isinstance(v, (int, float)) for v in rec["result"].values()), rec
+        v = res["verdict"]
+        assert v["verdict"] in VERDICTS and v["why"] and v["recommend"] and v["table"].startswith("| ")
+        assert (out / f"{name}.png").stat().st_size > 1000
+        assert f"## {module.TITLE}" in text and module.CLAIM in text and v["table"] in text
+        assert f"| [{module.TITLE}](#" in text  # in the table of verdicts at the top
+
+
+def test_the_numbers_on_the_page_are_the_numbers_in_the_json(done):
+    """Each result table's cells come from the JSON records, rounded as the page shows them."""
+    out, page = done
+    for name in lab.EXPERIMENTS:
+        table = json.loads((out / f"{name}.json").read_text())["verdict"]["table"]
+        records = json.loads((out / f"{name}.json").read_text())["records"]
+        values = {f"{100 * v:.4g}" for r in records for v in r["result"].values() if isinstance(v, float)}
+        values |= {f"{v:.4g}" for r in records for v in r["result"].values() if isinstance(v, float)}
+        values |= {str(v) for r in records for v in [*r["result"].values(), *r["settings"].values()]}
+        values |= {f"{v:g}" for r in records for v in r["settings"].values() if isinstance(v, (int, float))}
+        cells = [c.strip() for line in table.splitlines()[2:] for c in line.strip("|").split("|")]
+        assert cells and all(c in values for c in cells), (name, [c for c in cells if c not in values])
+        assert table in page.read_text()
+
+
+def test_a_rerun_trains_nothing(done, pair, monkeypatch):
+    out, _ = done
+    for module in lab.EXPERIMENTS.values():
+        monkeypatch.setattr(module, "run_cell", lambda *a, **k: pytest.fail("a cached cell was trained again"))
+    lab.run_lab(budget="tiny", data=str(pair[0]), test=str(pair[1]), out=out)
+
+
+def test_a_killed_lab_goes_on_where_it_stopped(pair, tmp_path, monkeypatch):
+    from layerwise.lab import widths
+
+    real, calls = widths.run_cell, []
+
+    def dies_at_the_third(settings, data, budget):
+        calls.append(settings)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(settings, data, budget)
+
+    monkeypatch.setattr(widths, "run_cell", dies_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        lab.run_lab(["widths"], budget="tiny", data=str(pair[0]), test=str(pair[1]), out=tmp_path)
+    assert len(list((tmp_path / "cells" / "widths").glob("*.json"))) == 2
+    calls.clear()
+    monkeypatch.setattr(widths, "run_cell", lambda s, d, b: (calls.append(s), real(s, d, b))[1])
+    lab.run_lab(["widths"], budget="tiny", data=str(pair[0]), test=str(pair[1]), out=tmp_path)
+    assert calls == widths.cells(lab.core.BUDGETS["tiny"])[2:]  # only the cells not finished before
+
+
+def test_the_command(pair, tmp_path, capsys):
+    assert main(["lab", "passes", "--budget", "tiny", "--data", str(pair[0]), "--test", str(pair[1]),
+                 "--out", str(tmp_path), "--quiet"]) == 0
+    assert re.search(r"the page: .*TRICKS.md", capsys.readouterr().out)
+    assert main(["lab", "nonsense", "--data", str(pair[0]), "--test", str(pair[1]), "--out", str(tmp_path)]) == 2
+    assert "unknown experiment 'nonsense'; the lab has widths, pretraining, passes" in capsys.readouterr().err
+    assert main(["lab", "--data", str(pair[0]), "--out", str(tmp_path)]) == 2
+    assert "--data needs --test" in capsys.readouterr().err

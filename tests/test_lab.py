@@ -40,7 +40,8 @@ def test_every_experiment_writes_its_numbers_plot_and_section(done):
         assert len(res["records"]) == len(module.cells(lab.core.BUDGETS["tiny"])) > 0
         for rec in res["records"]:
             assert set(rec) == {"settings", "result", "seconds"}
-            assert all(isinstance(v, (int, float)) for v in rec["result"].values()), rec
+            assert all(isinstance(v, (int, float)) or (isinstance(v, list) and all(isinstance(e, (int, float)) for e in v))
+                       for v in rec["result"].values()), rec
         v = res["verdict"]
         assert v["verdict"] in VERDICTS and v["why"] and v["recommend"] and v["table"].startswith("| ")
         assert (out / f"{name}.png").stat().st_size > 1000
@@ -54,6 +55,9 @@ def test_the_numbers_on_the_page_are_the_numbers_in_the_json(done):
     for name in lab.EXPERIMENTS:
         table = json.loads((out / f"{name}.json").read_text())["verdict"]["table"]
         records = json.loads((out / f"{name}.json").read_text())["records"]
+        for r in records:  # a curve's points are numbers too
+            r["result"] = {**r["result"], **{f"{k}[{i}]": e for k, v in r["result"].items() if isinstance(v, list)
+                                             for i, e in enumerate(v)}}
         values = {f"{100 * v:.4g}" for r in records for v in r["result"].values() if isinstance(v, float)}
         values |= {f"{v:.4g}" for r in records for v in r["result"].values() if isinstance(v, float)}
         values |= {str(v) for r in records for v in [*r["result"].values(), *r["settings"].values()]}
@@ -96,6 +100,6 @@ def test_the_command(pair, tmp_path, capsys):
                  "--out", str(tmp_path), "--quiet"]) == 0
     assert re.search(r"the page: .*TRICKS.md", capsys.readouterr().out)
     assert main(["lab", "nonsense", "--data", str(pair[0]), "--test", str(pair[1]), "--out", str(tmp_path)]) == 2
-    assert "unknown experiment 'nonsense'; the lab has widths, pretraining, passes" in capsys.readouterr().err
+    assert "unknown experiment 'nonsense'; the lab has widths, bottleneck, depth, pretraining, blend, stages, passes, batch" in capsys.readouterr().err
     assert main(["lab", "--data", str(pair[0]), "--out", str(tmp_path)]) == 2
     assert "--data needs --test" in capsys.readouterr().err

@@ -1,0 +1,146 @@
+"""Experiment: parameter averaging over workers and the learning rate (the guide's first trick).
+
+Every cell is a real distributed run: ``layerwise train --workers N`` through PyTorch's
+launcher, on the budget's share of the data written to ``.npz`` files, with the guard off
+(to see raw divergence). This experiment replaces the old ``benchmarks/lr_sweep.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from layerwise.advice import suggest_layers
+from layerwise.lab.core import table
+
+NAME = "averaging"
+TITLE = "Averaging and the learning rate"
+CLAIM = ("\"lower the learning rate ... Higher than [0.01] makes the weights diverge\" (distributed training "
+         "averages parameters across workers)")
+SETUP = ("The advisor's net trained by `layerwise train --workers N` (parameter averaging every k minibatches) at "
+         "the same rate for pretraining and fine-tuning, guard off, equal epochs: test accuracy, and whether the "
+         "weights diverged (NaN or Inf) or the net learned nothing (at most twice chance). Beside the guide's remedy "
+         "(a lower rate), the modern one: DiLoCo's outer Nesterov step on the averaged change (outer rate 0.7, "
+         "momentum 0.9), and the learning-rate corrections for N workers.")
+
+
+def cells(budget) -> list[dict]:
+    if budget.name == "full":
+        rates, workers, freqs = (0.001, 0.01, 0.1, 0.3, 1.0), (1, 2, 4, 8), (1, 5, 20)
+    elif budget.name == "quick":
+        rates, workers, freqs = (0.01, 0.1, 1.0), (1, 2, 4), (5,)
+    else:
+        rates, workers, freqs = (0.1,), (1, 2), (5,)
+    grid = [{"lr": r, "workers": w, "frequency": f, "remedy": "none"} for r in rates for w in workers
+            for f in (freqs if w > 1 else freqs[:1])]
+    many = [w for w in workers if w >= 2][-2:] if budget.name != "tiny" else [2]
+    for w in many:
+        grid += [{"lr": 0.1, "workers": w, "frequency": 5, "remedy": m} for m in ("nesterov", "sqrt", "linear")]
+    return grid
+
+
+RECIPE = """seed = 0
+[data]
+source = "files"
+train = "train.npz"
+test = "test.npz"
+[model]
+hidden = {hidden}
+[pretrain]
+epochs = {pre}
+batch_size = {batch}
+learning_rate = {lr}
+momentum_switch_epoch = 1
+[finetune]
+epochs = {ft}
+batch_size = {batch}
+learning_rate = {lr}
+momentum = 0.9
+patience = "none"
+[guard]
+enabled = false
+[distributed]
+averaging_frequency = {freq}
+lr_correction = "{correction}"
+outer_optimizer = "{outer}"
+"""
+
+
+def run_cell(settings: dict, data, budget) -> dict:
+    d = data.take(budget)
+    remedy = settings["remedy"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.savez(tmp / "train.npz", x=np.concatenate([d.x.numpy(), d.xv.numpy()]),
+                 y=np.concatenate([d.y.numpy(), d.yv.numpy()]))
+        np.savez(tmp / "test.npz", x=d.xt.numpy(), y=d.yt.numpy())
+        (tmp / "r.toml").write_text(RECIPE.format(
+            hidden=json.dumps(suggest_layers(d.n_inputs)), pre=budget.pretrain_epochs, ft=budget.finetune_epochs,
+            batch=budget.batch_size, lr=settings["lr"], freq=settings["frequency"],
+            correction=remedy if remedy in ("sqrt", "linear") else "none",
+            outer="nesterov" if remedy == "nesterov" else "none"))
+        cmd = [sys.executable, "-m", "layerwise", "train", "r.toml", "--quiet", "--runs-dir", "runs", "--threads", "1"]
+        if settings["workers"] > 1:
+            cmd += ["--workers", str(settings["workers"])]
+        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+        manifest = tmp / "runs" / "r" / "finetuned" / "manifest.json"
+        if proc.returncode != 0 or not manifest.is_file():
+            why = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
+            return {"test_accuracy": math.nan, "diverged": 1, "learned": 0, "error": why}
+        acc = json.loads(manifest.read_text())["metrics"].get("test_accuracy", math.nan)
+    diverged = int(not math.isfinite(acc))
+    return {"test_accuracy": acc, "diverged": diverged, "learned": int(acc > 2 / d.n_labels)}
+
+
+def verdict(records: list[dict], budget) -> dict:
+    plain = [r for r in records if r["settings"]["remedy"] == "none"]
+    rows = [[r["settings"]["lr"], r["settings"]["workers"], r["settings"]["frequency"], r["settings"]["remedy"],
+             100 * r["result"]["test_accuracy"], r["result"]["diverged"], r["result"]["learned"]] for r in records]
+    high = [r for r in plain if r["settings"]["lr"] > 0.01 and r["settings"]["workers"] > 1]
+    share = sum(r["result"]["diverged"] or not r["result"]["learned"] for r in high) / max(len(high), 1)
+    best = {}
+    for r in plain:
+        w = r["settings"]["workers"]
+        if math.isfinite(r["result"]["test_accuracy"]) and (w not in best or r["result"]["test_accuracy"] > best[w][1]):
+            best[w] = (r["settings"]["lr"], r["result"]["test_accuracy"])
+    low_best = all(lr <= 0.01 for w, (lr, _) in best.items() if w > 1)
+    v = "holds" if share >= 0.5 and low_best else "holds in part" if share > 0 or low_best else "does not hold"
+    per = "; ".join(f"{w} worker{'s' * (w > 1)}: {lr:g} ({100 * a:.2f}%)" for w, (lr, a) in sorted(best.items()))
+    remedies = [r for r in records if r["settings"]["remedy"] != "none"]
+    rem = "; ".join(f"{r['settings']['remedy']} at {r['settings']['workers']} workers: "
+                    f"{100 * r['result']['test_accuracy']:.2f}%" for r in remedies)
+    why = (f"{100 * share:.0f}% of the multi-worker runs above 0.01 diverged or learned nothing; best rate per worker "
+           f"count: {per}. Remedies at rate 0.1: {rem or 'not run'}.")
+    top = max(best.values(), key=lambda p: p[1])[0] if best else 0.01
+    return {"table": table(["rate", "workers", "averaging every", "remedy", "test accuracy %", "diverged", "learned"], rows),
+            "verdict": v, "why": why,
+            "recommend": f"measure the rate with `layerwise probe-lr --workers N` (here the best was {top:g}); "
+                         "the guide's 0.01 is a safe start, not the best."}
+
+
+def plot(records: list[dict], path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plain = [r for r in records if r["settings"]["remedy"] == "none"]
+    for w in sorted({r["settings"]["workers"] for r in plain}):
+        for f in sorted({r["settings"]["frequency"] for r in plain if r["settings"]["workers"] == w}):
+            pts = sorted((r["settings"]["lr"], r["result"]["test_accuracy"]) for r in plain
+                         if r["settings"]["workers"] == w and r["settings"]["frequency"] == f)
+            ax.plot([p[0] for p in pts], [100 * (p[1] if math.isfinite(p[1]) else 0) for p in pts], "o-",
+                    label=f"{w} worker{'s' * (w > 1)}" + (f", every {f}" if w > 1 else ""))
+    ax.axvline(0.01, color="grey", ls=":")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="test accuracy % (0: diverged)", title="averaging")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

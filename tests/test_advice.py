@@ -123,3 +123,12 @@ def test_lr_with_workers_judges_the_corrected_rate():
     hits = [f for f in check(_cfg(**low, distributed={"lr_correction": "linear"}), workers=4) if f.rule == "lr-with-workers"]
     assert len(hits) == 1 and "learning rate 0.04 with 4 workers (after lr_correction = 'linear')" in hits[0].found
     assert "probe-lr RECIPE --workers 4" in hits[0].fix
+
+
+def test_the_rate_advice_gives_the_guides_rule_and_what_was_measured():
+    """The advisor no longer contradicts the evidence: the guide's 0.01 comes with the sweep's finding."""
+    from layerwise.advice import suggest
+
+    why = suggest(784, 10, workers=4)["hyperparameters"]["learning_rate"]["why"]
+    assert "the guide's default: it says parameter averaging over workers diverges at higher rates" in why
+    assert "no rate up to 1.0 diverged with up to 4 workers" in why and "layerwise probe-lr" in why

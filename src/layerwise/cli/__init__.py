@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--test", help="your test data (.npz with x and y)")
     lb.add_argument("--out", default="lab", help="folder for the cache, the JSON, the plots and TRICKS.md (default lab)")
     lb.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
+    lb.add_argument("--publish", metavar="DOCS", help="also copy the page into DOCS/TRICKS.md, its JSON and plots into DOCS/lab/")
     lb.add_argument("--quiet", action="store_true", help="print only where the page is")
     lb.set_defaults(func=cmd_lab)
 

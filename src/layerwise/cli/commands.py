@@ -354,4 +354,8 @@ def cmd_lab(args) -> int:
     page = run_lab(args.experiments, budget=args.budget, data=args.data, test=args.test, out=args.out,
                    say=None if args.quiet else _say, command=command)
     print(f"the page: {page}")
+    if args.publish:
+        from layerwise.lab import publish
+
+        print(f"published: {publish(args.out, args.publish)}")
     return 0

@@ -83,3 +83,22 @@ def _page(verdicts, sections, budget, data, command: str, seconds: float) -> str
     head += [f"| [{m.TITLE}](#{m.TITLE.lower().replace(' ', '-').replace(',', '')}) | {v['verdict']} | {v['recommend']} |"
              for m, v in verdicts]
     return "\n".join(head + [""] + sections)
+
+
+def publish(out: str | Path, docs: str | Path = "docs") -> Path:
+    """Copy a lab's page into ``docs/TRICKS.md``, with its JSON and plots under
+    ``docs/lab/`` (the page's image links rewritten to point there)."""
+    import re
+    import shutil
+
+    out, docs = Path(out), Path(docs)
+    page = (out / "TRICKS.md").read_text()
+    (docs / "lab").mkdir(parents=True, exist_ok=True)
+    names = re.findall(r"!\[([\w-]+)\]\(\1\.png\)", page)
+    for name in {*names, *(p.stem for p in out.glob("*.json"))}:
+        for suffix in (".json", ".png"):
+            if (out / f"{name}{suffix}").is_file():
+                shutil.copy2(out / f"{name}{suffix}", docs / "lab" / f"{name}{suffix}")
+    page = re.sub(r"!\[([\w-]+)\]\(\1\.png\)", lambda m: f"![{m.group(1)}](lab/{m.group(1)}.png)", page)
+    (docs / "TRICKS.md").write_text(page)
+    return docs / "TRICKS.md"

@@ -142,3 +142,10 @@ def test_a_published_page_links_its_plots_and_matches_its_json(done, tmp_path):
     text = page.read_text()
     assert "![widths](lab/widths.png)" in text and (tmp_path / "docs" / "lab" / "widths.png").is_file()
     _numbers_match(tmp_path / "docs" / "lab", text, IN_PROCESS)
+
+
+def test_the_help_names_every_experiment(capsys):
+    with pytest.raises(SystemExit):
+        main(["lab", "--help"])
+    listed = " ".join(capsys.readouterr().out.split())
+    assert ", ".join(lab.EXPERIMENTS) in listed

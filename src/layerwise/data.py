@@ -332,7 +332,7 @@ def loop_data(ds, device=None, *, labels: bool = True, streamed: bool | None = N
     (``streams.TensorData``), or streamed from disk (``streams.ShardedData``); None for
     None. ``labels``: False to leave the labels on disk (pretraining). ``streamed``:
     what a checkpoint's loop was (its epoch order is of that kind), None to decide."""
-    from layerwise.streams import ShardedData, TensorData
+    from layerwise.streams import ShardedData, as_data
 
     if ds is None:
         return None
@@ -345,7 +345,7 @@ def loop_data(ds, device=None, *, labels: bool = True, streamed: bool | None = N
     if streamed or (streamed is None and device is not None and _too_big_for(device, 4 * x.numel())):
         # in host memory, moved to the GPU block by block
         return ShardedData(shards.in_memory(ds.x, ds.y, ds.name), device, labels=labels and ds.y is not None)
-    return TensorData(x.to(device) if device is not None else x, None if y is None else (y.to(device) if device is not None else y))
+    return as_data(x, y, device)
 
 
 def _too_big_for(device, nbytes: int) -> bool:

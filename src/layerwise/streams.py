@@ -118,15 +118,20 @@ class ShardedData:
         seed = int(order[0])
         return torch.randperm(len(self.blocks), generator=torch.Generator().manual_seed(seed)).tolist()
 
+    def _read(self, i: int, a: int, b: int, labels: bool):
+        """Rows [a, b) of shard i on the CPU: float32 inputs, int64 labels (or None)."""
+        s = self.source.shards[i]
+        x = torch.from_numpy(s.x.read(a, b).astype(np.float32, copy=False))
+        return x, torch.from_numpy(s.y.read(a, b).astype(np.int64)) if labels else None
+
     def _block(self, j: int, order: torch.Tensor, rank: int, world: int):
         i, a, b = self.blocks[j]
-        s = self.source.shards[i]
         seed = int(hashlib.sha256(f"{int(order[0])}/{j}".encode()).hexdigest()[:15], 16)
         perm = torch.randperm(b - a, generator=torch.Generator().manual_seed(seed))
         if world > 1:
             perm = perm[rank::world][: (b - a) // world]
-        x = torch.from_numpy(s.x.read(a, b).astype(np.float32, copy=False)).index_select(0, perm)
-        y = torch.from_numpy(s.y.read(a, b).astype(np.int64)).index_select(0, perm) if self.labels else None
+        x, y = self._read(i, a, b, self.labels)
+        x, y = x.index_select(0, perm), None if y is None else y.index_select(0, perm)
         return x.to(self.device), None if y is None else y.to(self.device)
 
     def batches(self, order: torch.Tensor, batch_size: int, start: int, rank: int = 0, world: int = 1):
@@ -165,10 +170,8 @@ class ShardedData:
     def chunks(self, chunk: int = CHUNK):
         """The rows in order, block by block, on the device."""
         for i, a, b in self.blocks:
-            s = self.source.shards[i]
-            x = torch.from_numpy(s.x.read(a, b).astype(np.float32, copy=False)).to(self.device)
-            y = torch.from_numpy(s.y.read(a, b).astype(np.int64)).to(self.device) if self.labels else None
-            yield x, y
+            x, y = self._read(i, a, b, self.labels)
+            yield x.to(self.device), None if y is None else y.to(self.device)
 
     @torch.no_grad()
     def map(self, fn, folder: Path | None = None, key: str = "") -> "ShardedData":
@@ -188,13 +191,12 @@ class ShardedData:
         for i, s in enumerate(self.source.shards):
             blocks = [(a, b) for k, a, b in self.blocks if k == i]
 
-            def out(blocks=blocks, s=s):
+            def out(blocks=blocks, i=i):
                 for a, b in blocks:
-                    x = torch.from_numpy(s.x.read(a, b).astype(np.float32, copy=False)).to(self.device)
-                    yield fn(x).float().cpu().numpy()
+                    yield fn(self._read(i, a, b, False)[0].to(self.device)).float().cpu().numpy()
 
             if width is None:
-                width = int(fn(torch.from_numpy(s.x.read(0, 1).astype(np.float32)).to(self.device)).shape[1])
+                width = int(fn(self._read(i, 0, 1, False)[0].to(self.device)).shape[1])
             sh.write_npy(tmp / f"shard-{i:05d}.npy", out(), len(s), width)
         (tmp / "meta.json").write_text(json.dumps(meta))
         shutil.rmtree(folder, ignore_errors=True)

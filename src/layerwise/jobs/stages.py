@@ -162,8 +162,8 @@ def _stage_data(path: str | Path, visible: str, n_inputs: int | None, max_memory
         return None
     fresh = StreamedDataset(ds.source.subset(keep, ds.name), ds.name)
     fresh.source.scanned = True
-    return fresh, [{"file": s.path.name, "fingerprint": s.fingerprint, "samples": len(s), "bytes": _stat(s.path)[1],
-                    "mtime_ns": _stat(s.path)[2]} for s in keep]
+    return fresh, [{"file": name, "fingerprint": s.fingerprint, "samples": len(s), "bytes": size, "mtime_ns": mtime}
+                   for s in keep for name, size, mtime in [_stat(s.path)]]
 
 
 def _stat(path: Path) -> tuple[str, int, int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from layerwise.advice import suggest_layers
-from layerwise.lab.core import table
+from layerwise.lab.core import figure, table
 
 NAME = "averaging"
 TITLE = "Averaging and the learning rate"
@@ -125,22 +125,14 @@ def verdict(records: list[dict], budget) -> dict:
 
 
 def plot(records: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    plain = [r for r in records if r["settings"]["remedy"] == "none"]
-    for w in sorted({r["settings"]["workers"] for r in plain}):
-        for f in sorted({r["settings"]["frequency"] for r in plain if r["settings"]["workers"] == w}):
-            pts = sorted((r["settings"]["lr"], r["result"]["test_accuracy"]) for r in plain
-                         if r["settings"]["workers"] == w and r["settings"]["frequency"] == f)
-            ax.plot([p[0] for p in pts], [100 * (p[1] if math.isfinite(p[1]) else 0) for p in pts], "o-",
-                    label=f"{w} worker{'s' * (w > 1)}" + (f", every {f}" if w > 1 else ""))
-    ax.axvline(0.01, color="grey", ls=":")
-    ax.set(xscale="log", xlabel="learning rate", ylabel="test accuracy % (0: diverged)", title="averaging")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    with figure(path, figsize=(6, 4)) as ax:
+        plain = [r for r in records if r["settings"]["remedy"] == "none"]
+        for w in sorted({r["settings"]["workers"] for r in plain}):
+            for f in sorted({r["settings"]["frequency"] for r in plain if r["settings"]["workers"] == w}):
+                pts = sorted((r["settings"]["lr"], r["result"]["test_accuracy"]) for r in plain
+                             if r["settings"]["workers"] == w and r["settings"]["frequency"] == f)
+                ax.plot([p[0] for p in pts], [100 * (p[1] if math.isfinite(p[1]) else 0) for p in pts], "o-",
+                        label=f"{w} worker{'s' * (w > 1)}" + (f", every {f}" if w > 1 else ""))
+        ax.axvline(0.01, color="grey", ls=":")
+        ax.set(xscale="log", xlabel="learning rate", ylabel="test accuracy % (0: diverged)", title="averaging")
+        ax.legend(fontsize=7)

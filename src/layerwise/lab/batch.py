@@ -7,7 +7,7 @@ import dataclasses
 
 from layerwise.advice import suggest_layers
 from layerwise.finetune import evaluate, finetune
-from layerwise.lab.core import table
+from layerwise.lab.core import figure, table
 from layerwise.lab.runs import FINETUNE, pretrained
 
 NAME = "batch"
@@ -68,17 +68,9 @@ def verdict(records: list[dict], budget) -> dict:
 def plot(records: list[dict], path) -> None:
     import itertools
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in records:
-        t = list(itertools.accumulate(r["result"]["seconds"]))
-        ax.plot(t, [100 * a for a in r["result"]["val_accuracy"]], "o-", label=f"batch {r['settings']['batch_size']}")
-    ax.set(xlabel="fine-tuning wall time (s)", ylabel="validation accuracy %", title="minibatch size")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    with figure(path, figsize=(6, 4)) as ax:
+        for r in records:
+            t = list(itertools.accumulate(r["result"]["seconds"]))
+            ax.plot(t, [100 * a for a in r["result"]["val_accuracy"]], "o-", label=f"batch {r['settings']['batch_size']}")
+        ax.set(xlabel="fine-tuning wall time (s)", ylabel="validation accuracy %", title="minibatch size")
+        ax.legend()

@@ -7,7 +7,7 @@ import copy
 import torch
 
 from layerwise.advice import suggest_layers
-from layerwise.lab.core import table
+from layerwise.lab.core import figure, table
 from layerwise.lab.runs import finetuned, linear_probe, pretrained
 
 NAME = "blend"
@@ -71,15 +71,7 @@ def verdict(records: list[dict], budget) -> dict:
 
 
 def plot(records: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     r = records[0]["result"]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.bar(["pretrained", "fine-tuned"], [100 * r["other_classes_pretrained"], 100 * r["other_classes_finetuned"]])
-    ax.set(ylabel="linear accuracy on the other classes %", title=f"first-layer CKA {r['first_layer_cka']:.2f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    with figure(path, figsize=(5, 4)) as ax:
+        ax.bar(["pretrained", "fine-tuned"], [100 * r["other_classes_pretrained"], 100 * r["other_classes_finetuned"]])
+        ax.set(ylabel="linear accuracy on the other classes %", title=f"first-layer CKA {r['first_layer_cka']:.2f}")

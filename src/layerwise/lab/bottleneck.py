@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from layerwise.advice import suggest_layers
-from layerwise.lab.core import table
+from layerwise.lab.core import figure, table
 from layerwise.lab.runs import finetuned, pretrained, reconstruction
 
 NAME = "bottleneck"
@@ -49,16 +49,8 @@ def verdict(records: list[dict], budget) -> dict:
 
 
 def plot(records: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     f = [_value(r["settings"]["fraction"]) for r in records]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(f, [100 * r["result"]["test_accuracy"] for r in records], "o-")
-    ax.axvline(0.25, color="grey", ls=":")
-    ax.set(xscale="log", xlabel="second layer / input", ylabel="test accuracy %", title="bottleneck")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    with figure(path, figsize=(6, 4)) as ax:
+        ax.plot(f, [100 * r["result"]["test_accuracy"] for r in records], "o-")
+        ax.axvline(0.25, color="grey", ls=":")
+        ax.set(xscale="log", xlabel="second layer / input", ylabel="test accuracy %", title="bottleneck")

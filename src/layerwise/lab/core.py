@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,3 +159,21 @@ def section(module, verdict: dict, plot_name: str | None) -> str:
     lines += [f"**Verdict: {verdict['verdict']}.** {verdict['why']}", "",
               f"**layerwise recommends:** {verdict['recommend']}", ""]
     return "\n".join(lines)
+
+
+@contextmanager
+def figure(path, *grid: int, figsize=(6, 4)):
+    """A matplotlib figure (Agg, no display) whose axes the block draws on, saved to
+    ``path`` at the end; ``grid`` is ``subplots``' rows and columns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*grid, figsize=figsize)
+    try:
+        yield axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=80)
+    finally:
+        plt.close(fig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from layerwise.advice import suggest_layers
-from layerwise.lab.core import table
+from layerwise.lab.core import figure, table
 from layerwise.lab.runs import finetuned, pretrained, random_classifier
 
 NAME = "depth"
@@ -58,17 +58,9 @@ def verdict(records: list[dict], budget) -> dict:
 
 
 def plot(records: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for s in ("pretrained", "random"):
-        pts = sorted((r["settings"]["depth"], r["result"]["test_accuracy"]) for r in records if r["settings"]["start"] == s)
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=s)
-    ax.set(xlabel="hidden layers (equal weights)", ylabel="test accuracy %", title="depth")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    with figure(path, figsize=(6, 4)) as ax:
+        for s in ("pretrained", "random"):
+            pts = sorted((r["settings"]["depth"], r["result"]["test_accuracy"]) for r in records if r["settings"]["start"] == s)
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=s)
+        ax.set(xlabel="hidden layers (equal weights)", ylabel="test accuracy %", title="depth")
+        ax.legend()

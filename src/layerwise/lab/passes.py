@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from layerwise.advice import suggest_layers
-from layerwise.lab.core import table
+from layerwise.lab.core import figure, table
 from layerwise.lab.runs import finetuned, linear_probe, pretrained
 
 NAME = "passes"
@@ -51,17 +51,9 @@ def verdict(records: list[dict], budget) -> dict:
 
 
 def plot(records: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ps = [r["settings"]["passes"] for r in records]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(ps, [100 * r["result"]["linear_accuracy"] for r in records], "o-", label="linear on top features")
-    ax.plot(ps, [100 * r["result"]["test_accuracy"] for r in records], "o-", label="fine-tuned")
-    ax.set(xscale="symlog", xlabel="pretraining passes per layer", ylabel="test accuracy %", title="passes")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    with figure(path, figsize=(6, 4)) as ax:
+        ax.plot(ps, [100 * r["result"]["linear_accuracy"] for r in records], "o-", label="linear on top features")
+        ax.plot(ps, [100 * r["result"]["test_accuracy"] for r in records], "o-", label="fine-tuned")
+        ax.set(xscale="symlog", xlabel="pretraining passes per layer", ylabel="test accuracy %", title="passes")
+        ax.legend()

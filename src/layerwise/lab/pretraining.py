@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from layerwise.advice import suggest_layers
-from layerwise.lab.core import table
+from layerwise.lab.core import figure, table
 from layerwise.lab.runs import finetuned, pretrained, random_classifier
 
 NAME = "pretraining"
@@ -59,17 +59,9 @@ def verdict(records: list[dict], budget) -> dict:
 
 
 def plot(records: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in MODES:
-        pts = sorted((r["settings"]["labels"], r["result"]["test_accuracy"]) for r in records if r["settings"]["start"] == m)
-        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=m)
-    ax.set(xscale="log", xlabel="labelled examples", ylabel="test accuracy %", title="pretraining and labels")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    with figure(path, figsize=(6, 4)) as ax:
+        for m in MODES:
+            pts = sorted((r["settings"]["labels"], r["result"]["test_accuracy"]) for r in records if r["settings"]["start"] == m)
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=m)
+        ax.set(xscale="log", xlabel="labelled examples", ylabel="test accuracy %", title="pretraining and labels")
+        ax.legend()

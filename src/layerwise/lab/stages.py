@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from layerwise.advice import suggest_layers
-from layerwise.lab.core import table
+from layerwise.lab.core import figure, table
 from layerwise.lab.runs import PRETRAIN, finetuned, reconstruction
 from layerwise.pretrain import pretrain
 from layerwise.stack import DeepBeliefNet
@@ -48,16 +48,8 @@ def verdict(records: list[dict], budget) -> dict:
 
 
 def plot(records: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.bar([f"{r['settings']['stages']} stage(s)" for r in records], [100 * r["result"]["test_accuracy"] for r in records])
-    ax.set(ylabel="test accuracy %", title="stages")
-    lo = min(100 * r["result"]["test_accuracy"] for r in records)
-    ax.set_ylim(max(0, lo - 5), 100)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    with figure(path, figsize=(5, 4)) as ax:
+        ax.bar([f"{r['settings']['stages']} stage(s)" for r in records], [100 * r["result"]["test_accuracy"] for r in records])
+        ax.set(ylabel="test accuracy %", title="stages")
+        lo = min(100 * r["result"]["test_accuracy"] for r in records)
+        ax.set_ylim(max(0, lo - 5), 100)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from layerwise.lab.core import table
+from layerwise.lab.core import figure, table
 from layerwise.lab.runs import finetuned, pretrained, reconstruction, unlike_the_data
 
 NAME = "widths"
@@ -66,19 +66,11 @@ def verdict(records: list[dict], budget) -> dict:
 
 
 def plot(records: list[dict], path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     r = [rec["settings"]["ratio"] for rec in records]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("excess_test", "test images"), ("excess_shuffled", "shuffled pixels"), ("excess_noise", "noise")):
-        a.plot(r, [rec["result"][key] for rec in records], "o-", label=label)
-    a.set(xscale="log", xlabel="width / input", ylabel="reconstruction excess (nats)", title="what the layer reconstructs")
-    a.legend()
-    b.plot(r, [100 * rec["result"]["test_accuracy"] for rec in records], "o-")
-    b.set(xscale="log", xlabel="width / input", ylabel="test accuracy %", title="after fine-tuning")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(10, 4)) as (a, b):
+        for key, label in (("excess_test", "test images"), ("excess_shuffled", "shuffled pixels"), ("excess_noise", "noise")):
+            a.plot(r, [rec["result"][key] for rec in records], "o-", label=label)
+        a.set(xscale="log", xlabel="width / input", ylabel="reconstruction excess (nats)", title="what the layer reconstructs")
+        a.legend()
+        b.plot(r, [100 * rec["result"]["test_accuracy"] for rec in records], "o-")
+        b.set(xscale="log", xlabel="width / input", ylabel="test accuracy %", title="after fine-tuning")

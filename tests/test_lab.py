@@ -120,7 +120,7 @@ def test_the_command(pair, tmp_path, capsys):
                  "--out", str(tmp_path), "--quiet"]) == 0
     assert re.search(r"the page: .*TRICKS.md", capsys.readouterr().out)
     assert main(["lab", "nonsense", "--data", str(pair[0]), "--test", str(pair[1]), "--out", str(tmp_path)]) == 2
-    assert "unknown experiment 'nonsense'; the lab has averaging, widths, bottleneck, depth, pretraining, blend, stages, passes, batch" in capsys.readouterr().err
+    assert "unknown experiment 'nonsense'; the lab has averaging, rounds, widths, bottleneck, depth, pretraining, blend, stages, passes, batch" in capsys.readouterr().err
     assert main(["lab", "--data", str(pair[0]), "--out", str(tmp_path)]) == 2
     assert "--data needs --test" in capsys.readouterr().err
 
@@ -149,3 +149,19 @@ def test_the_help_names_every_experiment(capsys):
         main(["lab", "--help"])
     listed = " ".join(capsys.readouterr().out.split())
     assert ", ".join(lab.EXPERIMENTS) in listed
+
+
+def test_one_worker_is_its_own_reference_in_the_rounds_measure(pair):
+    """With one worker, a round is that worker's own k steps (the same seeds, the same
+    minibatches as the single worker): every ratio is exactly 1, the curves identical."""
+    from layerwise.lab import rounds
+
+    data = lab.core.load(str(pair[0]), str(pair[1]))
+    budget = lab.core.BUDGETS["tiny"]
+    one = rounds.run_cell({"workers": 1, "frequency": 3, "lr": 0.1, "correction": "none"}, data, budget)
+    assert one["recon_averaged"] == one["recon_single"]
+    assert one["movement_ratio"] == 1.0 and one["per_example"] == 1.0 and one["reached"]
+    two = rounds.run_cell({"workers": 2, "frequency": 3, "lr": 0.1, "correction": "none"}, data, budget)
+    assert two["recon_averaged"] != two["recon_single"] and two["rounds"] == one["rounds"] // 2
+    assert two["wall_speedup"] == pytest.approx(2 * two["per_example"])
+    assert 0 < two["per_example"] <= 1.0  # 1.0 when the average never fell behind

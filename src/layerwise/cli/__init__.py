@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("lab", help="measure the guide's tricks: experiments with verdicts, plots and a page")
     lb.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
-                    help="experiments to run (default: all): averaging, widths, bottleneck, depth, pretraining, "
-                         "blend, stages, passes, batch")
+                    help="experiments to run (default: all): averaging, rounds, widths, bottleneck, depth, "
+                         "pretraining, blend, stages, passes, batch")
     lb.add_argument("--budget", choices=("tiny", "quick", "full"), default="quick",
                     help="quick: minutes on 2 cores, on subsets (default); full: the published numbers")
     lb.add_argument("--data", help="your training data (.npz with x and y) instead of MNIST; needs --test")

@@ -14,10 +14,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from layerwise.lab import averaging, batch, blend, bottleneck, depth, passes, pretraining, stages, widths
+from layerwise.lab import averaging, batch, blend, bottleneck, depth, passes, pretraining, rounds, stages, widths
 from layerwise.lab.core import BUDGETS, Cache, load, run_experiment, section
 
-EXPERIMENTS = {m.NAME: m for m in (averaging, widths, bottleneck, depth, pretraining, blend, stages, passes, batch)}
+EXPERIMENTS = {m.NAME: m for m in (averaging, rounds, widths, bottleneck, depth, pretraining, blend, stages, passes, batch)}
 
 
 def run_lab(names: list[str] | None = None, *, budget: str = "quick", data: str | None = None, test: str | None = None,

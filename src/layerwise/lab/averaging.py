@@ -27,7 +27,8 @@ SETUP = ("The advisor's net trained by `layerwise train --workers N` (parameter 
          "the same rate for pretraining and fine-tuning, guard off, equal epochs: test accuracy, and whether the "
          "weights diverged (NaN or Inf) or the net learned nothing (at most twice chance). Beside the guide's remedy "
          "(a lower rate), the modern one: DiLoCo's outer Nesterov step on the averaged change (outer rate 0.7, "
-         "momentum 0.9), and the learning-rate corrections for N workers.")
+         "momentum 0.9), and the learning-rate corrections for N workers. At the full budget each run trains 3 "
+         "pretraining and 8 fine-tuning epochs on all the training data.")
 
 
 def cells(budget) -> list[dict]:
@@ -42,7 +43,12 @@ def cells(budget) -> list[dict]:
     many = [w for w in workers if w >= 2][-2:] if budget.name != "tiny" else [2]
     for w in many:
         grid += [{"lr": 0.1, "workers": w, "frequency": 5, "remedy": m} for m in ("nesterov", "sqrt", "linear")]
-    return grid
+    # every cell is a launcher run; at the full budget they train fewer epochs than the in-process experiments
+    pre, ft = EPOCHS.get(budget.name, (budget.pretrain_epochs, budget.finetune_epochs))
+    return [{**c, "pretrain_epochs": pre, "finetune_epochs": ft} for c in grid]
+
+
+EPOCHS = {"full": (3, 8)}  # (pretraining, fine-tuning) epochs per run, where not the budget's
 
 
 RECIPE = """seed = 0
@@ -81,7 +87,8 @@ def run_cell(settings: dict, data, budget) -> dict:
                  y=np.concatenate([d.y.numpy(), d.yv.numpy()]))
         np.savez(tmp / "test.npz", x=d.xt.numpy(), y=d.yt.numpy())
         (tmp / "r.toml").write_text(RECIPE.format(
-            hidden=json.dumps(suggest_layers(d.n_inputs)), pre=budget.pretrain_epochs, ft=budget.finetune_epochs,
+            hidden=json.dumps(suggest_layers(d.n_inputs)), pre=settings["pretrain_epochs"],
+            ft=settings["finetune_epochs"],
             batch=budget.batch_size, lr=settings["lr"], freq=settings["frequency"],
             correction=remedy if remedy in ("sqrt", "linear") else "none",
             outer="nesterov" if remedy == "nesterov" else "none"))

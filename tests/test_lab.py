@@ -144,6 +144,32 @@ def test_a_published_page_links_its_plots_and_matches_its_json(done, tmp_path):
     _numbers_match(tmp_path / "docs" / "lab", text, IN_PROCESS)
 
 
+def test_the_lab_writes_its_findings_for_the_advisor(done, tmp_path, capsys):
+    from layerwise import evidence
+
+    out, _ = done
+    found = evidence.load(out / "findings.json")
+    assert found["data"] == "train.npz" and found["budget"] == "tiny" and set(found["experiments"]) == set(IN_PROCESS)
+    for name, exp in found["experiments"].items():
+        v = json.loads((out / f"{name}.json").read_text())["verdict"]
+        assert (exp["verdict"], exp["why"], exp["recommend"]) == (v["verdict"], v["why"], v["recommend"])
+    packaged = evidence.PACKAGED.read_bytes() if evidence.PACKAGED.is_file() else None
+    lab.publish(out, tmp_path / "site")
+    assert evidence.load(tmp_path / "site" / "lab" / "findings.json")["page"] == "site/TRICKS.md"
+    assert (evidence.PACKAGED.read_bytes() if evidence.PACKAGED.is_file() else None) == packaged  # not the repo's docs
+    assert main(["advise", "--inputs", "36", "--labels", "4", "--findings", str(out / "findings.json")]) == 0
+
+
+def test_the_advisor_cites_the_published_lab():
+    from layerwise import evidence
+
+    docs = Path(__file__).parents[1] / "docs" / "lab" / "findings.json"
+    if not docs.is_file():
+        pytest.skip("docs/lab/findings.json is not published yet (it comes from `layerwise lab --budget full`)")
+    assert evidence.PACKAGED.read_text() == docs.read_text(), "publish with `layerwise lab ... --publish docs`"
+    assert evidence.load()["page"] == "docs/TRICKS.md"
+
+
 def test_the_help_names_every_experiment(capsys):
     with pytest.raises(SystemExit):
         main(["lab", "--help"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from layerwise import evidence
 from layerwise._checks import check_int
 from layerwise.config import RunConfig
 
@@ -39,8 +40,17 @@ def corrected_lr(lr: float, workers: int, correction: str) -> float:
     return lr
 
 
-def suggest(n_inputs: int, n_labels: int, *, workers: int = 1, samples: int | None = None) -> dict:
-    """A net and hyperparameters for the data's shape, each value with its reason.
+def _findings(findings):
+    return evidence.load() if findings is PUBLISHED else findings
+
+
+PUBLISHED = "published"  # findings: the lab published with the package (layerwise.evidence)
+
+
+def suggest(n_inputs: int, n_labels: int, *, workers: int = 1, samples: int | None = None,
+            findings=PUBLISHED) -> dict:
+    """A net and hyperparameters for the data's shape, each value with its reason (the
+    guide's rule, and where a lab's ``findings`` disagree with it, what was measured).
     Returns plain data: {"layers": [...], "hyperparameters": {name: {"value", "why"}}}."""
     check_int("suggest", "n_inputs", n_inputs, low=2)
     check_int("suggest", "n_labels", n_labels, low=2)
@@ -70,6 +80,11 @@ def suggest(n_inputs: int, n_labels: int, *, workers: int = 1, samples: int | No
             "the replicas drift apart")}
         hp["lr_by_correction"] = {"value": {c: corrected_lr(0.01, workers, c) for c in ("none", "sqrt", "linear")},
                                   "why": f"the single-worker rate scaled for {workers} workers; the guide keeps it at 0.01"}
+    findings = _findings(findings)
+    for name, item in hp.items():
+        found = evidence.measured(name, findings)
+        if found:
+            item["why"] = f"the guide: {item['why']}. {found}"
     return {"layers": [n_inputs, *hidden, n_labels], "hyperparameters": hp}
 
 
@@ -93,9 +108,11 @@ def check(
     data_range: tuple[float, float] | None = None,
     has_validation: bool | None = None,
     workers: int = 1,
+    findings=PUBLISHED,
 ) -> list[Finding]:
     """The guide's rules against a recipe (and what is known of its data). Errors stop a
-    run before any work; warnings and notes are shown."""
+    run before any work; warnings and notes are shown. Where a lab's ``findings``
+    disagree with a rule, its reason gives what was measured too."""
     out: list[Finding] = []
     add = lambda *a: out.append(Finding(*a))  # noqa: E731
     m, p, f = cfg.model, cfg.pretrain, cfg.finetune
@@ -169,6 +186,11 @@ def check(
     if m.visible == "bernoulli" and data_range is not None and (data_range[0] < 0 or data_range[1] > 1):
         add("bernoulli-range", "error", f"inputs span [{data_range[0]:g}, {data_range[1]:g}] for Bernoulli visible units",
             "Bernoulli visible units model probabilities in [0, 1]", 'rescale to [0, 1], or standardize and set model.visible = "gaussian"')
+    findings = _findings(findings)
+    for fd in out:
+        found = evidence.measured(fd.rule, findings)
+        if found:
+            fd.why = f"the guide: {fd.why}. {found}"
     return out
 
 
@@ -226,14 +248,15 @@ def data_facts(cfg) -> tuple[dict | None, str | None]:
     }, None
 
 
-def recipe_findings(cfg: RunConfig, *, workers: int = 1) -> tuple[list[Finding], str | None]:
+def recipe_findings(cfg: RunConfig, *, workers: int = 1, evidence=PUBLISHED) -> tuple[list[Finding], str | None]:
     """The findings for a recipe, with its data inspected where it can be read; and, when
-    it could not, why (the data rules were then skipped)."""
+    it could not, why (the data rules were then skipped). ``evidence``: a lab's findings
+    (see ``check``)."""
     facts, why = data_facts(cfg.data)
     if facts is None:
-        return check(cfg, workers=workers), why
+        return check(cfg, workers=workers, findings=evidence), why
     findings = check(cfg, n_inputs=facts["n_inputs"], n_labels_in_data=facts["n_labels"], data_range=facts["range"],
-                     has_validation=facts["has_validation"], workers=workers)
+                     has_validation=facts["has_validation"], workers=workers, findings=evidence)
     return findings + _memory_findings(cfg, facts), None
 
 

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workers", type=_at_least(1), default=1, help="number of workers the recipe will run on")
     c.add_argument("--strict", action="store_true", help="exit with status 2 on warnings too")
     c.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    c.add_argument("--findings", metavar="FILE", help="a lab's findings.json (`layerwise lab` writes OUT/findings.json): its measured verdicts "
+                   "beside the guide's rules (default: the MNIST lab published with layerwise)")
     c.set_defaults(func=cmd_check)
 
     pr = sub.add_parser("probe-lr", help="measure the largest stable learning rate on the recipe's data")
@@ -115,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--workers", type=_at_least(1), default=1, help="workers that will average parameters")
     a.add_argument("--samples", type=_at_least(1), help="training samples (for the batch size)")
     a.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    a.add_argument("--findings", metavar="FILE", help="a lab's findings.json (`layerwise lab` writes OUT/findings.json): its measured verdicts "
+                   "beside the guide's rules (default: the MNIST lab published with layerwise)")
     a.set_defaults(func=cmd_advise)
 
     pt = sub.add_parser("pretrain", help="staged pretraining: feed data, pause, resume when more arrives")

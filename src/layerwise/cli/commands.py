@@ -129,7 +129,7 @@ def cmd_check(args) -> int:
     from layerwise.advice import format_findings, recipe_findings
 
     cfg = config.load(args.recipe)
-    findings, skipped = recipe_findings(cfg, workers=args.workers)
+    findings, skipped = recipe_findings(cfg, workers=args.workers, evidence=_evidence(args))
     if args.format == "json":
         print(json.dumps({"recipe": args.recipe, "data_inspected": skipped is None, "data_not_inspected": skipped,
                           "findings": [f.to_dict() for f in findings]}, indent=2))
@@ -187,12 +187,19 @@ def _print_probe(res: dict, args) -> None:
     print(f"data: {data}", flush=True)
 
 
+def _evidence(args):
+    """The lab findings that ``--findings`` names, else the published ones."""
+    from layerwise import advice, evidence
+
+    return evidence.load(args.findings) if args.findings else advice.PUBLISHED
+
+
 def cmd_advise(args) -> int:
     import json
 
     from layerwise.advice import suggest
 
-    s = suggest(args.inputs, args.labels, workers=args.workers, samples=args.samples)
+    s = suggest(args.inputs, args.labels, workers=args.workers, samples=args.samples, findings=_evidence(args))
     if args.format == "json":
         print(json.dumps(s, indent=2))
         return 0

@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from layerwise import evidence
 from layerwise.lab import averaging, batch, blend, bottleneck, depth, passes, pretraining, rounds, stages, widths
 from layerwise.lab.core import BUDGETS, Cache, load, run_experiment, section
 
@@ -54,6 +55,8 @@ def run_lab(names: list[str] | None = None, *, budget: str = "quick", data: str 
         verdicts.append((module, v))
     page = out / "TRICKS.md"
     page.write_text(_page(verdicts, sections, b, lab_data, command, time.perf_counter() - t0))
+    evidence.write(out / "findings.json", verdicts, data=lab_data.name, budget=b.name, commit=_commit(),
+                   date=time.strftime("%Y-%m-%d"))
     return page
 
 
@@ -80,14 +83,16 @@ def _page(verdicts, sections, budget, data, command: str, seconds: float) -> str
             "(cells from the cache count as none).", "",
             "Each verdict holds on this data and budget only; rerun `layerwise lab --data TRAIN.npz --test TEST.npz` "
             "for yours.", "", "| trick | verdict | layerwise recommends |", "|---|---|---|"]
-    head += [f"| [{m.TITLE}](#{m.TITLE.lower().replace(' ', '-').replace(',', '')}) | {v['verdict']} | {v['recommend']} |"
+    head += [f"| [{m.TITLE}](#{evidence.anchor(m.TITLE)}) | {v['verdict']} | {v['recommend']} |"
              for m, v in verdicts]
     return "\n".join(head + [""] + sections)
 
 
 def publish(out: str | Path, docs: str | Path = "docs") -> Path:
-    """Copy a lab's page into ``docs/TRICKS.md``, with its JSON and plots under
-    ``docs/lab/`` (the page's image links rewritten to point there)."""
+    """Copy a lab's page into ``docs/TRICKS.md``, with its JSON, plots and findings under
+    ``docs/lab/`` (the page's image links rewritten to point there). Published into this
+    repository's own ``docs``, the findings also become the advisor's (the package's
+    ``lab/findings.json``)."""
     import re
     import shutil
 
@@ -95,10 +100,20 @@ def publish(out: str | Path, docs: str | Path = "docs") -> Path:
     page = (out / "TRICKS.md").read_text()
     (docs / "lab").mkdir(parents=True, exist_ok=True)
     names = re.findall(r"!\[([\w-]+)\]\(\1\.png\)", page)
-    for name in {*names, *(p.stem for p in out.glob("*.json"))}:
+    for name in {*names, *(p.stem for p in out.glob("*.json") if p.stem != "findings")}:
         for suffix in (".json", ".png"):
             if (out / f"{name}{suffix}").is_file():
                 shutil.copy2(out / f"{name}{suffix}", docs / "lab" / f"{name}{suffix}")
     page = re.sub(r"!\[([\w-]+)\]\(\1\.png\)", lambda m: f"![{m.group(1)}](lab/{m.group(1)}.png)", page)
     (docs / "TRICKS.md").write_text(page)
+    if (out / "findings.json").is_file():
+        found = json.loads((out / "findings.json").read_text())
+        found["page"] = f"{docs.name}/TRICKS.md"
+        text = json.dumps(found, indent=1)
+        (docs / "lab" / "findings.json").write_text(text)
+        if docs.resolve() == REPOSITORY_DOCS.resolve():
+            evidence.PACKAGED.write_text(text)
     return docs / "TRICKS.md"
+
+
+REPOSITORY_DOCS = Path(__file__).parents[3] / "docs"  # src/layerwise/lab -> the repository's docs

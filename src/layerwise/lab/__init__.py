@@ -38,11 +38,12 @@ def run_lab(names: list[str] | None = None, *, budget: str = "quick", data: str 
     lab_data = load(data, test)
     cache = Cache(out / "cells")
     t0 = time.perf_counter()
-    sections, verdicts = [], []
+    sections, verdicts, compute = [], [], 0.0
     for name in names:
         module = EXPERIMENTS[name]
         records = run_experiment(module, lab_data, b, cache, say)
         v = module.verdict(records, b)
+        compute += sum(r["seconds"] for r in records)
         png = out / f"{name}.png"
         try:
             module.plot(records, png)
@@ -54,7 +55,7 @@ def run_lab(names: list[str] | None = None, *, budget: str = "quick", data: str 
         sections.append(section(module, v, png.name if png else None))
         verdicts.append((module, v))
     page = out / "TRICKS.md"
-    page.write_text(_page(verdicts, sections, b, lab_data, command, time.perf_counter() - t0))
+    page.write_text(_page(verdicts, sections, b, lab_data, command, time.perf_counter() - t0, compute))
     evidence.write(out / "findings.json", verdicts, data=lab_data.name, budget=b.name, commit=_commit(),
                    date=time.strftime("%Y-%m-%d"))
     return page
@@ -68,7 +69,7 @@ def _commit() -> str:
         return "unknown"
 
 
-def _page(verdicts, sections, budget, data, command: str, seconds: float) -> str:
+def _page(verdicts, sections, budget, data, command: str, seconds: float, compute: float) -> str:
     import os
 
     import torch
@@ -79,8 +80,9 @@ def _page(verdicts, sections, budget, data, command: str, seconds: float) -> str
             f"{budget.pretrain_epochs} pretraining and {budget.finetune_epochs} fine-tuning epochs unless an "
             f"experiment says otherwise).",
             f"Command: `{command or 'layerwise lab'}`; commit {_commit()}; {time.strftime('%Y-%m-%d')}; "
-            f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; {seconds / 60:.1f} minutes "
-            "(cells from the cache count as none).", "",
+            f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}. The cells took "
+            f"{compute / 3600:.1f} hours of training in all (each cell's time when it ran, cached cells included; "
+            f"this command: {seconds / 60:.1f} minutes).", "",
             "Each verdict holds on this data and budget only; rerun `layerwise lab --data TRAIN.npz --test TEST.npz` "
             "for yours.", "", "| trick | verdict | layerwise recommends |", "|---|---|---|"]
     head += [f"| [{m.TITLE}](#{evidence.anchor(m.TITLE)}) | {v['verdict']} | {v['recommend']} |"

@@ -67,7 +67,9 @@ def verdict(records: list[dict], budget) -> dict:
     return {"table": table(["first-layer CKA", "first-layer weight change", "other classes: pretrained features %",
                             "other classes: fine-tuned features %"], rows),
             "verdict": v, "why": why,
-            "recommend": "keep the pretrained net (`layerwise train` writes it, read-only, before fine-tuning)."}
+            "recommend": "keep the pretrained net (`layerwise train` writes it, read-only, before fine-tuning)" + (
+                "." if v != "does not hold" else ": it costs one file and starts other tasks, though here "
+                "fine-tuning left the features nearly as they were.")}
 
 
 def plot(records: list[dict], path) -> None:

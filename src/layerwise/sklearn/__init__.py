@@ -1,0 +1,15 @@
+"""scikit-learn estimators on layerwise (the ``sklearn`` extra: ``pip install layerwise[sklearn]``).
+
+- ``BernoulliRBM``: a drop-in for ``sklearn.neural_network.BernoulliRBM``;
+- ``DBNClassifier`` and ``DBNTransformer``: a pretrained, fine-tuned deep belief net, and
+  its pretrained stack as a feature extractor.
+"""
+
+try:
+    import sklearn  # noqa: F401
+except ImportError as e:  # pragma: no cover - the extra is missing
+    raise ImportError("layerwise.sklearn needs scikit-learn: pip install 'layerwise[sklearn]'") from e
+
+from layerwise.sklearn.rbm import EXPECTED_FAILED_CHECKS, BernoulliRBM
+
+__all__ = ["BernoulliRBM", "EXPECTED_FAILED_CHECKS"]

@@ -2,7 +2,9 @@
 
 - ``BernoulliRBM``: a drop-in for ``sklearn.neural_network.BernoulliRBM``;
 - ``DBNClassifier`` and ``DBNTransformer``: a pretrained, fine-tuned deep belief net, and
-  its pretrained stack as a feature extractor.
+  a pretrained stack as a feature extractor.
+
+Each saves as a layerwise artifact (``est.save(path)``, ``Class.load(path)``).
 """
 
 try:
@@ -10,6 +12,7 @@ try:
 except ImportError as e:  # pragma: no cover - the extra is missing
     raise ImportError("layerwise.sklearn needs scikit-learn: pip install 'layerwise[sklearn]'") from e
 
+from layerwise.sklearn.dbn import DBNClassifier, DBNTransformer
 from layerwise.sklearn.rbm import EXPECTED_FAILED_CHECKS, BernoulliRBM
 
-__all__ = ["BernoulliRBM", "EXPECTED_FAILED_CHECKS"]
+__all__ = ["BernoulliRBM", "DBNClassifier", "DBNTransformer", "EXPECTED_FAILED_CHECKS"]

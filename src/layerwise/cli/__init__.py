@@ -22,6 +22,7 @@ from layerwise.cli.commands import (
     cmd_advise, cmd_check, cmd_data_fetch, cmd_evaluate, cmd_finetune, cmd_lab, cmd_models, cmd_predict, cmd_pretrain,
     cmd_probe_lr, cmd_train,
 )
+from layerwise.cli.tools import cmd_export
 
 
 def _at_least(low: int):
@@ -164,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
     r.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda or cuda:N")
     r.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="a saved net as ONNX or TorchScript (pretrained nets as encoders)")
+    x.add_argument("model", help="an artifact folder: finetuned (inputs to logits) or pretrained (inputs to top features)")
+    x.add_argument("--format", choices=("onnx", "torchscript"), required=True, help="onnx (needs the export extra) or torchscript")
+    x.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+    x.add_argument("--force", action="store_true", help="replace --out if it exists")
+    x.set_defaults(func=cmd_export)
 
     lb = sub.add_parser("lab", help="measure the guide's tricks: experiments with verdicts, plots and a page")
     lb.add_argument("experiments", nargs="*", metavar="EXPERIMENT",

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -86,3 +87,27 @@ def probe_plot(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def image_rows(rows: list[tuple[str, np.ndarray]], side: int, path: Path, title: str = "") -> None:
+    """Rows of square grey images, each row titled (e.g. inputs over their reconstructions);
+    pixel values in [0, 1]."""
+    cols = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(cols * 0.8, len(rows) * 0.9), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(images):
+                ax.imshow(images[c].reshape(side, side), cmap="gray", vmin=0, vmax=1)
+        axes[r][0].set_title(label, fontsize=8, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def image_grid(images: np.ndarray, side: int, path: Path, title: str = "", cols: int = 8) -> None:
+    """Square grey images in a grid (e.g. samples of a DBN)."""
+    rows = [(title if i == 0 else "", images[i:i + cols]) for i in range(0, len(images), cols)]
+    image_rows(rows, side, path)

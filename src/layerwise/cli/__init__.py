@@ -22,7 +22,7 @@ from layerwise.cli.commands import (
     cmd_advise, cmd_check, cmd_data_fetch, cmd_evaluate, cmd_finetune, cmd_lab, cmd_models, cmd_predict, cmd_pretrain,
     cmd_probe_lr, cmd_train,
 )
-from layerwise.cli.tools import cmd_export
+from layerwise.cli.tools import cmd_encode, cmd_export, cmd_reconstruct, cmd_sample
 
 
 def _at_least(low: int):
@@ -172,6 +172,32 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
     x.add_argument("--force", action="store_true", help="replace --out if it exists")
     x.set_defaults(func=cmd_export)
+
+    en = sub.add_parser("encode", help="features of a saved net's hidden layer for the inputs of a file")
+    en.add_argument("model", help="an artifact folder, pretrained or finetuned")
+    en.add_argument("data", help=".npz with an array x (and y, kept), a .npy, or a folder of shards")
+    en.add_argument("--layer", type=_at_least(1), help="hidden layer, 1 = the first (default: the top)")
+    en.add_argument("--out", required=True, help="the .npz to write (x: features, y: the labels if the data had them)")
+
+    rc = sub.add_parser("reconstruct", help="inputs up through a pretrained stack and down again")
+    rc.add_argument("model", help="a pretrained artifact folder")
+    rc.add_argument("data", help=".npz with an array x, a .npy, or a folder of shards")
+    rc.add_argument("--out", required=True, help="the .npz to write (x: the reconstructions)")
+    rc.add_argument("--png", help="also draw the first inputs over their reconstructions (square images)")
+
+    sm = sub.add_parser("sample", help="samples of a pretrained stack of RBMs (Gibbs sampling in the top RBM)")
+    sm.add_argument("model", help="a pretrained artifact folder")
+    sm.add_argument("-n", type=_at_least(1), default=64, help="samples (default 64)")
+    sm.add_argument("--steps", type=_at_least(1), default=1000, help="Gibbs steps in the top RBM (default 1000)")
+    sm.add_argument("--label", type=int, help="clamp a label (needs a top RBM trained with the labels)")
+    sm.add_argument("--seed", type=int, default=0, help="seed of the chains (default 0)")
+    sm.add_argument("--png", help="draw the samples (square images)")
+    sm.add_argument("--out", help="also write them to this .npz (x)")
+    for cmd, fn in ((en, cmd_encode), (rc, cmd_reconstruct), (sm, cmd_sample)):
+        cmd.add_argument("--force", action="store_true", help="replace --out if it exists")
+        cmd.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
+        cmd.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda or cuda:N")
+        cmd.set_defaults(func=fn)
 
     lb = sub.add_parser("lab", help="measure the guide's tricks: experiments with verdicts, plots and a page")
     lb.add_argument("experiments", nargs="*", metavar="EXPERIMENT",

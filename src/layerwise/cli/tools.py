@@ -1,4 +1,5 @@
-"""Commands that take a saved net to other tools: export."""
+"""Commands that use a saved net: export it, encode data with it, reconstruct through
+it, sample from it."""
 
 from __future__ import annotations
 
@@ -15,4 +16,113 @@ def cmd_export(args) -> int:
         return _err(f"--out '{out}' already exists; pass --force to replace it")
     path = export(args.model, args.format, out)
     print(f"wrote {args.format} to {path} ({path.stat().st_size} bytes)")
+    return 0
+
+
+def _model(folder, device: str, threads: int | None = None):
+    from layerwise import runtime
+    from layerwise.artifacts import load_model
+
+    rt = runtime.apply(threads, device=device)
+    model, manifest = load_model(folder)
+    return model.to(rt.device), manifest, rt.device
+
+
+def _inputs(path, n_inputs: int, visible: str, device):
+    """The data of ``path`` checked against the net, as chunks (x, y) on ``device``; and
+    whether the file has labels."""
+    from layerwise.data import Dataset, check, loop_data, open_data
+
+    ds = check(open_data(path), visible=visible, n_inputs=n_inputs)
+    has_labels = ds.y is not None if isinstance(ds, Dataset) else ds.has_labels
+    return loop_data(ds, labels=has_labels), has_labels
+
+
+def _n_inputs(model, manifest) -> int:
+    return model.n_visible if manifest["kind"] == "pretrained" else manifest["architecture"]["sizes"][0]
+
+
+def _visible(model, manifest) -> str:
+    return getattr(model, "visible", "bernoulli") if manifest["kind"] == "pretrained" else "bernoulli"
+
+
+def cmd_encode(args) -> int:
+    import numpy as np
+    import torch
+
+    from layerwise.use import activation_fn, save_npz
+
+    model, manifest, device = _model(args.model, args.device, args.threads)
+    fn = activation_fn(model, manifest, args.layer)
+    data, has_labels = _inputs(args.data, _n_inputs(model, manifest), _visible(model, manifest), device)
+    feats, labels = [], []
+    with torch.no_grad():
+        for xb, yb in data.chunks(10000):
+            feats.append(fn(xb.to(device)).cpu().numpy())
+            if has_labels and yb is not None:
+                labels.append(yb.cpu().numpy())
+    x = np.concatenate(feats)
+    arrays = {"x": x, **({"y": np.concatenate(labels)} if labels else {})}
+    save_npz(args.out, args.force, **arrays)
+    print(f"wrote {x.shape[1]} features of layer {args.layer or 'top'} for {len(x)} samples to {args.out}")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    import numpy as np
+    import torch
+
+    from layerwise.use import image_side, reconstruct_batch, save_npz
+
+    model, manifest, device = _model(args.model, args.device, args.threads)
+    if manifest["kind"] != "pretrained":
+        return _err(f"'{args.model}' holds a {manifest['kind']} net; reconstruct needs a pretrained one "
+                    "(runs/NAME/pretrained): a classifier has no way down")
+    data, _ = _inputs(args.data, model.n_visible, model.visible, device)
+    xs, outs, sq = [], [], 0.0
+    with torch.no_grad():
+        for xb, _ in data.chunks(10000):
+            r = reconstruct_batch(model, xb.to(device))
+            outs.append(r.cpu().numpy())
+            if len(xs) < 1:
+                xs.append(xb[:16].cpu().numpy())
+            sq += float(((xb.to(device) - r) ** 2).sum())
+    recon = np.concatenate(outs)
+    save_npz(args.out, args.force, x=recon)
+    print(f"wrote reconstructions of {len(recon)} samples to {args.out} (mean squared error "
+          f"{sq / recon.size:.4g} per input)")
+    if args.png:
+        side = image_side(model.n_visible)
+        if side is None:
+            return _err(f"--png draws square images; {model.n_visible} inputs are not a square")
+        from layerwise.plots import image_rows
+
+        image_rows([("inputs", xs[0]), ("reconstructions", recon[: len(xs[0])])], side, args.png)
+        print(f"wrote {args.png}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from layerwise.use import image_side, sample, save_npz
+
+    model, manifest, device = _model(args.model, args.device, args.threads)
+    if manifest["kind"] != "pretrained":
+        return _err(f"'{args.model}' holds a {manifest['kind']} net; sample needs a pretrained stack of RBMs")
+    if not (args.out or args.png):
+        return _err("sample needs --png FILE or --out FILE.npz (or both): where to put the samples")
+    if args.label is not None:
+        return _err("--label needs a top RBM trained with the labels joined to its visible layer; this net's top "
+                    "RBM has none")
+    v = sample(model, args.n, steps=args.steps, seed=args.seed).cpu().numpy()
+    if args.out:
+        save_npz(args.out, args.force, x=v)
+        print(f"wrote {len(v)} samples to {args.out}")
+    if args.png:
+        side = image_side(model.n_visible)
+        if side is None:
+            return _err(f"--png draws square images; {model.n_visible} inputs are not a square")
+        from layerwise.plots import image_grid
+
+        image_grid(v, side, args.png, title=f"{len(v)} samples, {args.steps} Gibbs steps in the top RBM")
+        print(f"wrote {args.png}")
     return 0

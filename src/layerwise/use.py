@@ -1,0 +1,111 @@
+"""The pretrained net as a product in itself: encode data with it, reconstruct inputs
+through it, and sample from it (``layerwise encode``, ``reconstruct``, ``sample``, ``show``).
+
+- **encode**: the mean activations of hidden layer K (the top by default) of a pretrained
+  stack or of a finetuned net's hidden layers, computed in chunks;
+- **reconstruct**: up through the stack by mean activations, then down again by each
+  unit's mean visibles (RBMs) or its tied decoder (autoencoders);
+- **sample**: block Gibbs sampling in the top RBM, started from noise, then one
+  mean-field pass down the stack (Hinton, Osindero & Teh 2006).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from layerwise._checks import check_int
+
+
+def layers_of(model, manifest) -> int:
+    """How many hidden layers a saved net has."""
+    if manifest["kind"] == "pretrained":
+        return len(model.layers)
+    return len(manifest["architecture"]["sizes"]) - 1
+
+
+def activation_fn(model, manifest, layer: int | None = None):
+    """A function from inputs (rows, n_inputs) to the mean activations of hidden layer
+    ``layer`` (1-based; None: the top) of a pretrained or finetuned net."""
+    n = layers_of(model, manifest)
+    layer = n if layer is None else layer
+    if not isinstance(layer, int) or not 1 <= layer <= n:
+        raise ValueError(f"--layer {layer}: this {manifest['kind']} net has hidden layers 1 to {n}")
+    if manifest["kind"] == "pretrained":
+        return lambda x: model.transform(x, upto=layer)
+    mods, seen = [], 0
+    for m in model:
+        if isinstance(m, nn.Dropout):
+            continue
+        mods.append(m)
+        seen += isinstance(m, nn.Sigmoid)
+        if seen == layer:
+            break
+    body = nn.Sequential(*mods).eval()
+    return lambda x: body(x)
+
+
+def _down(unit, h: torch.Tensor) -> torch.Tensor:
+    """A unit's mean visibles given hiddens: its generative (RBM) or decoding (autoencoder) direction."""
+    if hasattr(unit, "mean_visibles"):
+        return unit.mean_visibles(h)
+    return torch.sigmoid(torch.addmm(unit.visible_bias, h, unit.weight))
+
+
+@torch.no_grad()
+def reconstruct_batch(dbn, x: torch.Tensor) -> torch.Tensor:
+    """Inputs up through every layer and down again (mean-field both ways)."""
+    h = x
+    for unit in dbn.layers:
+        h = unit.transform(h)
+    for unit in reversed(dbn.layers):
+        h = _down(unit, h)
+    return h
+
+
+@torch.no_grad()
+def sample(dbn, n: int, *, steps: int = 1000, seed: int = 0) -> torch.Tensor:
+    """``n`` samples (n, n_visible) of a DBN: ``steps`` Gibbs steps in the top RBM from
+    random binary hiddens, then one mean-field pass down the lower layers."""
+    check_int("sample", "n", n, low=1)
+    check_int("sample", "steps", steps, low=1)
+    top = dbn.layers[-1]
+    if not hasattr(top, "mean_visibles"):
+        raise ValueError("sampling needs a stack of RBMs; this net's units are autoencoders, which define no "
+                         "distribution to sample from")
+    g = torch.Generator(device=top.weight.device).manual_seed(seed)
+    old, top.generator = top.generator, g
+    try:
+        h = (torch.rand(n, top.n_hidden, generator=g, device=top.weight.device) < 0.5).to(top.weight.dtype)
+        for _ in range(steps):
+            v = top.sample_visibles(top.mean_visibles(h))
+            h = top.sample_hiddens(top.mean_hiddens(v))
+        v = top.mean_visibles(h)
+    finally:
+        top.generator = old
+    for unit in reversed(dbn.layers[:-1]):
+        v = _down(unit, v)
+    return v
+
+
+def image_side(n_inputs: int) -> int | None:
+    """The side of square images of ``n_inputs`` pixels (28 for 784); None when not square."""
+    side = int(round(math.sqrt(n_inputs)))
+    return side if side * side == n_inputs else None
+
+
+def save_npz(path: Path, force: bool = False, **arrays) -> Path:
+    """Write arrays as one .npz, atomically; an existing file is kept unless ``force``."""
+    from layerwise._files import atomic_write
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--out '{path}' is a folder; name a .npz file")
+    if path.exists() and not force:
+        raise FileExistsError(f"--out '{path}' already exists; pass --force to replace it")
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+    return path

@@ -1,0 +1,95 @@
+"""The pretrained net as a product: encode, reconstruct and sample from saved nets."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_patterns
+from layerwise.artifacts import classifier_architecture, load_model, write_artifact
+from layerwise.cli import main
+from layerwise.config import PretrainConfig
+from layerwise.pretrain import pretrain
+from layerwise.stack import DeepBeliefNet
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    d = tmp_path_factory.mktemp("use")
+    x, y = make_patterns(n=600, n_features=36, n_classes=3, flip=0.05, seed=4)
+    np.savez(d / "data.npz", x=x, y=y)
+    np.save(d / "inputs.npy", x)
+    dbn = DeepBeliefNet(36, [24, 12], seed=0)
+    untrained = dbn.model_state()
+    pretrain(dbn, torch.from_numpy(x), None, dataclasses.replace(PretrainConfig(), epochs=15, batch_size=20,
+                                                                  learning_rate=0.1, monitor_samples=100), seed=0)
+    write_artifact(d / "pretrained", dbn.model_state(), kind="pretrained", architecture=dbn.architecture(), config={})
+    write_artifact(d / "untrained", untrained, kind="pretrained", architecture=dbn.architecture(), config={})
+    clf = dbn.to_classifier(3, seed=1)
+    write_artifact(d / "finetuned", clf.state_dict(), kind="finetuned",
+                   architecture=classifier_architecture([36, 24, 12], 3, 0.0, 0.0), config={})
+    ae = DeepBeliefNet(36, [20], unit="autoencoder", seed=0)
+    write_artifact(d / "autoencoder", ae.model_state(), kind="pretrained", architecture=ae.architecture(), config={})
+    return d, x, y
+
+
+def test_encode_gives_a_layers_mean_activations(saved, tmp_path):
+    d, x, y = saved
+    dbn, _ = load_model(d / "pretrained")
+    assert main(["encode", str(d / "pretrained"), str(d / "data.npz"), "--out", str(tmp_path / "top.npz")]) == 0
+    top = np.load(tmp_path / "top.npz")
+    np.testing.assert_allclose(top["x"], dbn.transform(torch.from_numpy(x)).numpy(), atol=1e-6)
+    assert (top["y"] == y).all()
+    assert main(["encode", str(d / "finetuned"), str(d / "inputs.npy"), "--layer", "1", "--out",
+                 str(tmp_path / "one.npz")]) == 0
+    one = np.load(tmp_path / "one.npz")
+    np.testing.assert_allclose(one["x"], dbn.transform(torch.from_numpy(x), upto=1).numpy(), atol=1e-6)
+    assert "y" not in one and one["x"].shape == (600, 24)
+
+
+def test_encode_refuses_bad_requests(saved, tmp_path, capsys):
+    d, x, _ = saved
+    assert main(["encode", str(d / "pretrained"), str(d / "data.npz"), "--layer", "3", "--out",
+                 str(tmp_path / "f.npz")]) == 2
+    assert "--layer 3: this pretrained net has hidden layers 1 to 2" in capsys.readouterr().err
+    np.savez(tmp_path / "narrow.npz", x=x[:, :30])
+    assert main(["encode", str(d / "pretrained"), str(tmp_path / "narrow.npz"), "--out", str(tmp_path / "f.npz")]) == 2
+    assert "30" in capsys.readouterr().err and not (tmp_path / "f.npz").exists()
+    (tmp_path / "f.npz").write_bytes(b"keep")
+    assert main(["encode", str(d / "pretrained"), str(d / "data.npz"), "--out", str(tmp_path / "f.npz")]) == 2
+    assert "already exists" in capsys.readouterr().err and (tmp_path / "f.npz").read_bytes() == b"keep"
+
+
+def test_reconstruct_goes_up_and_down_the_stack(saved, tmp_path):
+    d, x, _ = saved
+    errors = {}
+    for name in ("pretrained", "untrained"):
+        out = tmp_path / f"{name}.npz"
+        assert main(["reconstruct", str(d / name), str(d / "data.npz"), "--out", str(out),
+                     "--png", str(tmp_path / f"{name}.png")]) == 0
+        r = np.load(out)["x"]
+        assert r.shape == x.shape and 0 <= r.min() <= r.max() <= 1
+        errors[name] = float(((r - x) ** 2).mean())
+        assert (tmp_path / f"{name}.png").stat().st_size > 2000
+    assert errors["pretrained"] < 0.5 * errors["untrained"], errors  # the trained stack reconstructs
+
+
+def test_sample_draws_from_the_top_rbm(saved, tmp_path, capsys):
+    d, x, _ = saved
+    assert main(["sample", str(d / "pretrained"), "-n", "16", "--steps", "200", "--out", str(tmp_path / "s.npz"),
+                 "--png", str(tmp_path / "s.png")]) == 0
+    s = np.load(tmp_path / "s.npz")["x"]
+    assert s.shape == (16, 36) and 0 <= s.min() <= s.max() <= 1 and (tmp_path / "s.png").stat().st_size > 2000
+    # samples look like the data: each lies nearer to some training image than uniform noise does
+    near = lambda v: np.abs(v[:, None, :] - x[None, :, :]).mean(2).min(1)  # noqa: E731
+    noise = np.random.default_rng(0).random((16, 36)).astype(np.float32)
+    assert near(s).mean() < 0.6 * near(noise).mean()
+    assert main(["sample", str(d / "pretrained"), "-n", "16", "--steps", "200", "--out", str(tmp_path / "t.npz")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "t.npz")["x"], s)  # the same seed, the same samples
+    assert main(["sample", str(d / "pretrained"), "--label", "3", "--png", str(tmp_path / "l.png")]) == 2
+    assert "--label needs a top RBM trained with the labels" in capsys.readouterr().err
+    assert main(["sample", str(d / "autoencoder"), "--png", str(tmp_path / "a.png")]) == 2
+    assert "autoencoders" in capsys.readouterr().err
+    assert main(["sample", str(d / "finetuned"), "--png", str(tmp_path / "f.png")]) == 2
+    assert "needs a pretrained stack" in capsys.readouterr().err

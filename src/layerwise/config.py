@@ -30,14 +30,16 @@ else:  # pragma: no cover
 
 @dataclass
 class DataConfig:
-    source: str = "mnist"  # "mnist" | "digits" | "files" ("npz" is the same)
-    train: str | None = None  # .npz with x and y, .npy, or a folder of shards, when source = "files"
+    source: str = "mnist"  # "mnist" | "digits" | "files" ("npz" is the same) | "idx" | "csv" | "images" | "npy"
+    train: str | None = None  # .npz with x and y, .npy, or a folder of shards, when source = "files"; see formats
     validation: str | None = None  # optional .npz; else validation_fraction of train is held out
     test: str | None = None  # optional .npz
     validation_fraction: float = 0.1
     n_labels: int | None = None  # default: inferred from the training labels (max + 1)
     train_limit: int | None = None  # use only the first N training samples (quick trials)
     max_memory: str | None = None  # e.g. "600M": training inputs above this are streamed from disk
+    label_column: str = "label"  # CSV: the labels' column, by header name or 0-based index ("0")
+    image_size: list[int] | None = None  # image folders: [height, width] to resize every image to
 
 
 @dataclass
@@ -131,8 +133,10 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+FILE_SOURCES = ("files", "npz", "idx", "csv", "images", "npy")  # sources read from data.train (and the rest)
+
 CHOICES = {
-    "data.source": ("mnist", "digits", "files", "npz"),
+    "data.source": ("mnist", "digits", "files", "npz", "idx", "csv", "images", "npy"),
     "precision": ("fp32", "tf32", "bf16"),
     "model.unit": ("rbm", "autoencoder"),
     "model.visible": ("bernoulli", "gaussian"),
@@ -270,15 +274,18 @@ def from_dict(d: dict) -> RunConfig:
             parse_size(cfg.data.max_memory)
         except ValueError:
             fail(OWNER, "data.max_memory", "a size such as '600M' or '2G'", cfg.data.max_memory)
-    files = cfg.data.source in ("files", "npz")
+    files = cfg.data.source in FILE_SOURCES
     if files and not cfg.data.train:
-        fail(OWNER, "data.train", f"the path of a .npz or .npy file or a folder of shards when data.source = "
-             f"{cfg.data.source!r}", cfg.data.train)
+        fail(OWNER, "data.train", f"the path of the training data when data.source = {cfg.data.source!r}",
+             cfg.data.train)
     if not files:
         for key in ("train", "validation", "test"):
             if getattr(cfg.data, key):
                 raise ValueError(f"{describe(OWNER, 'data.' + key)} is only used with data.source = 'files'; "
                                  f"data.source is {cfg.data.source!r}.")
+    size = cfg.data.image_size
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        fail(OWNER, "data.image_size", "[height, width], two whole numbers of at least 1", size)
     if cfg.model.unit == "autoencoder" and cfg.model.visible != "bernoulli":
         fail(OWNER, "model.visible", "'bernoulli' for model.unit = 'autoencoder'", cfg.model.visible)
     return cfg
@@ -307,11 +314,12 @@ def load(path: str | Path, *, require_data: bool = True) -> RunConfig:
                          '[data] source = "digits", or source = "npz" with train = "train.npz"')
     if cfg.name is None:
         cfg.name = path.stem
-    if cfg.data.source in ("files", "npz"):  # file paths in a recipe are relative to the recipe
+    if cfg.data.source in FILE_SOURCES:  # file paths in a recipe are relative to the recipe
         for key in ("train", "validation", "test"):
             value = getattr(cfg.data, key)
-            if value and not Path(value).is_absolute():
-                setattr(cfg.data, key, str((path.parent / value).resolve()))
+            if value:  # a pair ("x.npy,y.npy") names two files
+                setattr(cfg.data, key, ",".join(p.strip() if Path(p.strip()).is_absolute() else
+                                                str((path.parent / p.strip()).resolve()) for p in value.split(",")))
     return cfg
 
 

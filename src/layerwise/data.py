@@ -230,9 +230,21 @@ def split_validation(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, 
 
 
 
-def open_data(path, *, require_labels: bool = False, max_memory: int | None = None) -> Dataset | StreamedDataset:
+def open_data(path, *, require_labels: bool = False, max_memory: int | None = None, fmt: str | None = None,
+              label_column: str = "label", image_size=None) -> Dataset | StreamedDataset:
     """A data file or folder: a ``.npz`` in memory (unless its inputs take more than
-    ``max_memory`` bytes), a ``.npy`` file or a folder of shards streamed from disk."""
+    ``max_memory`` bytes), a ``.npy`` file or a folder of shards streamed from disk; or
+    one of the ``formats`` (IDX, CSV, a folder of images, a .npy pair), read into
+    memory: ``fmt``, else told by the path."""
+    from layerwise import formats
+
+    fmt = fmt if fmt in formats.FORMATS else formats.detect(path)
+    if fmt is not None:
+        ds = formats.load(path, fmt, label_column=label_column, image_size=image_size)
+        if require_labels and ds.y is None:
+            raise ValueError(f"data '{path}' has no labels, which are required here"
+                             + (f" (no column {label_column!r})" if fmt == "csv" else ""))
+        return ds
     if shards.is_sharded(path):
         return StreamedDataset(shards.open_source(path, require_labels=require_labels), str(path))
     if max_memory is not None and Path(path).is_file():
@@ -273,7 +285,9 @@ def load_splits(cfg, *, visible: str = "bernoulli", seed: int = 0, report=print)
     elif cfg.source == "digits":
         splits = load_digits()
     else:  # "files" (or its first name, "npz")
-        opened = lambda path, limit=None: open_data(path, require_labels=True, max_memory=limit)  # noqa: E731
+        opened = lambda path, limit=None: open_data(path, require_labels=True, max_memory=limit,  # noqa: E731
+                                                    fmt=cfg.source, label_column=cfg.label_column,
+                                                    image_size=cfg.image_size)
         train = opened(cfg.train, max_memory)  # the bound is the training data's
         val = opened(cfg.validation) if cfg.validation else None
         test = opened(cfg.test) if cfg.test else None

@@ -25,7 +25,7 @@ RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
         ({"device": "gpu"}, "The 'device' parameter of the recipe must be one of 'auto', 'cpu', 'cuda' or 'cuda:N'. Got 'gpu'"),
         ({"precision": "fp16"}, "The 'precision' parameter of the recipe must be one of"),
         ({"data": {"max_memory": "lots"}}, "The 'data.max_memory' parameter of the recipe must be a size such as '600M'"),
-        ({"data": {"source": "npz"}}, "The 'data.train' parameter of the recipe must be the path of a .npz or .npy file or a folder of shards when data.source = 'npz'"),
+        ({"data": {"source": "npz"}}, "The 'data.train' parameter of the recipe must be the path of the training data when data.source = 'npz'"),
         ({"data": {"train": "a.npz"}}, "The 'data.train' parameter of the recipe is only used with data.source = 'files'"),
         ({"pretrain": {"sparsity_cost": 0.1}}, "The 'pretrain.sparsity_cost' parameter of the recipe is set but 'pretrain.sparsity_target' is not"),
         ({"model": {"unit": "autoencoder", "visible": "gaussian"}}, "must be 'bernoulli' for model.unit = 'autoencoder'. Got 'gaussian' instead."),

@@ -240,7 +240,7 @@ def open_data(path, *, require_labels: bool = False, max_memory: int | None = No
 
     fmt = fmt if fmt in formats.FORMATS else formats.detect(path)
     if fmt is not None:
-        ds = formats.load(path, fmt, label_column=label_column, image_size=image_size)
+        ds = Dataset(*formats.load(path, fmt, label_column=label_column, image_size=image_size))
         if require_labels and ds.y is None:
             raise ValueError(f"data '{path}' has no labels, which are required here"
                              + (f" (no column {label_column!r})" if fmt == "csv" else ""))

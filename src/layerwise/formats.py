@@ -1,5 +1,5 @@
-"""Readers of the common data formats, each to a ``data.Dataset`` (inputs float32, labels
-int64), each naming the file and the position of what is wrong:
+"""Readers of the common data formats, each to (inputs float32, labels int64 or None,
+name) for a ``data.Dataset``, each naming the file and the position of what is wrong:
 
 - **IDX** (the MNIST file format), gzipped or not: ``train-images-idx3-ubyte[.gz]``; the
   labels are the file named alike with ``labels-idx1`` (or given as the second of a pair).
@@ -19,12 +19,7 @@ import gzip
 import os
 from pathlib import Path
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-
-if TYPE_CHECKING:
-    from layerwise.data import Dataset
 
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -32,10 +27,8 @@ GREY = ("1", "L", "LA", "I", "I;16", "F")
 FORMATS = ("idx", "csv", "images", "npy")
 
 
-def _dataset(x, y, name):
-    from layerwise.data import Dataset
-
-    return Dataset(x, y, name)
+def _dataset(x, y, name) -> tuple:
+    return x, y, name
 
 
 # -- IDX --------------------------------------------------------------------------------
@@ -76,7 +69,7 @@ def idx_labels_path(images: Path) -> Path | None:
     return other if other != images and other.is_file() else None
 
 
-def load_idx(images, labels=None) -> "Dataset":
+def load_idx(images, labels=None) -> tuple:
     images = Path(images)
     arr = read_idx_array(images)
     x = arr.reshape(len(arr), -1)
@@ -93,7 +86,7 @@ def load_idx(images, labels=None) -> "Dataset":
 
 
 # -- CSV --------------------------------------------------------------------------------
-def load_csv(path, label_column: str | int | None = "label") -> "Dataset":
+def load_csv(path, label_column: str | int | None = "label") -> tuple:
     """A CSV file of numbers, one sample per row; ``label_column`` names the labels (a
     header name, or a 0-based index; None: no labels)."""
     path = Path(path)
@@ -163,7 +156,7 @@ def _label_index(path, header, width: int, label_column) -> int | None:
 
 
 # -- image folders ------------------------------------------------------------------------
-def load_images(folder, size: tuple[int, int] | None = None) -> "Dataset":
+def load_images(folder, size: tuple[int, int] | None = None) -> tuple:
     """A folder with one subfolder per label, of PNG or JPEG images; grey images stay
     one channel, RGB ones keep three (height x width x 3 inputs)."""
     try:
@@ -215,7 +208,7 @@ def is_image_folder(path) -> bool:
 
 
 # -- .npy pairs -----------------------------------------------------------------------
-def load_npy_pair(x_path, y_path) -> "Dataset":
+def load_npy_pair(x_path, y_path) -> tuple:
     arrays = []
     for p in (Path(x_path), Path(y_path)):
         if not p.is_file():
@@ -246,7 +239,7 @@ def detect(path: str) -> str | None:
     return None
 
 
-def load(path: str, fmt: str, *, label_column="label", image_size=None) -> "Dataset":
+def load(path: str, fmt: str, *, label_column="label", image_size=None) -> tuple:
     """The data set at ``path`` in format ``fmt`` (one of FORMATS)."""
     if fmt == "npy":
         parts = [p.strip() for p in os.fspath(path).split(",")]

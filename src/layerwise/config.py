@@ -115,6 +115,11 @@ class CheckpointConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: str | None = None  # a folder for TensorBoard event files (the metrics log stays the record)
+
+
+@dataclass
 class RunConfig:
     name: str | None = None
     seed: int = 0
@@ -128,6 +133,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

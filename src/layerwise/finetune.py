@@ -256,6 +256,7 @@ def finetune(
                 stop = cfg.patience is not None and st.since_best >= cfg.patience
         st.records.append(rec)
         reporter.log(rec)
+        reporter.parameters(model, "finetune", epoch + 1)
         for group in optimizer.param_groups:  # schedule for the next epoch
             group["lr"] = lr_at(cfg, epoch + 1)
         return stop

@@ -40,10 +40,11 @@ class Reporter:
     callable that receives a one-line summary of each record (the CLI passes a printer).
     """
 
-    def __init__(self, metrics_path: str | Path | None = None, *, progress: bool = False, echo=None):
+    def __init__(self, metrics_path: str | Path | None = None, *, progress: bool = False, echo=None, board=None):
         self.metrics_path = Path(metrics_path) if metrics_path else None
         self.progress = progress
         self.echo = echo
+        self.board = board  # a tensorboard.Board, or None
         self.records: list[dict] = []
         self.lines = 0  # lines in metrics_path, counting those of an earlier (resumed) process
 
@@ -55,6 +56,13 @@ class Reporter:
                 f.write(json.dumps(record) + "\n")
         if self.echo is not None:
             self.echo(format_record(record))
+        if self.board is not None:
+            self.board.record(record)
+
+    def parameters(self, module, prefix: str, step: int) -> None:
+        """A trained module's parameters at the end of an epoch (to TensorBoard, if any)."""
+        if self.board is not None:
+            self.board.parameters(module, prefix, step)
 
     def bar(self, total: int, desc: str):
         if not self.progress:

@@ -131,6 +131,7 @@ def pretrain(
                 rec["lr"] = g.current_lr
             records.append(rec)
             reporter.log(rec)
+            reporter.parameters(unit, f"pretrain/layer{i + 1}", epoch + 1)
             return False
 
         averager = make_averager(distributed, guard, unit, outer_state=progress.outer_state)

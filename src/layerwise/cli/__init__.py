@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", type=_device, help="where to train: auto (CUDA when available, else CPU), cpu, cuda or cuda:N (default: the recipe's, else auto)")
     t.add_argument("--max-memory", metavar="SIZE", type=_size,
                    help="stream training inputs larger than SIZE (e.g. 600M) from disk instead of loading them")
+    t.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard events to DIR (needs the tensorboard "
+                                                        "extra); the same as [log] tensorboard = \"DIR\"")
     t.add_argument("--quiet", action="store_true", help="print only the final summary")
     t.add_argument("--strict", action="store_true", help="treat the advisor's warnings as errors")
     t.add_argument("--workers", type=_at_least(1),

@@ -67,6 +67,8 @@ def cmd_train(args) -> int:
     workers = args.workers or 1
     if not _advise_or_stop(cfg, args.strict, args.quiet, workers=workers):
         return 2
+    if cfg.log.tensorboard:  # a folder that cannot be made stops the run before its folder exists
+        Path(cfg.log.tensorboard).mkdir(parents=True, exist_ok=True)
     if workers > 1:
         result = jobs.train_workers(cfg, workers, runs_dir=args.runs_dir, max_restarts=args.max_restarts, echo=echo)
         if echo is not None:
@@ -79,13 +81,15 @@ def cmd_train(args) -> int:
 
 
 def _flags_into(cfg, args) -> None:
-    """The flags that a run records in its config.toml: --threads, --device, --max-memory."""
+    """The flags that a run records in its config.toml: --threads, --device, --max-memory, --tensorboard."""
     if getattr(args, "threads", None):
         cfg.threads = args.threads
     if getattr(args, "device", None):
         cfg.device = args.device
     if getattr(args, "max_memory", None):
         cfg.data.max_memory = args.max_memory
+    if getattr(args, "tensorboard", None):
+        cfg.log.tensorboard = args.tensorboard
 
 
 def _print_result(result) -> None:

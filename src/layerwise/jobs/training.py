@@ -87,6 +87,10 @@ class Run:
         # a run that died before its first checkpoint starts its log over
         reporter = (continue_log(folder / METRICS, ckpt["metrics_lines"] if ckpt else 0, progress, echo)
                     if writer else Reporter())
+        if writer and cfg.log.tensorboard:  # rank 0 only, as for the metrics log
+            from layerwise.tensorboard import Board
+
+            reporter.board = Board(cfg.log.tensorboard)
         device = resolve_device(cfg.device)
         run = cls(folder, trained, recorded, splits, writer, world, reporter, Stopwatch(ckpt and ckpt["seconds"]),
                   _data_identity(splits), device, ckpt and ckpt.get("streamed"))  # hashed once, not at every checkpoint

@@ -93,3 +93,39 @@ def test_sample_draws_from_the_top_rbm(saved, tmp_path, capsys):
     assert "autoencoders" in capsys.readouterr().err
     assert main(["sample", str(d / "finetuned"), "--png", str(tmp_path / "f.png")]) == 2
     assert "needs a pretrained stack" in capsys.readouterr().err
+
+
+def test_a_run_draws_reconstructions_and_samples(tmp_path):
+    from conftest import write_patterns
+
+    write_patterns(tmp_path)
+    (tmp_path / "r.toml").write_text('[data]\nsource = "files"\ntrain = "train.npz"\ntest = "test.npz"\n'
+                                     '[model]\nhidden = [16]\n[pretrain]\nepochs = 1\n[finetune]\nepochs = 1\n')
+    assert main(["train", str(tmp_path / "r.toml"), "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 0
+    plots = tmp_path / "runs" / "r" / "plots"
+    assert sorted(p.name for p in plots.iterdir()) == ["filters.png", "learning_curves.png", "reconstructions.png",
+                                                       "samples.png"]
+    assert min(p.stat().st_size for p in plots.iterdir()) > 2000
+
+
+def test_show_draws_any_saved_net(saved, tmp_path, capsys):
+    d, x, _ = saved
+    assert main(["show", str(d / "pretrained"), "--out", str(tmp_path / "p"), "--data", str(d / "data.npz"),
+                 "--steps", "50"]) == 0
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["filters.png", "reconstructions.png", "samples.png"]
+    # a finetuned net beside its run's pretrained stack (its parent) is drawn with it
+    run = tmp_path / "run"
+    run.mkdir()
+    import shutil
+
+    shutil.copytree(d / "pretrained", run / "pretrained")
+    _, pre = load_model(run / "pretrained")
+    clf, fm = load_model(d / "finetuned")
+    write_artifact(run / "finetuned", clf.state_dict(), kind="finetuned", architecture=fm["architecture"], config={},
+                   parent=pre["weights_sha256"])
+    assert main(["show", str(run / "finetuned"), "--out", str(tmp_path / "f"), "--data", str(d / "data.npz"),
+                 "--steps", "50"]) == 0
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["filters.png", "reconstructions.png", "samples.png"]
+    assert main(["show", str(d / "finetuned"), "--out", str(tmp_path / "g")]) == 0  # no parent beside it
+    assert "no pretrained stack found" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["filters.png"]

@@ -109,3 +109,28 @@ def save_npz(path: Path, force: bool = False, **arrays) -> Path:
         raise FileExistsError(f"--out '{path}' already exists; pass --force to replace it")
     atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
+
+
+def write_pictures(folder, dbn, x: torch.Tensor | None, *, samples: int = 32, steps: int = 1000) -> list[str]:
+    """Pictures of a pretrained stack in ``folder``: test images over their
+    reconstructions (``x``: some inputs) and, for RBM stacks, samples. Square Bernoulli
+    images only; returns the files written."""
+    side = image_side(dbn.n_visible)
+    if side is None or dbn.visible != "bernoulli":
+        return []
+    from layerwise import plots
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    if x is not None and len(x):
+        x = x[:16].to(dbn.device)
+        r = reconstruct_batch(dbn, x)
+        plots.image_rows([("test images", x.cpu().numpy()), ("reconstructions", r.cpu().numpy())], side,
+                         folder / "reconstructions.png")
+        written.append("reconstructions.png")
+    if dbn.unit == "rbm":
+        v = sample(dbn, samples, steps=steps).cpu().numpy()
+        plots.image_grid(v, side, folder / "samples.png", title=f"samples ({steps} Gibbs steps in the top RBM)")
+        written.append("samples.png")
+    return written

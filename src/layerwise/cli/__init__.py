@@ -22,7 +22,7 @@ from layerwise.cli.commands import (
     cmd_advise, cmd_check, cmd_data_fetch, cmd_evaluate, cmd_finetune, cmd_lab, cmd_models, cmd_predict, cmd_pretrain,
     cmd_probe_lr, cmd_train,
 )
-from layerwise.cli.tools import cmd_encode, cmd_export, cmd_reconstruct, cmd_sample
+from layerwise.cli.tools import cmd_encode, cmd_export, cmd_reconstruct, cmd_sample, cmd_show
 
 
 def _at_least(low: int):
@@ -195,8 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--seed", type=int, default=0, help="seed of the chains (default 0)")
     sm.add_argument("--png", help="draw the samples (square images)")
     sm.add_argument("--out", help="also write them to this .npz (x)")
-    for cmd, fn in ((en, cmd_encode), (rc, cmd_reconstruct), (sm, cmd_sample)):
-        cmd.add_argument("--force", action="store_true", help="replace --out if it exists")
+    sh = sub.add_parser("show", help="pictures of a saved net: filters, reconstructions, samples")
+    sh.add_argument("model", help="an artifact folder (a finetuned net is drawn with its run's pretrained stack)")
+    sh.add_argument("--out", required=True, help="folder for the PNGs")
+    sh.add_argument("--data", help="inputs to reconstruct (default: the test data the net was trained with)")
+    sh.add_argument("--steps", type=_at_least(1), default=1000, help="Gibbs steps of the samples (default 1000)")
+    for cmd, fn in ((en, cmd_encode), (rc, cmd_reconstruct), (sm, cmd_sample), (sh, cmd_show)):
+        if cmd is not sh:
+            cmd.add_argument("--force", action="store_true", help="replace --out if it exists")
         cmd.add_argument("--threads", type=_at_least(1), help="torch CPU threads")
         cmd.add_argument("--device", type=_device, default="auto", help="auto (default), cpu, cuda or cuda:N")
         cmd.set_defaults(func=fn)

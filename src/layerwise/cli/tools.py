@@ -126,3 +126,54 @@ def cmd_sample(args) -> int:
         image_grid(v, side, args.png, title=f"{len(v)} samples, {args.steps} Gibbs steps in the top RBM")
         print(f"wrote {args.png}")
     return 0
+
+
+def cmd_show(args) -> int:
+    """The pictures of a saved net: filters, and (from its pretrained stack) reconstructions
+    of test images and samples."""
+    import torch
+
+    from layerwise import plots
+    from layerwise.artifacts import load_model, read_manifest
+    from layerwise.use import write_pictures
+
+    model, manifest, device = _model(args.model, args.device, args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    first = model.layers[0].weight if manifest["kind"] == "pretrained" else next(model.parameters())
+    plots.filters(first.detach().cpu(), out / "filters.png")
+    written = ["filters.png"] if (out / "filters.png").exists() else []
+    dbn = model if manifest["kind"] == "pretrained" else None
+    sibling = Path(args.model).parent / "pretrained"
+    if dbn is None and sibling.is_dir() and read_manifest(sibling)["weights_sha256"] == manifest.get("parent"):
+        dbn = load_model(sibling)[0].to(device)  # the run's own backup: the stack this net was fine-tuned from
+    if dbn is None:
+        print("no pretrained stack found beside this net (its parent): reconstructions and samples need one")
+    else:
+        x = None
+        if args.data:
+            data, _ = _inputs(args.data, dbn.n_visible, dbn.visible, device)
+            x = next(iter(data.chunks(16)))[0]
+        else:
+            x = _recorded_test_inputs(manifest)
+        written += write_pictures(out, dbn, None if x is None else torch.as_tensor(x), steps=args.steps)
+    if not written:
+        return _err(f"nothing to draw: the inputs of '{args.model}' are not square images")
+    print(f"wrote {', '.join(written)} to {out}")
+    return 0
+
+
+def _recorded_test_inputs(manifest):
+    """The first test inputs of the data a net was trained on, where they can be read
+    without a download; None otherwise."""
+    from layerwise import config
+    from layerwise.data import MNIST_NPZ, cache_dir, load_splits
+
+    try:
+        cfg = config.from_recorded(manifest["config"])
+        if cfg.data.source == "mnist" and not (cache_dir() / MNIST_NPZ).exists():
+            return None
+        test = load_splits(cfg.data, visible=cfg.model.visible, report=lambda m: None).test
+    except (ValueError, OSError, KeyError, TypeError, ImportError):
+        return None
+    return None if test is None else test.head(16)[0]

@@ -10,6 +10,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from layerwise import checkpointing
@@ -139,15 +140,20 @@ def final_metrics(clf, result, ft, seconds: float, splits: Splits) -> tuple[dict
     return metrics, val_acc, test_acc
 
 
-def write_plots(folder: Path, metrics_path: Path, dbn: DeepBeliefNet, say) -> None:
-    """Learning curves (from every record of the log: resumed runs too) and filters."""
+def write_plots(folder: Path, metrics_path: Path, dbn: DeepBeliefNet, say, test=None) -> None:
+    """Learning curves (from every record of the log: resumed runs too), filters, and the
+    pretrained stack's reconstructions of test images (``test``: a data set) and samples."""
     try:
         from layerwise import plots
     except ImportError:
         say("plots skipped: matplotlib is not installed (pip install 'layerwise[plots]')")
         return
+    from layerwise.use import write_pictures
+
     records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     plots.write_run_plots(folder, records, dbn.layers[0].weight)
+    x = None if test is None else torch.as_tensor(np.ascontiguousarray(test.head(16)[0]), dtype=torch.float32)
+    write_pictures(folder, dbn, x)
 
 
 class Stopwatch:

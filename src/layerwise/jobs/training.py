@@ -247,5 +247,5 @@ def finetune_phase(run: Run, dbn: DeepBeliefNet, pre_manifest: dict | None, ckpt
         config=run.recorded, stages=run.stages, metrics=metrics, parent=pre_manifest["weights_sha256"],
     )
     run.reporter.log({"phase": "test", **metrics, "seconds_pretrain": round(seconds["pretrain"], 2)})
-    write_plots(run.folder / "plots", run.folder / METRICS, dbn, run.reporter.echo or silent)
+    write_plots(run.folder / "plots", run.folder / METRICS, dbn, run.reporter.echo or silent, splits.test)
     return RunResult(run.folder, test_acc, val_acc, pre_manifest, finetuned, seconds["pretrain"], seconds["finetune"])

@@ -1,6 +1,7 @@
 """The pretrained net as a product: encode, reconstruct and sample from saved nets."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -129,3 +130,51 @@ def test_show_draws_any_saved_net(saved, tmp_path, capsys):
     assert main(["show", str(d / "finetuned"), "--out", str(tmp_path / "g")]) == 0  # no parent beside it
     assert "no pretrained stack found" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["filters.png"]
+
+
+def test_samples_clamped_to_a_label_look_like_that_label(tmp_path):
+    """[model] top_labels: the top RBM learns the labels beside its features (Hinton,
+    Osindero & Teh 2006); samples with a label clamped are classified as that label by
+    the run's own finetuned net, far above chance (1/4)."""
+    from conftest import write_patterns
+
+    write_patterns(tmp_path)
+    (tmp_path / "r.toml").write_text('[data]\nsource = "files"\ntrain = "train.npz"\ntest = "test.npz"\n'
+                                     '[model]\nhidden = [32, 32]\ntop_labels = true\n'
+                                     '[pretrain]\nepochs = 10\nlearning_rate = 0.1\nbatch_size = 20\n'
+                                     '[finetune]\nepochs = 5\nlearning_rate = 0.1\n')
+    assert main(["train", str(tmp_path / "r.toml"), "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 0
+    run = tmp_path / "runs" / "r"
+    dbn, manifest = load_model(run / "pretrained")
+    assert manifest["architecture"]["top_labels"] == 4 and dbn.layers[-1].n_visible == 32 + 4
+    clf, _ = load_model(run / "finetuned")
+    hits = []
+    for label in range(4):
+        assert main(["sample", str(run / "pretrained"), "-n", "25", "--steps", "300", "--label", str(label),
+                     "--out", str(tmp_path / f"s{label}.npz")]) == 0
+        s = torch.from_numpy(np.load(tmp_path / f"s{label}.npz")["x"])
+        with torch.no_grad():
+            hits.append(float((clf(s).argmax(1) == label).float().mean()))
+    assert min(hits) > 0.6 and sum(hits) / 4 > 0.8, hits
+    # the classifier of a top_labels net reads the features only: its test accuracy is a real one
+    assert json.loads((run / "finetuned" / "manifest.json").read_text())["metrics"]["test_accuracy"] > 0.9
+    assert main(["sample", str(run / "pretrained"), "--label", "4", "--png", str(tmp_path / "x.png")]) == 2
+
+
+def test_top_labels_is_refused_where_it_cannot_work(tmp_path, capsys):
+    from conftest import write_patterns
+
+    from layerwise import config
+
+    with pytest.raises(ValueError, match="model.top_labels"):
+        config.from_dict({"model": {"unit": "autoencoder", "top_labels": True}})
+    write_patterns(tmp_path)
+    base = '[data]\nsource = "files"\ntrain = "train.npz"\n[model]\nhidden = [8]\ntop_labels = true\n' \
+           '[pretrain]\nepochs = 1\n[finetune]\nepochs = 1\n'
+    (tmp_path / "r.toml").write_text(base)
+    assert main(["train", str(tmp_path / "r.toml"), "--runs-dir", str(tmp_path / "runs"), "--quiet",
+                 "--max-memory", "1K"]) == 2
+    assert "top_labels needs the training data in memory" in capsys.readouterr().err
+    assert main(["pretrain", str(tmp_path / "r.toml"), "--data", str(tmp_path / "train.npz"), "--out",
+                 str(tmp_path / "p")]) == 2
+    assert "staged pretraining trains on unlabelled data" in capsys.readouterr().err

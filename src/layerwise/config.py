@@ -48,6 +48,7 @@ class ModelConfig:
     visible: str = "bernoulli"  # "bernoulli" (inputs in [0, 1]) | "gaussian" (standardized)
     hidden: list[int] | None = None  # default: the guide's rule, 784 -> [500, 250]
     init_std: float | None = None  # weights ~ N(0, init_std^2); default: 0.01 for RBMs, Glorot-uniform for autoencoders
+    top_labels: bool = False  # the top RBM learns the labels joined to its visible layer (Hinton et al. 2006)
 
 
 @dataclass
@@ -292,6 +293,9 @@ def from_dict(d: dict) -> RunConfig:
     size = cfg.data.image_size
     if size is not None and (len(size) != 2 or min(size) < 1):
         fail(OWNER, "data.image_size", "[height, width], two whole numbers of at least 1", size)
+    if cfg.model.top_labels and cfg.model.unit != "rbm":
+        fail(OWNER, "model.top_labels", "false for model.unit = 'autoencoder' (only an RBM learns the labels)",
+             cfg.model.top_labels)
     if cfg.model.unit == "autoencoder" and cfg.model.visible != "bernoulli":
         fail(OWNER, "model.visible", "'bernoulli' for model.unit = 'autoencoder'", cfg.model.visible)
     return cfg

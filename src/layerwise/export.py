@@ -28,10 +28,10 @@ def encoder(dbn) -> nn.Sequential:
     """A pretrained stack as a plain net: Linear + Sigmoid per layer (the units' upward
     mean-field pass, ``DeepBeliefNet.transform``)."""
     mods: list[nn.Module] = []
-    for layer in dbn.layers:
-        linear = nn.Linear(layer.n_visible, layer.n_hidden)
+    for i, layer in enumerate(dbn.layers):
+        linear = nn.Linear(dbn.sizes[i], layer.n_hidden)  # a top RBM's label units stay off, as in transform
         with torch.no_grad():
-            linear.weight.copy_(layer.weight)
+            linear.weight.copy_(layer.weight[:, : dbn.sizes[i]])
             linear.bias.copy_(layer.hidden_bias)
         mods += [linear, nn.Sigmoid()]
     return nn.Sequential(*mods).eval()

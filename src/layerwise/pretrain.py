@@ -81,6 +81,8 @@ def pretrain(
     guard: GuardConfig | None = None,
     distributed: DistributedConfig | None = None,
     scratch: Path | None = None,
+    labels: torch.Tensor | None = None,
+    heldout_labels: torch.Tensor | None = None,
 ) -> list[dict]:
     """Pretrain every layer of ``dbn`` in turn for ``cfg.epochs`` epochs.
 
@@ -107,6 +109,9 @@ def pretrain(
     n_mon = min(cfg.monitor_samples, len(train))
     for i in range(progress.layer, len(dbn.layers)):
         unit = dbn.layers[i]
+        if i == len(dbn.layers) - 1 and dbn.top_labels:  # the top RBM learns the labels beside the features
+            inp = _joined(dbn, inp, labels, "training")
+            held = None if held is None or heldout_labels is None else _joined(dbn, held, heldout_labels, "held-out")
         if progress.layer != i:
             progress.layer, progress.position = i, LoopPosition()
         kwargs = unit.step_options(cfg)
@@ -150,6 +155,18 @@ def pretrain(
         held.discard()
     progress.layer, progress.position, progress.guard, progress.averager = len(dbn.layers), LoopPosition(), None, None
     return records
+
+
+def _joined(dbn: DeepBeliefNet, data, labels: torch.Tensor | None, what: str):
+    """Loop data of the top RBM's inputs: the features below it and the labels one-hot."""
+    if data.streamed:
+        raise ValueError("[model] top_labels needs the training data in memory; it is streamed from disk here "
+                         "(raise --max-memory, or leave top_labels off)")
+    if labels is None:
+        raise ValueError(f"[model] top_labels: the top RBM learns the labels, and the {what} data came without them")
+    if len(labels) != len(data):
+        raise ValueError(f"[model] top_labels: {len(labels)} {what} labels for {len(data)} samples")
+    return as_data(dbn.with_labels(data.x, labels), data.y, data.x.device)
 
 
 def _up(dbn: DeepBeliefNet, j: int, data, scratch: Path | None, part: str = "train"):

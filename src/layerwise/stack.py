@@ -37,9 +37,13 @@ class DeepBeliefNet(nn.Module):
         init_std: float | None = None,
         device=None,
         precision: str = "fp32",
+        top_labels: int = 0,
     ) -> None:
         super().__init__()
         check_int("DeepBeliefNet", "n_visible", n_visible, low=1)
+        check_int("DeepBeliefNet", "top_labels", top_labels, low=0)
+        if top_labels and unit != "rbm":
+            fail("DeepBeliefNet", "unit", "'rbm' when the top RBM learns the labels (top_labels)", unit)
         if not isinstance(hidden, (list, tuple)) or not hidden:
             fail("DeepBeliefNet", "hidden", "a non-empty list of ints", hidden)
         for i, n in enumerate(hidden):
@@ -55,9 +59,12 @@ class DeepBeliefNet(nn.Module):
         self.hidden = list(hidden)
         self.unit = unit
         self.visible = visible
+        self.top_labels = top_labels  # label units joined to the top RBM's visible layer (0: none)
         sizes = [n_visible] + self.hidden
         layers = []
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            if i == len(sizes) - 2:
+                n_in += top_labels
             if unit == "autoencoder":
                 layers.append(DenoisingAutoencoder(n_in, n_out, seed=seed + i, init_std=init_std))
             elif i == 0 and visible == "gaussian":
@@ -87,11 +94,13 @@ class DeepBeliefNet(nn.Module):
             "unit": self.unit,
             "visible": self.visible,
             "layers": [type(layer).__name__ for layer in self.layers],
+            **({"top_labels": self.top_labels} if self.top_labels else {}),
         }
 
     @classmethod
     def from_architecture(cls, arch: dict, device=None) -> "DeepBeliefNet":
-        return cls(arch["n_visible"], list(arch["hidden"]), unit=arch["unit"], visible=arch["visible"], device=device)
+        return cls(arch["n_visible"], list(arch["hidden"]), unit=arch["unit"], visible=arch["visible"], device=device,
+                   top_labels=int(arch.get("top_labels", 0)))
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """The learned parameters only (no momentum, chains or statistics): what a
@@ -109,10 +118,21 @@ class DeepBeliefNet(nn.Module):
         outs = []
         for start in range(0, x.shape[0], chunk):
             h = x[start : start + chunk].to(self.device)
-            for layer in self.layers[:upto]:
-                h = layer.transform(h)
+            for j, layer in enumerate(self.layers[:upto]):
+                h = layer.transform(self.with_labels(h, None) if j == len(self.layers) - 1 else h)
             outs.append(h)
         return torch.cat(outs)
+
+    def with_labels(self, h: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The top RBM's visible layer: the features below it and, with ``top_labels``,
+        the labels one-hot (``y``: int labels; None: all label units off, as when the
+        label is not known)."""
+        if not self.top_labels:
+            return h
+        lab = torch.zeros(h.shape[0], self.top_labels, dtype=h.dtype, device=h.device)
+        if y is not None:
+            lab[torch.arange(h.shape[0], device=h.device), y.to(h.device)] = 1
+        return torch.cat([h, lab], 1)
 
     def to_classifier(
         self,
@@ -156,8 +176,8 @@ def build_classifier(
             mods.append(nn.Dropout(p))
         linear = nn.Linear(n_in, n_out, device=device)
         with torch.no_grad():
-            if layers is not None:
-                linear.weight.copy_(layers[i].weight)
+            if layers is not None:  # a top RBM's label columns are not inputs of the classifier
+                linear.weight.copy_(layers[i].weight[:, :n_in])
                 linear.bias.copy_(layers[i].hidden_bias)
             else:
                 bound = 1.0 / n_in**0.5

@@ -59,32 +59,42 @@ def _down(unit, h: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def reconstruct_batch(dbn, x: torch.Tensor) -> torch.Tensor:
     """Inputs up through every layer and down again (mean-field both ways)."""
-    h = x
-    for unit in dbn.layers:
-        h = unit.transform(h)
-    for unit in reversed(dbn.layers):
-        h = _down(unit, h)
+    h = dbn.transform(x)
+    for j in reversed(range(len(dbn.layers))):
+        h = _down(dbn.layers[j], h)[:, : dbn.sizes[j]]  # a top RBM's label units are not passed down
     return h
 
 
 @torch.no_grad()
-def sample(dbn, n: int, *, steps: int = 1000, seed: int = 0) -> torch.Tensor:
+def sample(dbn, n: int, *, steps: int = 1000, seed: int = 0, label: int | None = None) -> torch.Tensor:
     """``n`` samples (n, n_visible) of a DBN: ``steps`` Gibbs steps in the top RBM from
-    random binary hiddens, then one mean-field pass down the lower layers."""
+    random binary hiddens, then one mean-field pass down the lower layers. ``label``:
+    the top RBM's label units clamped to that label (a net pretrained with top_labels)."""
     check_int("sample", "n", n, low=1)
     check_int("sample", "steps", steps, low=1)
     top = dbn.layers[-1]
     if not hasattr(top, "mean_visibles"):
         raise ValueError("sampling needs a stack of RBMs; this net's units are autoencoders, which define no "
                          "distribution to sample from")
+    if label is not None and not dbn.top_labels:
+        raise ValueError("--label needs a top RBM trained with the labels joined to its visible layer "
+                         "([model] top_labels = true); this net's top RBM has none")
+    if label is not None and not 0 <= label < dbn.top_labels:
+        raise ValueError(f"--label {label}: the top RBM knows labels 0 to {dbn.top_labels - 1}")
+    below = dbn.sizes[-2]
     g = torch.Generator(device=top.weight.device).manual_seed(seed)
     old, top.generator = top.generator, g
     try:
         h = (torch.rand(n, top.n_hidden, generator=g, device=top.weight.device) < 0.5).to(top.weight.dtype)
+        clamp = None if label is None else torch.full((n,), label, dtype=torch.long, device=h.device)
         for _ in range(steps):
             v = top.sample_visibles(top.mean_visibles(h))
+            if dbn.top_labels:  # the label units: clamped, or free (a softmax group, as one-hot)
+                free = None if clamp is not None else torch.multinomial(
+                    torch.softmax(top.visible_logits(h)[:, below:], 1), 1, generator=g).squeeze(1)
+                v = dbn.with_labels(v[:, :below], clamp if clamp is not None else free)
             h = top.sample_hiddens(top.mean_hiddens(v))
-        v = top.mean_visibles(h)
+        v = top.mean_visibles(h)[:, :below]
     finally:
         top.generator = old
     for unit in reversed(dbn.layers[:-1]):

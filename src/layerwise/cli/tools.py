@@ -110,10 +110,7 @@ def cmd_sample(args) -> int:
         return _err(f"'{args.model}' holds a {manifest['kind']} net; sample needs a pretrained stack of RBMs")
     if not (args.out or args.png):
         return _err("sample needs --png FILE or --out FILE.npz (or both): where to put the samples")
-    if args.label is not None:
-        return _err("--label needs a top RBM trained with the labels joined to its visible layer; this net's top "
-                    "RBM has none")
-    v = sample(model, args.n, steps=args.steps, seed=args.seed).cpu().numpy()
+    v = sample(model, args.n, steps=args.steps, seed=args.seed, label=args.label).cpu().numpy()
     if args.out:
         save_npz(args.out, args.force, x=v)
         print(f"wrote {len(v)} samples to {args.out}")
@@ -123,7 +120,8 @@ def cmd_sample(args) -> int:
             return _err(f"--png draws square images; {model.n_visible} inputs are not a square")
         from layerwise.plots import image_grid
 
-        image_grid(v, side, args.png, title=f"{len(v)} samples, {args.steps} Gibbs steps in the top RBM")
+        label = "" if args.label is None else f", label {args.label}"
+        image_grid(v, side, args.png, title=f"{len(v)} samples{label}, {args.steps} Gibbs steps in the top RBM")
         print(f"wrote {args.png}")
     return 0
 

@@ -82,6 +82,9 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
         if found is None:
             return None
         stage, ds = found
+        if cfg.model.top_labels:
+            raise ValueError("[model] top_labels: staged pretraining trains on unlabelled data, and a top RBM that "
+                             "learns the labels needs them; use `layerwise train`")
         dev = resolve_device(cfg.device)
         resolved = resolve_config(cfg, ds.n_features)
         dbn = DeepBeliefNet(ds.n_features, resolved.model.hidden, unit=cfg.model.unit, visible=cfg.model.visible,

@@ -52,7 +52,7 @@ def train_in(folder: Path, cfg: RunConfig, splits: Splits, ckpt: dict | None, *,
     run = Run.open(folder, cfg, splits, ckpt, progress, echo)
     dbn = DeepBeliefNet(splits.n_inputs, run.cfg.model.hidden, unit=run.cfg.model.unit, visible=run.cfg.model.visible,
                         seed=run.cfg.seed, init_std=run.cfg.model.init_std, device=run.device,
-                        precision=run.cfg.precision)
+                        precision=run.cfg.precision, top_labels=splits.n_labels if run.cfg.model.top_labels else 0)
     if ckpt is None or ckpt["phase"] == "pretrain":
         pre_manifest = pretrain_phase(run, dbn, ckpt)
     else:
@@ -128,6 +128,17 @@ class Run:
             save_checkpoint(self.folder / "checkpoint", {**tensors, **others}, meta)
 
 
+def _labels_for_the_top(cfg: RunConfig, splits: Splits) -> dict:
+    """With [model] top_labels, the labels the top RBM learns beside its features."""
+    if not cfg.model.top_labels:
+        return {}
+    if splits.streamed:  # before any layer trains
+        raise ValueError("[model] top_labels needs the training data in memory; it is streamed from disk here "
+                         "(raise --max-memory, or leave top_labels off)")
+    y = lambda ds: None if ds is None or getattr(ds, "y", None) is None else torch.from_numpy(ds.y)  # noqa: E731
+    return {"labels": y(splits.train), "heldout_labels": y(splits.validation)}
+
+
 def _data_identity(splits: Splits) -> dict:
     return {"train": splits.train.fingerprint, "samples": len(splits.train)}
 
@@ -186,7 +197,7 @@ def pretrain_phase(run: Run, dbn: DeepBeliefNet, ckpt: dict | None) -> dict | No
     pretrain(dbn, x_train, x_held, cfg.pretrain, seed=cfg.seed, reporter=run.reporter, progress=progress,
              generator=generator, records=records, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
              guard=cfg.guard, distributed=cfg.distributed if run.world > 1 else None,
-             scratch=run.folder / "activations")
+             scratch=run.folder / "activations", **_labels_for_the_top(cfg, run.splits))
     run.clock.stop()
     remove_scratch(run.folder / "activations")
     run.streamed = None  # fine-tuning decides its own

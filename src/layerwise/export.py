@@ -73,10 +73,18 @@ def _onnx_bytes(net: nn.Module, example: torch.Tensor, manifest: dict) -> bytes:
         raise ImportError("ONNX export needs the export extra: pip install 'layerwise[export]'") from e
     import io
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
-        program = torch.onnx.export(net, (example,), input_names=["input"], output_names=["output"],
-                                    dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+    import logging
+
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the exporter's notes on its own internals (a missing torchvision, ...)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(net, (example,), input_names=["input"], output_names=["output"],
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+    finally:
+        quiet.setLevel(level)
     model = program.model_proto
     for key, value in (("layerwise.weights_sha256", manifest["weights_sha256"]), ("layerwise.kind", manifest["kind"]),
                        ("layerwise.architecture", json.dumps(manifest["architecture"])),

@@ -1,0 +1,146 @@
+"""Speed of one fine-tuning epoch of the Hinton net (784-500-500-2000-10, dropout 0.1 on the
+input and 0.25 on the hidden layers, SGD with momentum 0.9, batch 100) on the 60k MNIST
+training images, against the torch.mm roofline, and where the time of a batch goes.
+
+    python benchmarks/finetune_speed.py [--threads 2] [--profile-batches 100]
+
+- epoch: ``layerwise.finetune.finetune`` for one epoch (the loop, the real thing);
+- roofline: the same matrix products as bare ``torch.mm`` calls into preallocated outputs
+  (per layer and batch: the forward product, the weight gradient, and the input gradient
+  for every layer but the first), timed for an epoch's batches;
+- breakdown: ``torch.profiler`` over a replica of ``finetune.train_step`` with each stage
+  labelled: forward (of which the dropout masks and the matrix products), loss, backward,
+  optimizer step, zero_grad; the loop's overhead is the epoch's time per batch less the
+  replica's. Each timing runs in this one process, the roofline and the epoch interleaved;
+  the best of the repeats counts.
+"""
+
+from __future__ import annotations
+
+from layerwise import runtime  # noqa: E402
+
+runtime.set_wait_policy()
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from layerwise.config import FinetuneConfig  # noqa: E402
+from layerwise.data import load_mnist  # noqa: E402
+from layerwise.finetune import finetune, make_optimizer  # noqa: E402
+from layerwise.stack import build_classifier  # noqa: E402
+
+SIZES, LABELS, B = [784, 500, 500, 2000], 10, 100
+CFG = FinetuneConfig(epochs=1, batch_size=B, learning_rate=0.1, momentum=0.9, dropout_input=0.1, dropout_hidden=0.25,
+                     patience=None)
+
+
+def net():
+    return build_classifier(SIZES, LABELS, dropout_input=CFG.dropout_input, dropout_hidden=CFG.dropout_hidden, seed=0)
+
+
+def flops_per_batch() -> float:
+    dims = SIZES + [LABELS]
+    total = 0.0
+    for i, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:])):
+        total += 2 * B * n_in * n_out * (3 if i > 0 else 2)  # forward, weight gradient, input gradient (not layer 1)
+    return total
+
+
+def time_epoch(x, y) -> float:
+    model = net()
+    t = time.perf_counter()
+    finetune(model, x, y, None, None, CFG, seed=0)
+    return time.perf_counter() - t
+
+
+def time_roofline(n_batches: int) -> float:
+    dims = SIZES + [LABELS]
+    g = torch.Generator().manual_seed(0)
+    mats = []
+    for i, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:])):
+        a, w, d = torch.rand(B, n_in, generator=g), torch.rand(n_out, n_in, generator=g), torch.rand(B, n_out, generator=g)
+        mats.append((i, a, w, d, torch.empty(B, n_out), torch.empty(n_out, n_in), torch.empty(B, n_in)))
+    t = time.perf_counter()
+    for _ in range(n_batches):
+        for i, a, w, d, out, gw, gi in mats:
+            torch.mm(a, w.t(), out=out)
+            torch.mm(d.t(), a, out=gw)
+            if i > 0:
+                torch.mm(d, w, out=gi)
+    return time.perf_counter() - t
+
+
+def breakdown(x, y, batches: int) -> dict[str, float]:
+    """Seconds per batch of each stage of a replica of train_step, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    model = net().train()
+    opt = make_optimizer(model, dataclasses.replace(CFG))
+    xb, yb = x[:B], y[:B]
+    for _ in range(5):  # warm up
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for k in range(batches):
+            xb, yb = x[k * B:(k + 1) * B], y[k * B:(k + 1) * B]
+            with record_function("stage:forward"):
+                logits = model(xb)
+            with record_function("stage:loss"):
+                loss = F.cross_entropy(logits, yb)
+            with record_function("stage:zero_grad"):
+                opt.zero_grad(set_to_none=True)
+            with record_function("stage:backward"):
+                loss.backward()
+            with record_function("stage:optimizer"):
+                opt.step()
+    out: dict[str, float] = {}
+    for e in prof.key_averages():
+        if e.key.startswith("stage:"):
+            out[e.key[6:]] = e.cpu_time_total / 1e6 / batches
+    # inside the forward pass: the dropout masks and the matrix products
+    masks = sum(e.cpu_time_total for e in prof.key_averages() if e.key in ("aten::bernoulli_", "aten::native_dropout"))
+    mm = sum(e.cpu_time_total for e in prof.key_averages() if e.key in ("aten::addmm", "aten::mm"))
+    out["dropout masks (in forward)"] = masks / 1e6 / batches
+    out["matrix products (forward and backward)"] = mm / 1e6 / batches
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--repeats", type=int, default=2, help="epochs (and rooflines) timed; the best counts")
+    ap.add_argument("--profile-batches", type=int, default=100, help="batches profiled for the breakdown")
+    ap.add_argument("--samples", type=int, default=60000, help="training images (default 60000: train + validation)")
+    args = ap.parse_args()
+    runtime.apply(args.threads)
+    s = load_mnist(report=lambda m: None)
+    x = torch.cat([torch.from_numpy(s.train.x), torch.from_numpy(s.validation.x)])[: args.samples]
+    y = torch.cat([torch.from_numpy(s.train.y), torch.from_numpy(s.validation.y)])[: args.samples]
+    n_batches = len(x) // B
+    epoch, roof = float("inf"), float("inf")
+    for _ in range(args.repeats):
+        roof = min(roof, time_roofline(n_batches))
+        epoch = min(epoch, time_epoch(x, y))
+    gflop = flops_per_batch() * n_batches / 1e9
+    print(f"fine-tuning epoch: {'-'.join(map(str, SIZES + [LABELS]))}, {len(x)} MNIST images, batch {B}, dropout "
+          f"{CFG.dropout_input}/{CFG.dropout_hidden}, SGD momentum {CFG.momentum}, {args.threads} threads, torch "
+          f"{torch.__version__}, best of {args.repeats}")
+    print(f"epoch {epoch:.2f} s ({gflop / epoch:.1f} GFLOP/s); roofline {roof:.2f} s ({gflop / roof:.1f} GFLOP/s): "
+          f"the epoch runs at {100 * roof / epoch:.0f}% of the roofline (target >= 70%)")
+    parts = breakdown(x, y, args.profile_batches)
+    per_batch = epoch / n_batches
+    staged = sum(v for k, v in parts.items() if " " not in k)
+    print(f"per batch: {1e3 * per_batch:.2f} ms in the epoch")
+    for k, v in parts.items():
+        print(f"  {k:<40}{1e3 * v:8.3f} ms  {100 * v / per_batch:5.1f}%")
+    print(f"  {'loop overhead (epoch less the stages)':<40}{1e3 * (per_batch - staged):8.3f} ms  "
+          f"{100 * (per_batch - staged) / per_batch:5.1f}%")
+
+
+if __name__ == "__main__":
+    main()

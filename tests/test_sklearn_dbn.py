@@ -27,6 +27,7 @@ def digits():
     return x[:1200], d.target[:1200], x[1200:], d.target[1200:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("est", [DBNTransformer(hidden=[8, 6], pretrain_epochs=2, batch_size=10, random_state=0),
                                  DBNClassifier(hidden=[8, 6], pretrain_epochs=2, finetune_epochs=30, batch_size=10,
                                                random_state=0)], ids=["transformer", "classifier"])
@@ -38,6 +39,7 @@ def test_scikit_learns_estimator_checks_pass(est):
     assert not failed and sum(r["status"] == "passed" for r in results) >= 40
 
 
+@pytest.mark.slow
 def test_the_classifier_learns_the_digits_with_any_labels(digits):
     x, y, xt, yt = digits
     names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
@@ -55,6 +57,7 @@ def test_the_classifier_learns_the_digits_with_any_labels(digits):
     assert clf.stack_.keys() == DBNTransformer(**SMALL).fit(x).stack_.keys()
 
 
+@pytest.mark.slow
 def test_the_transformer_feeds_a_pipeline_and_a_grid_search(digits):
     x, y, xt, yt = digits
     pipe = Pipeline([("dbn", DBNTransformer(**{**SMALL, "pretrain_epochs": 10})),

@@ -75,6 +75,7 @@ def test_partial_fit_from_scratch_learns(digits):
     assert rbm.score_samples(x).mean() > start + 5
 
 
+@pytest.mark.slow
 def test_it_works_in_pipelines_grid_search_and_clone(digits):
     x, y = digits
     best = {}

@@ -12,6 +12,7 @@ from layerwise.cli import main  # noqa: E402
 from layerwise.tensorboard import read_scalars  # noqa: E402
 
 
+@pytest.mark.slow
 def test_a_run_writes_what_its_metrics_log_says(tmp_path):
     write_patterns(tmp_path)
     (tmp_path / "r.toml").write_text('[data]\nsource = "files"\ntrain = "train.npz"\ntest = "test.npz"\n'

@@ -132,6 +132,7 @@ def test_show_draws_any_saved_net(saved, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "g").iterdir()) == ["filters.png"]
 
 
+@pytest.mark.slow
 def test_samples_clamped_to_a_label_look_like_that_label(tmp_path):
     """[model] top_labels: the top RBM learns the labels beside its features (Hinton,
     Osindero & Teh 2006); samples with a label clamped are classified as that label by

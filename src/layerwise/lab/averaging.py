@@ -120,10 +120,17 @@ def verdict(records: list[dict], budget) -> dict:
     v = "holds" if share >= 0.5 and low_best else "holds in part" if share > 0 or low_best else "does not hold"
     per = "; ".join(f"{w} worker{'s' * (w > 1)}: {lr:g} ({100 * a:.2f}%)" for w, (lr, a) in sorted(best.items()))
     remedies = [r for r in records if r["settings"]["remedy"] != "none"]
-    rem = "; ".join(f"{r['settings']['remedy']} at {r['settings']['workers']} workers: "
-                    f"{100 * r['result']['test_accuracy']:.2f}%" for r in remedies)
+    at = {(r["settings"]["workers"], r["settings"]["frequency"]): r["result"]["test_accuracy"] for r in plain
+          if r["settings"]["lr"] == 0.1}
+    gaps = []
+    for w in sorted({r["settings"]["workers"] for r in remedies}):
+        rem = ", ".join(f"{r['settings']['remedy']} {100 * r['result']['test_accuracy']:.2f}%" for r in remedies
+                        if r["settings"]["workers"] == w)
+        gaps.append(f"{w} workers {100 * at.get((w, 5), math.nan):.2f}% plain, {rem}")
+    one = at.get((1, min((f for w, f in at if w == 1), default=1)), math.nan)
     why = (f"{100 * share:.0f}% of the multi-worker runs above 0.01 diverged or learned nothing; best rate per worker "
-           f"count: {per}. Remedies at rate 0.1: {rem or 'not run'}.")
+           f"count: {per}. At rate 0.1, averaging every 5, against one worker's {100 * one:.2f}%: "
+           f"{'; '.join(gaps) or 'no remedies run'}.")
     top = max(best.values(), key=lambda p: p[1])[0] if best else 0.01
     return {"table": table(["rate", "workers", "averaging every", "remedy", "test accuracy %", "diverged", "learned"], rows),
             "verdict": v, "why": why,

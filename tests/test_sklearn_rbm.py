@@ -133,3 +133,12 @@ def test_bad_input_is_refused_with_scikit_learns_errors(digits):
         rbm.transform(x[:5, :10])
     with pytest.raises(ValueError, match="n_components"):
         BernoulliRBM(n_components=0).fit(x[:20])
+
+
+def test_a_saved_estimator_is_listed_among_the_models(digits, tmp_path, capsys):
+    from layerwise.cli import main
+
+    x, _ = digits
+    BernoulliRBM(n_components=4, n_iter=1, random_state=0).fit(x).save(tmp_path / "m" / "rbm")
+    assert main(["models", str(tmp_path / "m")]) == 0
+    assert "estimator  sklearn BernoulliRBM" in capsys.readouterr().out

@@ -40,6 +40,8 @@ def _arch(m: dict) -> str:
         return f"{a['unit']} " + "-".join(map(str, [a["n_visible"], *a["hidden"]]))
     if a.get("type") == "Classifier":
         return "mlp " + "-".join(map(str, [*a["sizes"], a["n_labels"]]))
+    if a.get("type") == "Estimator":  # a scikit-learn estimator saved by layerwise.sklearn
+        return f"sklearn {a.get('class', '?')}"
     return "?"
 
 

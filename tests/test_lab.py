@@ -44,7 +44,7 @@ def test_every_experiment_writes_its_numbers_plot_and_section(done):
         assert res["experiment"] == name and res["budget"]["name"] == "tiny" and res["data"] == "train.npz"
         assert len(res["records"]) == len(module.cells(lab.core.BUDGETS["tiny"])) > 0
         for rec in res["records"]:
-            assert set(rec) == {"settings", "result", "seconds"}
+            assert set(rec) == {"settings", "result", "seconds", "ran"} and set(rec["ran"]) == {"commit", "date"}
             assert all(isinstance(v, (int, float)) or (isinstance(v, list) and all(isinstance(e, (int, float)) for e in v))
                        for v in rec["result"].values()), rec
         v = res["verdict"]

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 from layerwise import evidence
 from layerwise.lab import averaging, batch, blend, bottleneck, depth, passes, pretraining, rounds, stages, widths
+from layerwise.lab import core
 from layerwise.lab.core import BUDGETS, Cache, load, run_experiment, section
 
 EXPERIMENTS = {m.NAME: m for m in (averaging, rounds, widths, bottleneck, depth, pretraining, blend, stages, passes, batch)}
@@ -38,12 +38,13 @@ def run_lab(names: list[str] | None = None, *, budget: str = "quick", data: str 
     lab_data = load(data, test)
     cache = Cache(out / "cells")
     t0 = time.perf_counter()
-    sections, verdicts, compute = [], [], 0.0
+    sections, verdicts, compute, every = [], [], 0.0, []
     for name in names:
         module = EXPERIMENTS[name]
         records = run_experiment(module, lab_data, b, cache, say)
         v = module.verdict(records, b)
         compute += sum(r["seconds"] for r in records)
+        every += records
         png = out / f"{name}.png"
         try:
             module.plot(records, png)
@@ -55,21 +56,14 @@ def run_lab(names: list[str] | None = None, *, budget: str = "quick", data: str 
         sections.append(section(module, v, png.name if png else None))
         verdicts.append((module, v))
     page = out / "TRICKS.md"
-    page.write_text(_page(verdicts, sections, b, lab_data, command, time.perf_counter() - t0, compute))
-    evidence.write(out / "findings.json", verdicts, data=lab_data.name, budget=b.name, commit=_commit(),
+    page.write_text(_page(verdicts, sections, b, lab_data, command, time.perf_counter() - t0, compute,
+                          core.provenance(every)))
+    evidence.write(out / "findings.json", verdicts, data=lab_data.name, budget=b.name, commit=core.commit(),
                    date=time.strftime("%Y-%m-%d"))
     return page
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def _page(verdicts, sections, budget, data, command: str, seconds: float, compute: float) -> str:
+def _page(verdicts, sections, budget, data, command: str, seconds: float, compute: float, ran: str) -> str:
     import os
 
     import torch
@@ -79,10 +73,10 @@ def _page(verdicts, sections, budget, data, command: str, seconds: float, comput
             f"{data.fingerprint[:12]}). Budget: `{budget.name}` (up to {budget.train} training samples, "
             f"{budget.pretrain_epochs} pretraining and {budget.finetune_epochs} fine-tuning epochs unless an "
             f"experiment says otherwise).",
-            f"Command: `{command or 'layerwise lab'}`; commit {_commit()}; {time.strftime('%Y-%m-%d')}; "
+            f"Command: `{command or 'layerwise lab'}`; commit {core.commit()}; {time.strftime('%Y-%m-%d')}; "
             f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}. The cells took "
             f"{compute / 3600:.1f} hours of training in all (each cell's time when it ran, cached cells included; "
-            f"this command: {seconds / 60:.1f} minutes).", "",
+            f"this command: {seconds / 60:.1f} minutes). The page was built at that commit; {ran}.", "",
             "Each verdict holds on this data and budget only; rerun `layerwise lab --data TRAIN.npz --test TEST.npz` "
             "for yours.", "", "| trick | verdict | layerwise recommends |", "|---|---|---|"]
     head += [f"| [{m.TITLE}](#{evidence.anchor(m.TITLE)}) | {v['verdict']} | {v['recommend']} |"

@@ -133,7 +133,8 @@ def run_experiment(module, data: LabData, budget: Budget, cache: Cache, say=None
             t0 = time.perf_counter()
             torch.manual_seed(0)
             result = module.run_cell(settings, data, budget)
-            rec = {"settings": settings, "result": result, "seconds": round(time.perf_counter() - t0, 2)}
+            rec = {"settings": settings, "result": result, "seconds": round(time.perf_counter() - t0, 2),
+                   "ran": {"commit": commit(), "date": time.strftime("%Y-%m-%d")}}
             cache.put(module.NAME, key, rec)
             if say:
                 say(f"{module.NAME} {i + 1}/{len(cells)} {json.dumps(settings)}: {json.dumps(result)}")
@@ -141,6 +142,33 @@ def run_experiment(module, data: LabData, budget: Budget, cache: Cache, say=None
             say(f"{module.NAME} {i + 1}/{len(cells)} {json.dumps(settings)}: cached")
         records.append(rec)
     return records
+
+
+def commit() -> str:
+    """The short commit of the code that runs (unknown outside a git checkout)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def provenance(records: list[dict]) -> str:
+    """Where the cells of a page come from: the dates and commits they ran at."""
+    ran = [r.get("ran") for r in records]
+    known = [r for r in ran if r]
+    dates = sorted({r["date"] for r in known})
+    commits = sorted({r["commit"] for r in known})
+    parts = []
+    if known:
+        parts.append(f"{len(known)} cells ran on {', '.join(dates)} at commit{'s' * (len(commits) > 1)} "
+                     f"{', '.join(commits)}")
+    if len(known) < len(ran):
+        parts.append(f"{len(ran) - len(known)} cells come from a cache written before cells recorded their "
+                     "commit and date")
+    return "; ".join(parts)
 
 
 def table(headers: list[str], rows: list[list]) -> str:

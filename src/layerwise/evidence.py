@@ -17,8 +17,7 @@ PACKAGED = Path(__file__).parent / "lab" / "findings.json"
 # the advisor's rules (suggest's hyperparameter names and check's rule names) and the
 # experiment of the lab that measured each
 RULES = {
-    "learning_rate": "averaging", "lr-with-workers": "averaging", "averaging_frequency": "averaging",
-    "averaging-frequency": "averaging", "lr_by_correction": "rounds",
+    "learning_rate": "averaging", "lr-with-workers": "averaging", "lr_by_correction": "rounds",
     "hidden": "widths", "hidden-not-smaller": "widths", "hidden-below-quarter": "bottleneck",
     "too-many-layers": "depth", "single-hidden-layer": "depth",
     "batch_size": "batch", "batch-size": "batch",

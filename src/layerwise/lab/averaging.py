@@ -132,10 +132,13 @@ def verdict(records: list[dict], budget) -> dict:
            f"count: {per}. At rate 0.1, averaging every 5, against one worker's {100 * one:.2f}%: "
            f"{'; '.join(gaps) or 'no remedies run'}.")
     top = max(best.values(), key=lambda p: p[1])[0] if best else 0.01
+    most = max(best) if best else 1
+    guide = [r["result"]["test_accuracy"] for r in plain if r["settings"]["lr"] == 0.01 and r["settings"]["workers"] == most]
+    cost = (f"; with {most} workers the guide's 0.01 gave {100 * max(guide):.2f}% against {100 * best[most][1]:.2f}%"
+            if guide and math.isfinite(max(guide)) else "")
     return {"table": table(["rate", "workers", "averaging every", "remedy", "test accuracy %", "diverged", "learned"], rows),
             "verdict": v, "why": why,
-            "recommend": f"measure the rate with `layerwise probe-lr --workers N` (here the best was {top:g}); "
-                         "the guide's 0.01 is a safe start, not the best."}
+            "recommend": f"measure the rate with `layerwise probe-lr --workers N` (here the best was {top:g}{cost})."}
 
 
 def plot(records: list[dict], path) -> None:

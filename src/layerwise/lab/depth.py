@@ -52,7 +52,11 @@ def verdict(records: list[dict], budget) -> dict:
     v = "holds" if best in (3, 4) and (falls or not deep) else "holds in part" if falls or best in (3, 4) else "does not hold"
     pct = {k: f"{100 * acc[(k, 'pretrained')]['test_accuracy']:.2f}%" for k in depths}
     deeper = f"; deeper than 4: {', '.join(pct[k] for k in deep)}" if deep else "; depths beyond 4 were not run at this budget"
-    why = f"the best pretrained depth was {best} ({pct[best]}){deeper}."
+    chance = 2 / max(int(r["result"].get("n_labels", 10)) for r in records) if records else 0.2
+    stuck = [k for k in depths if acc[(k, "random")]["test_accuracy"] <= chance]
+    rand = (f"; from random weights, {', '.join(map(str, stuck))} hidden layers learned nothing "
+            f"({100 * acc[(stuck[0], 'random')]['test_accuracy']:.2f}%), while pretrained they did" if stuck else "")
+    why = f"the best pretrained depth was {best} ({pct[best]}){deeper}{rand}."
     return {"table": table(["hidden layers", "width", "pretrained %", "random %"], rows), "verdict": v, "why": why,
             "recommend": f"{best} hidden layers at this size of net and data; the advisor suggests 2-4."}
 

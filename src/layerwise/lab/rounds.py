@@ -143,4 +143,7 @@ def plot(records: list[dict], path) -> None:
         ax.axhline(1, color="grey", ls=":")
         ax.set(xscale="log", xlabel="workers", ylabel="speed-up in wall time over one worker",
                title="does averaging speed up learning")
+        ws = sorted({r["settings"]["workers"] for r in records})
+        ax.minorticks_off()
+        ax.set_xticks(ws, [str(w) for w in ws])
         ax.legend(fontsize=7)

@@ -8,10 +8,10 @@ training images, against the torch.mm roofline, and where the time of a batch go
 - roofline: the same matrix products as bare ``torch.mm`` calls into preallocated outputs
   (per layer and batch: the forward product, the weight gradient, and the input gradient
   for every layer but the first), timed for an epoch's batches;
-- breakdown: ``torch.profiler`` over a replica of ``finetune.train_step`` with each stage
-  labelled: forward (of which the dropout masks and the matrix products), loss, backward,
-  optimizer step, zero_grad; the loop's overhead is the epoch's time per batch less the
-  replica's. Each timing runs in this one process, the roofline and the epoch interleaved;
+- breakdown: a replica of ``finetune.train_step`` timed stage by stage (forward, loss,
+  zero_grad, backward, optimizer step), with the shares of the dropout masks and the
+  matrix products from ``torch.profiler``; the loop's overhead is the epoch's time per
+  batch less the replica's. Each timing runs in this one process, the roofline and the epoch interleaved;
   the best of the repeats counts.
 """
 
@@ -75,38 +75,47 @@ def time_roofline(n_batches: int) -> float:
 
 
 def breakdown(x, y, batches: int) -> dict[str, float]:
-    """Seconds per batch of each stage of a replica of train_step, from torch.profiler."""
-    from torch.profiler import ProfilerActivity, profile, record_function
+    """Seconds per batch of each stage of a replica of train_step, timed with perf_counter
+    (the CPU runs each stage to its end before the next starts); the shares of the dropout
+    masks and of the matrix products, from torch.profiler, as fractions of the profiled
+    forward and backward time applied to the timed one (the profiler's own overhead
+    would inflate absolute times)."""
+    from torch.profiler import ProfilerActivity, profile
 
     model = net().train()
     opt = make_optimizer(model, dataclasses.replace(CFG))
-    xb, yb = x[:B], y[:B]
-    for _ in range(5):  # warm up
-        F.cross_entropy(model(xb), yb).backward()
+    for k in range(5):  # warm up
+        F.cross_entropy(model(x[k * B:(k + 1) * B]), y[k * B:(k + 1) * B]).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+    stages = {"forward": 0.0, "loss": 0.0, "zero_grad": 0.0, "backward": 0.0, "optimizer": 0.0}
+    clock = time.perf_counter
+    for k in range(batches):
+        xb, yb = x[k * B:(k + 1) * B], y[k * B:(k + 1) * B]
+        t0 = clock()
+        logits = model(xb)
+        t1 = clock()
+        loss = F.cross_entropy(logits, yb)
+        t2 = clock()
+        opt.zero_grad(set_to_none=True)
+        t3 = clock()
+        loss.backward()
+        t4 = clock()
+        opt.step()
+        t5 = clock()
+        for name, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            stages[name] += dt
+    out = {k: v / batches for k, v in stages.items()}
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for k in range(batches):
-            xb, yb = x[k * B:(k + 1) * B], y[k * B:(k + 1) * B]
-            with record_function("stage:forward"):
-                logits = model(xb)
-            with record_function("stage:loss"):
-                loss = F.cross_entropy(logits, yb)
-            with record_function("stage:zero_grad"):
-                opt.zero_grad(set_to_none=True)
-            with record_function("stage:backward"):
-                loss.backward()
-            with record_function("stage:optimizer"):
-                opt.step()
-    out: dict[str, float] = {}
-    for e in prof.key_averages():
-        if e.key.startswith("stage:"):
-            out[e.key[6:]] = e.cpu_time_total / 1e6 / batches
-    # inside the forward pass: the dropout masks and the matrix products
-    masks = sum(e.cpu_time_total for e in prof.key_averages() if e.key in ("aten::bernoulli_", "aten::native_dropout"))
-    mm = sum(e.cpu_time_total for e in prof.key_averages() if e.key in ("aten::addmm", "aten::mm"))
-    out["dropout masks (in forward)"] = masks / 1e6 / batches
-    out["matrix products (forward and backward)"] = mm / 1e6 / batches
+        for k in range(min(batches, 30)):
+            F.cross_entropy(model(x[k * B:(k + 1) * B]), y[k * B:(k + 1) * B]).backward()
+            opt.zero_grad(set_to_none=True)
+    ev = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(ev.values())
+    fwd_bwd = out["forward"] + out["loss"] + out["backward"]
+    out["of which dropout masks"] = fwd_bwd * sum(ev.get(k, 0) for k in ("aten::bernoulli_", "aten::uniform_",
+                                                                         "aten::native_dropout")) / total
+    out["of which matrix products"] = fwd_bwd * sum(ev.get(k, 0) for k in ("aten::addmm", "aten::mm")) / total
     return out
 
 
@@ -134,7 +143,7 @@ def main() -> None:
           f"the epoch runs at {100 * roof / epoch:.0f}% of the roofline (target >= 70%)")
     parts = breakdown(x, y, args.profile_batches)
     per_batch = epoch / n_batches
-    staged = sum(v for k, v in parts.items() if " " not in k)
+    staged = sum(v for k, v in parts.items() if not k.startswith("of which"))
     print(f"per batch: {1e3 * per_batch:.2f} ms in the epoch")
     for k, v in parts.items():
         print(f"  {k:<40}{1e3 * v:8.3f} ms  {100 * v / per_batch:5.1f}%")

@@ -15,6 +15,17 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 
+def check_out(path: str | os.PathLike, force: bool = False, *, name_it: str = "name a .npz file") -> Path:
+    """An output file a command may write: not a folder, and not an existing file unless
+    ``force``. Called before the work, so that nothing is computed for a refused path."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--out '{path}' is a folder; {name_it}")
+    if path.exists() and not force:
+        raise FileExistsError(f"--out '{path}' already exists; pass --force to replace it")
+    return path
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from layerwise._files import atomic_write
+from layerwise._files import atomic_write, check_out
 
 FORMATS = ("onnx", "torchscript")
 
@@ -49,13 +49,12 @@ def exportable(folder) -> tuple[nn.Module, dict, int]:
     return model, manifest, manifest["architecture"]["sizes"][0]
 
 
-def export(folder, fmt: str, out) -> Path:
-    """Write the model saved in ``folder`` to ``out`` as ``fmt`` (onnx or torchscript)."""
+def export(folder, fmt: str, out, *, force: bool = False) -> Path:
+    """Write the model saved in ``folder`` to ``out`` as ``fmt`` (onnx or torchscript); an
+    existing ``out`` is kept unless ``force``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; one of {', '.join(FORMATS)}")
-    out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"--out '{out}' is a folder; give a file name (e.g. model.{'onnx' if fmt == 'onnx' else 'pt'})")
+    out = check_out(out, force, name_it=f"give a file name (e.g. model.{'onnx' if fmt == 'onnx' else 'pt'})")
     net, manifest, n_in = exportable(folder)
     example = torch.rand(2, n_in, generator=torch.Generator().manual_seed(0))
     if fmt == "onnx":

@@ -27,10 +27,6 @@ GREY = ("1", "L", "LA", "I", "I;16", "F")
 FORMATS = ("idx", "csv", "images", "npy")
 
 
-def _dataset(x, y, name) -> tuple:
-    return x, y, name
-
-
 # -- IDX --------------------------------------------------------------------------------
 def read_idx_array(path) -> np.ndarray:
     """One IDX file (gzipped or not) as an array of its own shape and type."""
@@ -82,7 +78,7 @@ def load_idx(images, labels=None) -> tuple:
             raise ValueError(f"IDX labels '{labels}' hold shape {y.shape}; the images '{images}' need "
                              f"{len(x)} labels, one per image")
         y = y.astype(np.int64)
-    return _dataset(x, y, str(images))
+    return x, y, str(images)
 
 
 # -- CSV --------------------------------------------------------------------------------
@@ -116,14 +112,14 @@ def load_csv(path, label_column: str | int | None = "label") -> tuple:
                 raise ValueError(f"CSV file '{path}', line {i + first}, column {j + 1}: {cell.strip()!r} is not a "
                                  "number") from None
     if col is None:
-        return _dataset(data.astype(np.float32), None, str(path))
+        return data.astype(np.float32), None, str(path)
     y = data[:, col]
     bad = np.flatnonzero((y != np.round(y)) | (y < 0))
     if len(bad):
         raise ValueError(f"CSV file '{path}', line {bad[0] + first}, column {col + 1}: label {y[bad[0]]:g} is not a "
                          "whole number >= 0")
     x = np.delete(data, col, axis=1).astype(np.float32)
-    return _dataset(x, y.astype(np.int64), str(path))
+    return x, y.astype(np.int64), str(path)
 
 
 def _numeric(row) -> bool:
@@ -192,7 +188,7 @@ def load_images(folder, size: tuple[int, int] | None = None) -> tuple:
                                  "size to resize every image to (data.image_size = [height, width])")
             xs.append(arr.reshape(-1))
             ys.append(label)
-    return _dataset(np.stack(xs), np.asarray(ys, dtype=np.int64), str(folder))
+    return np.stack(xs), np.asarray(ys, dtype=np.int64), str(folder)
 
 
 def _dims(shape) -> str:
@@ -221,7 +217,7 @@ def load_npy_pair(x_path, y_path) -> tuple:
     if y.ndim != 1 or len(y) != len(x):
         raise ValueError(f"labels '{y_path}' hold shape {y.shape}; the inputs '{x_path}' need {len(x)} labels, "
                          "one per row")
-    return _dataset(x, y, f"{x_path},{y_path}")
+    return x, y, f"{x_path},{y_path}"
 
 
 def detect(path: str) -> str | None:

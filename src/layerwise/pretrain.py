@@ -103,6 +103,10 @@ def pretrain(
     records = records if records is not None else []
     train = as_data(x_train, device=device)
     inp, held = train, None if x_heldout is None else as_data(x_heldout, device=device)
+    if dbn.top_labels:
+        _check_top_labels(train, labels, "training")
+        if held is not None and heldout_labels is not None:
+            _check_top_labels(held, heldout_labels, "held-out")
     # the layers below the one in progress are trained: start from their activations
     for j in range(progress.layer):
         inp, held = _up(dbn, j, inp, scratch), None if held is None else _up(dbn, j, held, scratch, "heldout")
@@ -110,8 +114,8 @@ def pretrain(
     for i in range(progress.layer, len(dbn.layers)):
         unit = dbn.layers[i]
         if i == len(dbn.layers) - 1 and dbn.top_labels:  # the top RBM learns the labels beside the features
-            inp = _joined(dbn, inp, labels, "training")
-            held = None if held is None or heldout_labels is None else _joined(dbn, held, heldout_labels, "held-out")
+            inp = _joined(dbn, inp, labels)
+            held = None if held is None or heldout_labels is None else _joined(dbn, held, heldout_labels)
         if progress.layer != i:
             progress.layer, progress.position = i, LoopPosition()
         kwargs = unit.step_options(cfg)
@@ -157,15 +161,19 @@ def pretrain(
     return records
 
 
-def _joined(dbn: DeepBeliefNet, data, labels: torch.Tensor | None, what: str):
-    """Loop data of the top RBM's inputs: the features below it and the labels one-hot."""
+def _check_top_labels(data, labels: torch.Tensor | None, what: str) -> None:
+    """Before any layer trains: a top RBM that learns the labels needs them, beside data in memory."""
     if data.streamed:
-        raise ValueError("[model] top_labels needs the training data in memory; it is streamed from disk here "
+        raise ValueError(f"[model] top_labels needs the {what} data in memory; it is streamed from disk here "
                          "(raise --max-memory, or leave top_labels off)")
     if labels is None:
         raise ValueError(f"[model] top_labels: the top RBM learns the labels, and the {what} data came without them")
     if len(labels) != len(data):
         raise ValueError(f"[model] top_labels: {len(labels)} {what} labels for {len(data)} samples")
+
+
+def _joined(dbn: DeepBeliefNet, data, labels: torch.Tensor):
+    """Loop data of the top RBM's inputs: the features below it and the labels one-hot."""
     return as_data(dbn.with_labels(data.x, labels), data.y, data.x.device)
 
 

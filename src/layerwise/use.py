@@ -108,17 +108,12 @@ def image_side(n_inputs: int) -> int | None:
     return side if side * side == n_inputs else None
 
 
-def save_npz(path: Path, force: bool = False, **arrays) -> Path:
-    """Write arrays as one .npz, atomically; an existing file is kept unless ``force``."""
+def save_npz(path: Path, **arrays) -> Path:
+    """Write arrays as one .npz, atomically (check the path first: ``_files.check_out``)."""
     from layerwise._files import atomic_write
 
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"--out '{path}' is a folder; name a .npz file")
-    if path.exists() and not force:
-        raise FileExistsError(f"--out '{path}' already exists; pass --force to replace it")
-    atomic_write(path, lambda f: np.savez(f, **arrays))
-    return path
+    atomic_write(Path(path), lambda f: np.savez(f, **arrays))
+    return Path(path)
 
 
 def write_pictures(folder, dbn, x: torch.Tensor | None, *, samples: int = 32, steps: int = 1000) -> list[str]:

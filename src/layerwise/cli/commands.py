@@ -256,16 +256,12 @@ def cmd_predict(args) -> int:
     import numpy as np
 
     from layerwise import runtime
-    from layerwise._files import atomic_write
+    from layerwise._files import atomic_write, check_out
     from layerwise.data import Dataset, check, loop_data, open_data
     from layerwise.finetune import predict_proba
 
     rt = runtime.apply(args.threads, device=args.device)
-    out = Path(args.out) if args.out else None
-    if out is not None and out.is_dir():
-        return _err(f"--out '{out}' is a folder; name a .npz file")
-    if out is not None and out.exists() and not args.force:
-        return _err(f"--out '{out}' already exists; pass --force to replace it")
+    out = check_out(args.out, args.force) if args.out else None
     model, manifest, cfg = _classifier(args.model)
     model.to(rt.device)
     arch = manifest["architecture"]

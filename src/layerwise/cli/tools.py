@@ -5,16 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from layerwise._files import check_out
 from layerwise.cli.commands import _err
 
 
 def cmd_export(args) -> int:
     from layerwise.export import export
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir() and not args.force:
-        return _err(f"--out '{out}' already exists; pass --force to replace it")
-    path = export(args.model, args.format, out)
+    path = export(args.model, args.format, args.out, force=args.force)
     print(f"wrote {args.format} to {path} ({path.stat().st_size} bytes)")
     return 0
 
@@ -52,6 +50,8 @@ def cmd_encode(args) -> int:
 
     from layerwise.use import activation_fn, save_npz
 
+    if args.out:  # a refused --out stops the command before any work
+        check_out(args.out, args.force)
     model, manifest, device = _model(args.model, args.device, args.threads)
     fn = activation_fn(model, manifest, args.layer)
     data, has_labels = _inputs(args.data, _n_inputs(model, manifest), _visible(model, manifest), device)
@@ -63,7 +63,7 @@ def cmd_encode(args) -> int:
                 labels.append(yb.cpu().numpy())
     x = np.concatenate(feats)
     arrays = {"x": x, **({"y": np.concatenate(labels)} if labels else {})}
-    save_npz(args.out, args.force, **arrays)
+    save_npz(args.out, **arrays)
     print(f"wrote {x.shape[1]} features of layer {args.layer or 'top'} for {len(x)} samples to {args.out}")
     return 0
 
@@ -74,6 +74,8 @@ def cmd_reconstruct(args) -> int:
 
     from layerwise.use import image_side, reconstruct_batch, save_npz
 
+    if args.out:  # a refused --out stops the command before any work
+        check_out(args.out, args.force)
     model, manifest, device = _model(args.model, args.device, args.threads)
     if manifest["kind"] != "pretrained":
         return _err(f"'{args.model}' holds a {manifest['kind']} net; reconstruct needs a pretrained one "
@@ -88,7 +90,7 @@ def cmd_reconstruct(args) -> int:
                 xs.append(xb[:16].cpu().numpy())
             sq += float(((xb.to(device) - r) ** 2).sum())
     recon = np.concatenate(outs)
-    save_npz(args.out, args.force, x=recon)
+    save_npz(args.out, x=recon)
     print(f"wrote reconstructions of {len(recon)} samples to {args.out} (mean squared error "
           f"{sq / recon.size:.4g} per input)")
     if args.png:
@@ -105,6 +107,8 @@ def cmd_reconstruct(args) -> int:
 def cmd_sample(args) -> int:
     from layerwise.use import image_side, sample, save_npz
 
+    if args.out:  # a refused --out stops the command before any work
+        check_out(args.out, args.force)
     model, manifest, device = _model(args.model, args.device, args.threads)
     if manifest["kind"] != "pretrained":
         return _err(f"'{args.model}' holds a {manifest['kind']} net; sample needs a pretrained stack of RBMs")
@@ -112,7 +116,7 @@ def cmd_sample(args) -> int:
         return _err("sample needs --png FILE or --out FILE.npz (or both): where to put the samples")
     v = sample(model, args.n, steps=args.steps, seed=args.seed, label=args.label).cpu().numpy()
     if args.out:
-        save_npz(args.out, args.force, x=v)
+        save_npz(args.out, x=v)
         print(f"wrote {len(v)} samples to {args.out}")
     if args.png:
         side = image_side(model.n_visible)

@@ -132,9 +132,6 @@ def _labels_for_the_top(cfg: RunConfig, splits: Splits) -> dict:
     """With [model] top_labels, the labels the top RBM learns beside its features."""
     if not cfg.model.top_labels:
         return {}
-    if splits.streamed:  # before any layer trains
-        raise ValueError("[model] top_labels needs the training data in memory; it is streamed from disk here "
-                         "(raise --max-memory, or leave top_labels off)")
     y = lambda ds: None if ds is None or getattr(ds, "y", None) is None else torch.from_numpy(ds.y)  # noqa: E731
     return {"labels": y(splits.train), "heldout_labels": y(splits.validation)}
 

@@ -127,7 +127,7 @@ def verdict(records: list[dict], budget) -> dict:
         rem = ", ".join(f"{r['settings']['remedy']} {100 * r['result']['test_accuracy']:.2f}%" for r in remedies
                         if r["settings"]["workers"] == w)
         gaps.append(f"{w} workers {100 * at.get((w, 5), math.nan):.2f}% plain, {rem}")
-    one = at.get((1, min((f for w, f in at if w == 1), default=1)), math.nan)
+    one = next((a for (w, _), a in at.items() if w == 1), math.nan)  # one worker: one frequency
     why = (f"{100 * share:.0f}% of the multi-worker runs above 0.01 diverged or learned nothing; best rate per worker "
            f"count: {per}. At rate 0.1, averaging every 5, against one worker's {100 * one:.2f}%: "
            f"{'; '.join(gaps) or 'no remedies run'}.")

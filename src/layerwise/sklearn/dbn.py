@@ -87,6 +87,22 @@ class _Stack(SavesAsArtifact, BaseEstimator):
         dbn.load_state_dict({k: torch.from_numpy(v) for k, v in self.stack_.items()}, strict=False)
         return dbn.to(self._device())
 
+    def _keep_stack(self, dbn) -> None:
+        """The pretrained stack's parameters as the fitted arrays."""
+        self.stack_ = {k: v.detach().cpu().numpy().copy() for k, v in dbn.model_state().items()}
+        self.hidden_sizes_ = list(dbn.hidden)
+        self._n_features_out = dbn.hidden[-1]
+
+    def _state(self):
+        return ({f"stack.{k}": v for k, v in self.stack_.items()},
+                {"n_features_in_": int(self.n_features_in_), "hidden_sizes_": self.hidden_sizes_})
+
+    def _restore(self, arrays, scalars) -> None:
+        self.stack_ = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("stack.")}
+        self.hidden_sizes_ = list(scalars["hidden_sizes_"])
+        self.n_features_in_ = scalars["n_features_in_"]
+        self._n_features_out = self.hidden_sizes_[-1]
+
     def _features(self, X) -> np.ndarray:
         # in float64: float32 products round differently by a row's place in a BLAS block, and
         # a sample's features should not depend on its neighbours (scikit-learn checks this)
@@ -125,24 +141,9 @@ class DBNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, _Stack):
         self._keep_stack(dbn)
         return self
 
-    def _keep_stack(self, dbn) -> None:
-        self.stack_ = {k: v.detach().cpu().numpy().copy() for k, v in dbn.model_state().items()}
-        self.hidden_sizes_ = list(dbn.hidden)
-        self._n_features_out = dbn.hidden[-1]
-
     def transform(self, X):
         check_is_fitted(self)
         return self._features(self._inputs(X, reset=False))
-
-    def _state(self):
-        return ({f"stack.{k}": v for k, v in self.stack_.items()},
-                {"n_features_in_": int(self.n_features_in_), "hidden_sizes_": self.hidden_sizes_})
-
-    def _restore(self, arrays, scalars) -> None:
-        self.stack_ = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("stack.")}
-        self.hidden_sizes_ = list(scalars["hidden_sizes_"])
-        self.n_features_in_ = scalars["n_features_in_"]
-        self._n_features_out = self.hidden_sizes_[-1]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -196,7 +197,7 @@ class DBNClassifier(ClassifierMixin, _Stack):
         self.classes_, codes = np.unique(y, return_inverse=True)
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         dbn = self._pretrain(X, seed)
-        DBNTransformer._keep_stack(self, dbn)
+        self._keep_stack(dbn)
         n_labels = max(len(self.classes_), 2)
         clf = dbn.to_classifier(n_labels, dropout_hidden=self.dropout, seed=seed)
         cfg = dataclasses.replace(FinetuneConfig(), epochs=self.finetune_epochs, batch_size=self.batch_size,
@@ -230,13 +231,12 @@ class DBNClassifier(ClassifierMixin, _Stack):
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
     def _state(self):
-        arrays = {**{f"stack.{k}": v for k, v in self.stack_.items()}, **{f"net.{k}": v for k, v in self.net_.items()}}
-        classes = self.classes_.tolist()
-        return arrays, {"n_features_in_": int(self.n_features_in_), "hidden_sizes_": self.hidden_sizes_,
-                        "classes_": classes, "classes_dtype": str(self.classes_.dtype)}
+        arrays, scalars = super()._state()
+        arrays.update({f"net.{k}": v for k, v in self.net_.items()})
+        return arrays, {**scalars, "classes_": self.classes_.tolist(), "classes_dtype": str(self.classes_.dtype)}
 
     def _restore(self, arrays, scalars) -> None:
-        DBNTransformer._restore(self, arrays, scalars)
+        super()._restore(arrays, scalars)
         self.net_ = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("net.")}
         dtype = scalars["classes_dtype"]
         self.classes_ = np.asarray(scalars["classes_"], dtype=object if dtype == "object" else dtype)

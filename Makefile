@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 PIP     = $(BIN)/pip install --quiet -c constraints.txt
-export OMP_WAIT_POLICY ?= PASSIVE
+# the tests share the cores with their own subprocesses: no OpenMP thread spins there
+test test-fast: export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install demo test test-fast hinton bench clean
 

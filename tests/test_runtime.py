@@ -24,7 +24,19 @@ def test_threads_precedence_and_defaults():
         runtime.resolve_threads(None, 0)
     r = runtime.apply(threads=2, device="cpu")
     assert (r.threads, r.device, torch.get_num_threads()) == (2, torch.device("cpu"), 2)
-    assert r.wait_policy == os.environ["OMP_WAIT_POLICY"]
+    assert r.wait_policy in (f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
+                             f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
+
+
+def test_the_wait_policy_is_a_short_spin_unless_the_environment_sets_one(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert runtime.set_wait_policy() == "GOMP_SPINCOUNT=10000" and os.environ["GOMP_SPINCOUNT"] == "10000"
+    monkeypatch.setenv("GOMP_SPINCOUNT", "500")
+    assert runtime.set_wait_policy() == "GOMP_SPINCOUNT=500"
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert runtime.set_wait_policy() == "OMP_WAIT_POLICY=PASSIVE" and "GOMP_SPINCOUNT" not in os.environ
 
 
 def test_device_specs_resolve_or_fail_with_the_reason(monkeypatch):

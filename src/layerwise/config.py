@@ -82,6 +82,7 @@ class FinetuneConfig:
     dropout_hidden: float = 0.0
     patience: int | None = 10  # early stopping on validation loss; none = run all epochs
     train_on_validation: bool = False  # fit on train + validation for a fixed epoch count
+    fused: bool = True  # the hand-written fp32 step of the sigmoid classifier (fused.py); false: autograd
 
 
 @dataclass

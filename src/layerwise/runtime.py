@@ -6,11 +6,17 @@ else in layerwise changes torch's thread count or the environment.
   run's ``config.toml``), else the default: ``min(2, cores)``, or in a worker of a
   distributed run ``cores // workers on this machine`` (at least 1; all the cores for a
   single worker per node).
-- **OpenMP wait policy**: ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it.
-  Idle OpenMP threads that spin steal the core from everything else on a busy machine
-  (two threads ran 3-20x slower on a shared 2-core box). OpenMP reads it when torch
-  loads, so ``set_wait_policy`` runs first thing in ``main`` (and at the top of each
-  benchmark script), before anything imports torch; worker processes inherit it.
+- **OpenMP wait policy**: a short spin, ``GOMP_SPINCOUNT=10000``, unless the environment
+  sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` itself. A thread that finishes its part
+  of one operation waits that many spins (well under a millisecond) for the next one,
+  then sleeps. ``PASSIVE`` (no spin) wakes the threads for every operation: a fine-tuning
+  batch of the Hinton net took 16 ms that way and 10 ms with the short spin, on 2 cores,
+  quiet or with one or two other processes on them (benchmarks/RESULTS.md). The libgomp
+  default (300000 spins, or ``ACTIVE``: spin for ever) steals the cores from everything
+  else on a busy machine (two threads ran 3-20x slower on a shared 2-core box). OpenMP
+  reads it when torch loads, so ``set_wait_policy`` runs first thing in ``main`` (and at
+  the top of each benchmark script), before anything imports torch; worker processes
+  inherit it.
 - **Device**: ``--device`` flag, else the recipe's ``device``, else ``auto``: CUDA when
   torch sees a GPU, else the CPU. ``cuda`` in a worker of a distributed run means the GPU
   of its ``LOCAL_RANK``. The jobs resolve the same spec with ``resolve_device``.
@@ -42,7 +48,7 @@ class Runtime:
     threads: int
     device: object  # torch.device
     precision: str
-    wait_policy: str  # OMP_WAIT_POLICY: "PASSIVE", or the user's own
+    wait_policy: str  # "GOMP_SPINCOUNT=10000", or the user's own "OMP_WAIT_POLICY=..." / "GOMP_SPINCOUNT=..."
 
 
 def check_device(spec, owner: str = "the runtime policy", name: str = "device") -> str:
@@ -98,10 +104,16 @@ def resolve_threads(flag: int | None = None, recipe: int | None = None, *, local
     return default_threads(local_workers)
 
 
+SPIN_COUNT = "10000"
+
+
 def set_wait_policy() -> str:
-    """``OMP_WAIT_POLICY=PASSIVE`` unless the environment says otherwise; it takes effect
-    only in a process that has not imported torch yet. Returns the policy."""
-    return os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    """``GOMP_SPINCOUNT=10000`` unless the environment sets ``OMP_WAIT_POLICY`` or
+    ``GOMP_SPINCOUNT``; it takes effect only in a process that has not imported torch
+    yet. Returns the policy as ``NAME=value``."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
+    return "GOMP_SPINCOUNT=" + os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
 
 
 def apply(threads: int | None = None, recipe_threads: int | None = None, *, local_workers: int | None = None,

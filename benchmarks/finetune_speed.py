@@ -50,11 +50,37 @@ def flops_per_batch() -> float:
     return total
 
 
-def time_epoch(x, y) -> float:
+def time_epoch(x, y, fused: bool = True) -> float:
     model = net()
     t = time.perf_counter()
-    finetune(model, x, y, None, None, CFG, seed=0)
+    finetune(model, x, y, None, None, dataclasses.replace(CFG, fused=fused), seed=0)
     return time.perf_counter() - t
+
+
+def fused_shares(x, y, batches: int = 30) -> dict[str, float]:
+    """Shares of the fused step's time by kind of operation, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from layerwise.fused import FusedClassifierStep
+
+    model = net().train()
+    opt = make_optimizer(model, CFG)
+    step = FusedClassifierStep.make(model)
+    for k in range(5):
+        step(x[k * B:(k + 1) * B], y[k * B:(k + 1) * B], opt)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for k in range(batches):
+            step(x[k * B:(k + 1) * B], y[k * B:(k + 1) * B], opt)
+    ev = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
+    total = sum(ev.values())
+    kinds = {"matrix products (addmm, addmv)": ("aten::addmm", "aten::addmm_", "aten::addmv_", "aten::mm"),
+             "dropout masks (random_, ge)": ("aten::random_", "aten::ge"),
+             "sigmoid and its derivative": ("aten::sigmoid_", "aten::sigmoid_backward"),
+             "mask products and parameter updates": ("aten::mul_", "aten::mul", "aten::add_"),
+             "loss (log_softmax, nll, exp)": ("aten::_log_softmax", "aten::nll_loss_forward", "aten::exp_")}
+    out = {k: sum(ev.get(n, 0) for n in names) / total for k, names in kinds.items()}
+    out["everything else"] = 1 - sum(out.values())
+    return out
 
 
 def time_roofline(n_batches: int) -> float:
@@ -131,16 +157,23 @@ def main() -> None:
     x = torch.cat([torch.from_numpy(s.train.x), torch.from_numpy(s.validation.x)])[: args.samples]
     y = torch.cat([torch.from_numpy(s.train.y), torch.from_numpy(s.validation.y)])[: args.samples]
     n_batches = len(x) // B
-    epoch, roof = float("inf"), float("inf")
+    epoch, roof, fused = float("inf"), float("inf"), float("inf")
     for _ in range(args.repeats):
         roof = min(roof, time_roofline(n_batches))
-        epoch = min(epoch, time_epoch(x, y))
+        fused = min(fused, time_epoch(x, y, fused=True))
+        epoch = min(epoch, time_epoch(x, y, fused=False))
     gflop = flops_per_batch() * n_batches / 1e9
     print(f"fine-tuning epoch: {'-'.join(map(str, SIZES + [LABELS]))}, {len(x)} MNIST images, batch {B}, dropout "
           f"{CFG.dropout_input}/{CFG.dropout_hidden}, SGD momentum {CFG.momentum}, {args.threads} threads, torch "
-          f"{torch.__version__}, best of {args.repeats}")
-    print(f"epoch {epoch:.2f} s ({gflop / epoch:.1f} GFLOP/s); roofline {roof:.2f} s ({gflop / roof:.1f} GFLOP/s): "
-          f"the epoch runs at {100 * roof / epoch:.0f}% of the roofline (target >= 70%)")
+          f"{torch.__version__}, {runtime.set_wait_policy()}, best of {args.repeats}")
+    print(f"roofline {roof:.2f} s ({gflop / roof:.1f} GFLOP/s)")
+    for name, t in (("fused step (the default)", fused), ("autograd step (fused = false)", epoch)):
+        print(f"epoch, {name}: {t:.2f} s ({gflop / t:.1f} GFLOP/s), {100 * roof / t:.0f}% of the roofline "
+              "(target >= 70%)")
+    print("fused step, shares of its operations (torch.profiler):")
+    for k, v in fused_shares(x, y).items():
+        print(f"  {k:<40}{100 * v:5.1f}%")
+    print("autograd step, stage by stage:")
     parts = breakdown(x, y, args.profile_batches)
     per_batch = epoch / n_batches
     staged = sum(v for k, v in parts.items() if not k.startswith("of which"))

@@ -2,23 +2,27 @@
 
     python benchmarks/hinton_mnist.py [--recipe recipes/hinton-mnist.toml] [--threads 2]
 
-Prints test accuracy (target: at least 98.8%; the paper reports 1.2% error), wall time
-split into pretraining and fine-tuning (target: under 15 minutes on 2 cores) and peak
-memory (max RSS). The run folder lands in runs/.
+Prints test accuracy (target: at least 99.0%; the paper reports 1.2% error, Srivastava et
+al. 2014 0.92% with dropout), the wall time from the start of this process to the end of
+the run, split into pretraining and fine-tuning (target: under 10 minutes on 2 quiet
+cores), the OpenMP wait policy and peak memory (max RSS). The run folder lands in runs/.
 """
 
 from __future__ import annotations
 
-import os
+import time  # noqa: E402
+
+STARTED = time.perf_counter()  # everything counts: imports, data loading, training, saving, plots
+
+import os  # noqa: E402
 
 from layerwise import runtime  # noqa: E402
 
-runtime.set_wait_policy()  # the process policy, before torch loads (OpenMP reads it then)
+POLICY = runtime.set_wait_policy()  # the process policy, before torch loads (OpenMP reads it then)
 
 import argparse  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -37,20 +41,19 @@ def main() -> None:
     args = ap.parse_args()
     runtime.apply(args.threads)
     cfg = config.load(args.recipe)
-    t0 = time.perf_counter()
     res = train(cfg, runs_dir=args.runs_dir, echo=lambda s: print(s, flush=True))
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - STARTED
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("---")
     print(f"recipe: {args.recipe}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads")
-    print(f"test accuracy: {100 * res.test_accuracy:.2f}%  (target >= 98.80%)")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, {POLICY}")
+    print(f"test accuracy: {100 * res.test_accuracy:.2f}%  (target >= 99.00%)")
     if res.validation_accuracy is not None:
         print(f"validation accuracy: {100 * res.validation_accuracy:.2f}%")
     else:
         print("validation accuracy: n/a (the validation split joined the fine-tuning data)")
-    print(f"wall time: {wall:.0f} s (pretraining {res.seconds_pretrain:.0f} s, fine-tuning {res.seconds_finetune:.0f} s; "
-          f"rest: data loading, saving, plots)")
+    print(f"wall time: {wall:.0f} s, target < 600 s (pretraining {res.seconds_pretrain:.0f} s, fine-tuning {res.seconds_finetune:.0f} s; "
+          f"rest: imports, data loading, saving, plots)")
     print(f"peak memory (max RSS): {peak_mib:.0f} MiB")
     print(f"run folder: {res.run_dir}")
 

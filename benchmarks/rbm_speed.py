@@ -1,6 +1,11 @@
 """Speed of one CD-1 epoch of a 784-500 RBM over the 50k MNIST training images, batch 100.
 
-    python benchmarks/rbm_speed.py [--threads 1] [--repeats 3] [--wait-policy PASSIVE|ACTIVE]
+    python benchmarks/rbm_speed.py [--threads 1] [--repeats 3] [--wait-policy spin|PASSIVE|ACTIVE]
+                                   [--visible 784 --hidden 500]
+
+With ``--visible 500 --hidden 2000`` it times the Hinton net's top layer instead, on 50k
+rows of uniform [0, 1) values standing for the activations of the layer below (the work
+of an epoch does not depend on the values).
 
 Contenders, all in this one process and on the same data:
 - layerwise: BernoulliRBM.step driven by the shared training loop (shuffle + batches);
@@ -35,7 +40,7 @@ from layerwise.data import load_mnist  # noqa: E402
 from layerwise.loop import Reporter, run_loop  # noqa: E402
 from layerwise.units import BernoulliRBM  # noqa: E402
 
-B, V, H = 100, 784, 500
+B, V, H = 100, 784, 500  # V and H are set from --visible and --hidden
 
 
 def time_layerwise(x: torch.Tensor) -> float:
@@ -94,7 +99,10 @@ CONTENDERS = ("layerwise", "scikit-learn", "learnergy", "torch.mm roofline")
 
 def run_one(name: str, threads: int) -> float | None:
     runtime.apply(threads)
-    xs = load_mnist(report=lambda m: None).train.x
+    if V == 784:
+        xs = load_mnist(report=lambda m: None).train.x
+    else:
+        xs = np.random.default_rng(0).random((50000, V), dtype=np.float32)
     x = torch.from_numpy(xs)
     if name == "layerwise":
         return time_layerwise(x)
@@ -109,10 +117,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="threads for every contender (default 1)")
     ap.add_argument("--repeats", type=int, default=3, help="epochs timed per contender; the best counts")
-    ap.add_argument("--wait-policy", default="PASSIVE", choices=("PASSIVE", "ACTIVE"),
-                    help="OMP_WAIT_POLICY of the torch contenders (layerwise's default is PASSIVE)")
+    ap.add_argument("--wait-policy", default="spin", choices=("spin", "PASSIVE", "ACTIVE"),
+                    help="OpenMP wait policy of the torch contenders: spin (layerwise's default, GOMP_SPINCOUNT=10000) "
+                         "or OMP_WAIT_POLICY=PASSIVE|ACTIVE")
+    ap.add_argument("--visible", type=int, default=784, help="visible units (784: MNIST; else uniform rows)")
+    ap.add_argument("--hidden", type=int, default=500, help="hidden units")
     ap.add_argument("--one", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global V, H
+    V, H = args.visible, args.hidden
     if args.one:
         t = run_one(args.one, args.threads)
         print("none" if t is None else repr(t))
@@ -123,18 +136,24 @@ def main() -> None:
     for _ in range(args.repeats):
         for name in CONTENDERS:
             env = dict(os.environ)
-            if name in ("layerwise", "torch.mm roofline"):
+            env.pop("GOMP_SPINCOUNT", None)
+            if name in ("layerwise", "torch.mm roofline") and args.wait_policy != "spin":
                 env["OMP_WAIT_POLICY"] = args.wait_policy
             else:
                 env.pop("OMP_WAIT_POLICY", None)
-            out = subprocess.run([sys.executable, __file__, "--one", name, "--threads", str(args.threads)],
+            if name in ("layerwise", "torch.mm roofline") and args.wait_policy == "spin":
+                env.pop("OMP_WAIT_POLICY", None)
+                env["GOMP_SPINCOUNT"] = runtime.SPIN_COUNT
+            out = subprocess.run([sys.executable, __file__, "--one", name, "--threads", str(args.threads),
+                                  "--visible", str(V), "--hidden", str(H)],
                                  env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
             if out != "none":
                 results[name] = min(results.get(name, float("inf")), float(out))
     n = 50000
+    print("(rows of uniform values standing for a layer's activations)" if V != 784 else "(MNIST pixels)")
     gflop = 5 * 2 * B * V * H * (n // B) / 1e9
     print(f"one CD-1 epoch, {V}-{H} RBM, {n} MNIST images, batch {B}, {args.threads} thread(s), "
-          f"torch {torch.__version__}, OMP_WAIT_POLICY={args.wait_policy} for torch, best of {args.repeats}")
+          f"torch {torch.__version__}, wait policy {args.wait_policy} for torch, best of {args.repeats}")
     print(f"{'contender':<20}{'seconds':>9}{'GFLOP/s':>9}")
     for name, t in results.items():
         print(f"{name:<20}{t:>9.2f}{gflop / t:>9.1f}")

@@ -28,15 +28,27 @@ def test_threads_precedence_and_defaults():
                              f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
 
 
-def test_the_wait_policy_is_a_short_spin_unless_the_environment_sets_one(monkeypatch):
+def test_the_wait_policy_spins_briefly_on_idle_cores_unless_the_environment_sets_one(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.setattr(runtime, "busy_cores", lambda: 0.2)
     assert runtime.set_wait_policy() == "GOMP_SPINCOUNT=10000" and os.environ["GOMP_SPINCOUNT"] == "10000"
-    monkeypatch.setenv("GOMP_SPINCOUNT", "500")
-    assert runtime.set_wait_policy() == "GOMP_SPINCOUNT=500"
+    assert "OMP_WAIT_POLICY" not in os.environ
     monkeypatch.delenv("GOMP_SPINCOUNT")
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    assert runtime.set_wait_policy() == "OMP_WAIT_POLICY=PASSIVE" and "GOMP_SPINCOUNT" not in os.environ
+    for busy in (0.9, None):  # another process holds a core, or no /proc/stat to tell
+        monkeypatch.setattr(runtime, "busy_cores", lambda busy=busy: busy)
+        assert runtime.set_wait_policy() == "OMP_WAIT_POLICY=PASSIVE" and "GOMP_SPINCOUNT" not in os.environ
+        monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "500")
+    assert runtime.set_wait_policy() == "GOMP_SPINCOUNT=500"  # the user's own
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert runtime.set_wait_policy() == "OMP_WAIT_POLICY=ACTIVE" and "GOMP_SPINCOUNT" not in os.environ
+
+
+def test_busy_cores_reads_the_machine():
+    busy = runtime.busy_cores(0.05)
+    assert busy is None or 0.0 <= busy <= (os.cpu_count() or 1) + 1e-9
 
 
 def test_device_specs_resolve_or_fail_with_the_reason(monkeypatch):

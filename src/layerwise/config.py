@@ -82,6 +82,7 @@ class FinetuneConfig:
     dropout_hidden: float = 0.0
     patience: int | None = 10  # early stopping on validation loss; none = run all epochs
     train_on_validation: bool = False  # fit on train + validation for a fixed epoch count
+    max_norm: float | None = None  # cap on each unit's incoming weight norm after every step; none = off
     fused: bool = True  # the hand-written fp32 step of the sigmoid classifier (fused.py); false: autograd
 
 
@@ -175,12 +176,13 @@ _BOUNDS = {
     "checkpoint.every_epochs": "[1, inf)", "checkpoint.every_minutes": "(0, inf)",
     "checkpoint.every_batches": "[1, inf)",
     "finetune.dropout_input": "[0, 1)", "finetune.dropout_hidden": "[0, 1)", "finetune.patience": "[1, inf)",
+    "finetune.max_norm": "(0, inf)",
 }
 
 
 OWNER = "the recipe"  # config errors read "The 'pretrain.epochs' parameter of the recipe must be ..."
 # TOML has no null: "none" turns these off (and to_toml writes it for them)
-NONE_MEANS_OFF = ("finetune.patience", "checkpoint.every_epochs", "checkpoint.every_minutes", "checkpoint.every_batches")
+NONE_MEANS_OFF = ("finetune.patience", "finetune.max_norm", "checkpoint.every_epochs", "checkpoint.every_minutes", "checkpoint.every_batches")
 _BOUNDS["model.hidden"] = "[1, inf)"  # each hidden layer size
 
 

@@ -6,17 +6,18 @@ else in layerwise changes torch's thread count or the environment.
   run's ``config.toml``), else the default: ``min(2, cores)``, or in a worker of a
   distributed run ``cores // workers on this machine`` (at least 1; all the cores for a
   single worker per node).
-- **OpenMP wait policy**: a short spin, ``GOMP_SPINCOUNT=10000``, unless the environment
-  sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` itself. A thread that finishes its part
-  of one operation waits that many spins (well under a millisecond) for the next one,
-  then sleeps. ``PASSIVE`` (no spin) wakes the threads for every operation: a fine-tuning
-  batch of the Hinton net took 16 ms that way and 10 ms with the short spin, on 2 cores,
-  quiet or with one or two other processes on them (benchmarks/RESULTS.md). The libgomp
-  default (300000 spins, or ``ACTIVE``: spin for ever) steals the cores from everything
-  else on a busy machine (two threads ran 3-20x slower on a shared 2-core box). OpenMP
-  reads it when torch loads, so ``set_wait_policy`` runs first thing in ``main`` (and at
-  the top of each benchmark script), before anything imports torch; worker processes
-  inherit it.
+- **OpenMP wait policy**, unless the environment sets ``OMP_WAIT_POLICY`` or
+  ``GOMP_SPINCOUNT`` itself: a short spin, ``GOMP_SPINCOUNT=10000``, when the cores are
+  idle as the command starts (other processes used less than half a core over 0.1 s),
+  else ``OMP_WAIT_POLICY=PASSIVE``. With the short spin a thread that finishes its part of
+  one operation waits well under a millisecond for the next, then sleeps; PASSIVE wakes
+  the threads for every operation. A fine-tuning batch of the Hinton net took 10 ms with
+  the spin and 16 ms with PASSIVE on 2 quiet cores, but a CD-1 epoch took 1.8x longer
+  with the spin than with PASSIVE while a busy loop held one of the cores, and longer
+  spins (the libgomp default, ``ACTIVE``) collapsed by 3-20x there (benchmarks/RESULTS.md).
+  OpenMP reads it when torch loads, so ``set_wait_policy`` runs first thing in ``main``
+  (and at the top of each benchmark script), before anything imports torch; worker
+  processes inherit it.
 - **Device**: ``--device`` flag, else the recipe's ``device``, else ``auto``: CUDA when
   torch sees a GPU, else the CPU. ``cuda`` in a worker of a distributed run means the GPU
   of its ``LOCAL_RANK``. The jobs resolve the same spec with ``resolve_device``.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass
 
@@ -48,7 +50,7 @@ class Runtime:
     threads: int
     device: object  # torch.device
     precision: str
-    wait_policy: str  # "GOMP_SPINCOUNT=10000", or the user's own "OMP_WAIT_POLICY=..." / "GOMP_SPINCOUNT=..."
+    wait_policy: str  # "GOMP_SPINCOUNT=10000" or "OMP_WAIT_POLICY=PASSIVE", or the user's own
 
 
 def check_device(spec, owner: str = "the runtime policy", name: str = "device") -> str:
@@ -107,13 +109,36 @@ def resolve_threads(flag: int | None = None, recipe: int | None = None, *, local
 SPIN_COUNT = "10000"
 
 
+def busy_cores(seconds: float = 0.1) -> float | None:
+    """Cores that other processes kept busy over ``seconds`` (this one sleeps meanwhile),
+    from /proc/stat; None where there is no /proc/stat."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)  # all, idle + iowait
+
+    try:
+        (total0, idle0), _ = sample(), time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total1 - total0
+    return 0.0 if elapsed <= 0 else (os.cpu_count() or 1) * (elapsed - (idle1 - idle0)) / elapsed
+
+
 def set_wait_policy() -> str:
-    """``GOMP_SPINCOUNT=10000`` unless the environment sets ``OMP_WAIT_POLICY`` or
-    ``GOMP_SPINCOUNT``; it takes effect only in a process that has not imported torch
-    yet. Returns the policy as ``NAME=value``."""
-    if "OMP_WAIT_POLICY" in os.environ:
-        return f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
-    return "GOMP_SPINCOUNT=" + os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
+    """The OpenMP wait policy (see the module docstring) unless the environment sets
+    ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``; it takes effect only in a process that has
+    not imported torch yet. Returns the policy as ``NAME=value``."""
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        if name in os.environ:
+            return f"{name}={os.environ[name]}"
+    busy = busy_cores()
+    if busy is not None and busy < 0.5:
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+        return f"GOMP_SPINCOUNT={SPIN_COUNT}"
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return "OMP_WAIT_POLICY=PASSIVE"
 
 
 def apply(threads: int | None = None, recipe_threads: int | None = None, *, local_workers: int | None = None,

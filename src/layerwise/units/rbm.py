@@ -85,7 +85,7 @@ class _RBM(UnitBase):
 
     def mean_hiddens(self, v: torch.Tensor) -> torch.Tensor:
         """P(h=1 | v) = sigmoid(c + v W^T), shape (batch, n_hidden)."""
-        return torch.sigmoid(self.hidden_logits(v))
+        return self.hidden_logits(v).sigmoid_()  # in place: the logits are a fresh tensor
 
     def sample_hiddens(self, h_mean: torch.Tensor) -> torch.Tensor:
         """A binary sample of h given its probabilities, shape (batch, n_hidden)."""
@@ -255,7 +255,7 @@ class BernoulliRBM(_RBM):
 
     def mean_visibles(self, h: torch.Tensor) -> torch.Tensor:
         """P(v=1 | h) = sigmoid(b + h W), shape (batch, n_visible)."""
-        return torch.sigmoid(self.visible_logits(h))
+        return self.visible_logits(h).sigmoid_()
 
     def sample_visibles(self, v_mean: torch.Tensor) -> torch.Tensor:
         return _bernoulli(v_mean, self.generator)

@@ -115,3 +115,33 @@ def test_fine_tuning_with_and_without_it_learns_alike_and_each_is_deterministic(
     assert not torch.equal(results[True][0], results[False][0])  # the masks are drawn differently
     assert results[True][1] > 0.9 and results[False][1] > 0.9
     assert abs(results[True][1] - results[False][1]) < 0.03, (results[True][1], results[False][1])
+
+
+def test_max_norm_caps_every_units_incoming_weights_and_a_loose_cap_changes_nothing():
+    (x, y), _, _ = digits_splits()
+    cfg = FinetuneConfig(epochs=3, batch_size=20, learning_rate=0.5, momentum=0.9, dropout_hidden=0.2, patience=None)
+    nets = {}
+    for cap in (None, 0.5, 1e6):
+        net = build_classifier([64, 48, 32], 10, dropout_hidden=0.2, seed=0)
+        with torch.no_grad():
+            net[0].weight.mul_(3)  # rows longer than the tight cap from the start
+        finetune(net, x, y, None, None, dataclasses.replace(cfg, max_norm=cap), seed=0)
+        nets[cap] = net
+    norms = [torch.linalg.vector_norm(m.weight.detach(), dim=1) for m in nets[0.5] if isinstance(m, nn.Linear)]
+    assert all(float(n.max()) <= 0.5 + 1e-5 for n in norms)
+    assert float(norms[0].min()) > 0.45  # the first layer's rows all bind at the cap
+    free = [torch.linalg.vector_norm(m.weight.detach(), dim=1) for m in nets[None] if isinstance(m, nn.Linear)]
+    assert float(free[0].max()) > 1.0  # without the cap they are longer
+    for a, b in zip(nets[None].parameters(), nets[1e6].parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_bad_max_norm_is_refused(tmp_path):
+    from layerwise import config
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[data]\nsource = "digits"\n[finetune]\nmax_norm = 0\n')
+    with pytest.raises(ValueError, match="'finetune.max_norm' parameter of the recipe must be a float in the range"):
+        config.load(recipe)
+    recipe.write_text('[data]\nsource = "digits"\n[finetune]\nmax_norm = "none"\n')
+    assert config.load(recipe).finetune.max_norm is None

@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--runs-dir", default="runs", help="where the run folder goes")
     args = ap.parse_args()
     runtime.apply(args.threads)
+    print(f"wait policy: {POLICY}", flush=True)
     cfg = config.load(args.recipe)
     res = train(cfg, runs_dir=args.runs_dir, echo=lambda s: print(s, flush=True))
     wall = time.perf_counter() - STARTED

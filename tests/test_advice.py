@@ -73,7 +73,10 @@ def test_gaussian_units_accept_real_valued_data():
 def test_hinton_recipe_gets_only_justified_notes():
     cfg = config.load(ROOT / "recipes" / "hinton-mnist.toml")
     findings = check(cfg, n_inputs=784, n_labels_in_data=10, data_range=(0.0, 0.996), has_validation=True)
-    assert {(f.rule, f.severity) for f in findings} == {("hidden-not-smaller", "note"), ("no-validation", "note")}
+    # fine-tuning batches of 200 are outside the guide's 10-100: the warning stays, the recipe
+    # keeps them (on the validation split they matched batch 100 and ran faster; RESULTS.md)
+    assert {(f.rule, f.severity) for f in findings} == {("hidden-not-smaller", "note"), ("no-validation", "note"),
+                                                        ("batch-size", "warning")}
 
 
 def test_check_command_text_json_and_exit_status(tmp_path, capsys):

@@ -145,3 +145,24 @@ def test_a_bad_max_norm_is_refused(tmp_path):
         config.load(recipe)
     recipe.write_text('[data]\nsource = "digits"\n[finetune]\nmax_norm = "none"\n')
     assert config.load(recipe).finetune.max_norm is None
+
+
+def test_the_masks_it_draws_itself_are_the_ones_its_backward_pass_uses():
+    """Two layers of the same width each keep their own mask until the backward pass
+    (they once shared one buffer, and the first layer's gradient took the second's mask)."""
+    fused_net = build_classifier(SIZES, 5, dropout_input=P_IN, dropout_hidden=P_HID, seed=0).train()
+    ref_net = copy.deepcopy(fused_net)
+    step, twin = FusedClassifierStep.make(fused_net), FusedClassifierStep.make(copy.deepcopy(fused_net))
+    opt_f = torch.optim.SGD(fused_net.parameters(), lr=0.1, momentum=0.9)
+    opt_r = torch.optim.SGD(ref_net.parameters(), lr=0.1, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    for i in range(3):
+        x, y = torch.rand(16, 30, generator=gen), torch.randint(0, 5, (16,), generator=gen)
+        torch.manual_seed(100 + i)
+        step(x, y, opt_f)
+        torch.manual_seed(100 + i)  # the same draws, in the same order, by the twin
+        masks = [twin._kept(torch.Size((16, n)), P_IN if k == 0 else P_HID, x.device, k).clone()
+                 for k, n in enumerate(SIZES)]
+        _reference_step(ref_net, opt_r, x, y, masks)
+        for a, b in zip(fused_net.parameters(), ref_net.parameters()):
+            assert torch.allclose(a, b, atol=1e-6, rtol=0), float((a - b).abs().max())

@@ -39,6 +39,7 @@ class FusedClassifierStep:
         self.layers = layers  # (dropout before, linear, sigmoid after)
         self.params = {id(t) for _, lin, _ in layers for t in (lin.weight, lin.bias)}
         self._bits: dict[tuple, torch.Tensor] = {}
+        self._owned: set[int] = set()  # data pointers of the momentum buffers this step allocated
 
     @classmethod
     def make(cls, model: nn.Module) -> FusedClassifierStep | None:
@@ -66,13 +67,13 @@ class FusedClassifierStep:
             return None  # it must end in a plain linear head, with a sigmoid after every other layer
         return cls(layers)
 
-    def _kept(self, shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    def _kept(self, shape: torch.Size, p: float, device: torch.device, layer: int = 0) -> torch.Tensor:
         """A float mask of 1 (kept) and 0 (dropped), units dropped with probability p
         (rounded to a multiple of 1/65536). Its buffer is reused by the next step."""
         n = shape[0] * shape[1]
-        bits = self._bits.get((n, device, "mask"))
+        bits = self._bits.get((n, device, "mask", layer))  # one per layer: the backward pass reads them all
         if bits is None:
-            bits = self._bits[(n, device, "mask")] = (torch.empty((n + 3) // 4, dtype=torch.int64, device=device),
+            bits = self._bits[(n, device, "mask", layer)] = (torch.empty((n + 3) // 4, dtype=torch.int64, device=device),
                                               torch.empty(shape, dtype=torch.float32, device=device))
         words, kept = bits
         words.random_(-(2**63), None)  # 64 random bits from the device's default generator
@@ -98,7 +99,7 @@ class FusedClassifierStep:
         as a tensor on the device (no sync). A plain ``torch.optim.SGD`` (one group, no
         dampening, no Nesterov) is applied inside the gradient products (its momentum
         buffers are the optimizer's own); any other optimizer gets ``.grad`` and steps."""
-        sgd = _plain_sgd(optimizer, self.params)
+        sgd = _plain_sgd(optimizer, self.params, self._owned)
         bufs = self._buffers(xb)
         saved = []  # per layer: its input (dropped units zeroed), that input's kept mask, 1/(1-p)
         h = xb
@@ -106,7 +107,7 @@ class FusedClassifierStep:
             for k, (p, lin, sigmoid) in enumerate(self.layers):
                 kept, scale = None, 1.0
                 if p > 0:
-                    kept = masks[k].to(h.dtype) if masks is not None else self._kept(h.shape, p, h.device)
+                    kept = masks[k].to(h.dtype) if masks is not None else self._kept(h.shape, p, h.device, k)
                     # never write into the caller's batch
                     h = torch.mul(h, kept, out=bufs[k]["input"]) if k == 0 else h.mul_(kept)
                     scale = 1.0 / (1.0 - p)
@@ -150,7 +151,7 @@ def _grad(param: torch.Tensor) -> torch.Tensor:
     return param.grad
 
 
-def _plain_sgd(optimizer: torch.optim.Optimizer, params: set[int]):
+def _plain_sgd(optimizer: torch.optim.Optimizer, params: set[int], owned: set[int]):
     """For a plain SGD: update(param, product) with product(buf, beta) accumulating the
     gradient into buf scaled by beta, doing what ``torch.optim.SGD.step`` does::
 
@@ -175,8 +176,15 @@ def _plain_sgd(optimizer: torch.optim.Optimizer, params: set[int]):
             return
         state = optimizer.state[param]
         buf = state.get("momentum_buffer")
+        if buf is not None and buf.data_ptr() not in owned:
+            # a buffer from elsewhere (a loaded checkpoint: a view into the file's storage)
+            # becomes a fresh allocation, as in the run that saved it: the product's
+            # rounding with beta != 0 can depend on where its output lies in memory
+            buf = state["momentum_buffer"] = buf.clone(memory_format=torch.contiguous_format)
+            owned.add(buf.data_ptr())
         if buf is None:
             buf = state["momentum_buffer"] = product(torch.zeros_like(param), 0.0)
+            owned.add(buf.data_ptr())
             if decay:
                 buf.add_(param, alpha=decay)
         else:

@@ -18,6 +18,7 @@ RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
         ({"pretrain": {"persistent": 1}}, "The 'pretrain.persistent' parameter of the recipe must be true or false. Got 1 (int) instead."),
         ({"pretrain": {"learning_rate": 0}}, "The 'pretrain.learning_rate' parameter of the recipe must be a float in the range (0, inf). Got 0 instead."),
         ({"finetune": {"dropout_hidden": 1.0}}, "The 'finetune.dropout_hidden' parameter of the recipe must be a float in the range [0, 1). Got 1.0 instead."),
+        ({"finetune": {"max_norm": 0}}, "The 'finetune.max_norm' parameter of the recipe must be a float in the range (0, inf). Got 0 instead."),
         ({"finetune": {"optimizer": "rmsprop"}}, "The 'finetune.optimizer' parameter of the recipe must be one of 'sgd', 'adam'. Got 'rmsprop' instead."),
         ({"model": {"hidden": 500}}, "The 'model.hidden' parameter of the recipe must be a non-empty list of ints. Got 500 (int) instead."),
         ({"model": {"hidden": [500, 0]}}, "The 'model.hidden[1]' parameter of the recipe must be an int in the range [1, inf). Got 0 instead."),
@@ -35,6 +36,11 @@ def test_bad_config_names_the_key(d, message):
     with pytest.raises(ValueError) as e:
         config.from_dict(d)
     assert message in str(e.value)
+
+
+def test_none_turns_max_norm_off():
+    assert config.from_dict({"finetune": {"max_norm": "none"}}).finetune.max_norm is None
+    assert config.from_dict({"finetune": {"max_norm": 4}}).finetune.max_norm == 4
 
 
 def test_defaults_follow_the_guide():

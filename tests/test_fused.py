@@ -136,17 +136,6 @@ def test_max_norm_caps_every_units_incoming_weights_and_a_loose_cap_changes_noth
         assert torch.equal(a, b)
 
 
-def test_a_bad_max_norm_is_refused(tmp_path):
-    from layerwise import config
-
-    recipe = tmp_path / "r.toml"
-    recipe.write_text('[data]\nsource = "digits"\n[finetune]\nmax_norm = 0\n')
-    with pytest.raises(ValueError, match="'finetune.max_norm' parameter of the recipe must be a float in the range"):
-        config.load(recipe)
-    recipe.write_text('[data]\nsource = "digits"\n[finetune]\nmax_norm = "none"\n')
-    assert config.load(recipe).finetune.max_norm is None
-
-
 def test_the_masks_it_draws_itself_are_the_ones_its_backward_pass_uses():
     """Two layers of the same width each keep their own mask until the backward pass
     (they once shared one buffer, and the first layer's gradient took the second's mask)."""

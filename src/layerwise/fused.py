@@ -12,7 +12,9 @@ hand:
   ``round(p * 65536) / 65536`` (p within 1e-5), and the 1/(1-p) scale is folded into the
   products that read the dropped activations;
 - the backward pass is three products per layer (one for the first) and one fused
-  sigmoid derivative, written into the parameters' ``.grad`` buffers, kept between steps;
+  sigmoid derivative; a plain SGD is applied inside the weight-gradient products (the
+  momentum as the product's beta), any other optimizer gets ``.grad`` and its own step;
+- activations, gradients and masks live in buffers kept between steps;
 - the masks draw from the default generator of the data's device, as ``nn.Dropout``
   does, so a checkpoint of that generator makes a resumed run exact.
 
@@ -38,7 +40,8 @@ class FusedClassifierStep:
     def __init__(self, layers: list[tuple[float, nn.Linear, bool]]):
         self.layers = layers  # (dropout before, linear, sigmoid after)
         self.params = {id(t) for _, lin, _ in layers for t in (lin.weight, lin.bias)}
-        self._bits: dict[tuple, torch.Tensor] = {}
+        self._masks: dict[tuple, tuple] = {}  # (rows x units, device, layer): random words, kept mask
+        self._steps: dict[tuple, list] = {}  # (rows, device, dtype): per layer, activations and gradients
         self._owned: set[int] = set()  # data pointers of the momentum buffers this step allocated
 
     @classmethod
@@ -54,7 +57,7 @@ class FusedClassifierStep:
         i = 0
         while i < len(mods):
             m = mods[i]
-            if isinstance(m, nn.Dropout) and type(m) is nn.Dropout and p == 0.0:
+            if type(m) is nn.Dropout and p == 0.0:
                 p = float(m.p)
                 i += 1
                 continue
@@ -71,11 +74,11 @@ class FusedClassifierStep:
         """A float mask of 1 (kept) and 0 (dropped), units dropped with probability p
         (rounded to a multiple of 1/65536). Its buffer is reused by the next step."""
         n = shape[0] * shape[1]
-        bits = self._bits.get((n, device, "mask", layer))  # one per layer: the backward pass reads them all
-        if bits is None:
-            bits = self._bits[(n, device, "mask", layer)] = (torch.empty((n + 3) // 4, dtype=torch.int64, device=device),
-                                              torch.empty(shape, dtype=torch.float32, device=device))
-        words, kept = bits
+        key = (n, device, layer)  # one per layer: the backward pass reads them all
+        if key not in self._masks:
+            self._masks[key] = (torch.empty((n + 3) // 4, dtype=torch.int64, device=device),
+                                torch.empty(shape, dtype=torch.float32, device=device))
+        words, kept = self._masks[key]
         words.random_(-(2**63), None)  # 64 random bits from the device's default generator
         draws = words.view(torch.int16)[:n].view(shape)
         return torch.ge(draws, -32768 + round(p * _LEVELS), out=kept.view(shape))
@@ -85,10 +88,10 @@ class FusedClassifierStep:
         device: a fresh tensor of this size is a fresh mmap on the CPU, and its page
         faults cost as much as a small product."""
         key = (xb.shape[0], xb.device, xb.dtype)
-        bufs = self._bits.get(key)
+        bufs = self._steps.get(key)
         if bufs is None:
             n, new = xb.shape[0], lambda *shape: torch.empty(shape, dtype=xb.dtype, device=xb.device)
-            bufs = self._bits[key] = [
+            bufs = self._steps[key] = [
                 {"input": new(n, lin.in_features), "out": new(n, lin.out_features), "d_in": new(n, lin.in_features),
                  "d_pre": new(n, lin.in_features)} for _, lin, _ in self.layers]
         return bufs
@@ -182,15 +185,13 @@ def _plain_sgd(optimizer: torch.optim.Optimizer, params: set[int], owned: set[in
             # rounding with beta != 0 can depend on where its output lies in memory
             buf = state["momentum_buffer"] = buf.clone(memory_format=torch.contiguous_format)
             owned.add(buf.data_ptr())
-        if buf is None:
+        if buf is None:  # the first step: buf = g
             buf = state["momentum_buffer"] = product(torch.zeros_like(param), 0.0)
             owned.add(buf.data_ptr())
-            if decay:
-                buf.add_(param, alpha=decay)
         else:
             product(buf, momentum)
-            if decay:
-                buf.add_(param, alpha=decay)
+        if decay:
+            buf.add_(param, alpha=decay)
         param.add_(buf, alpha=-lr)
 
     return update

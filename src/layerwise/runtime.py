@@ -112,13 +112,14 @@ SPIN_COUNT = "10000"
 def busy_cores(seconds: float = 0.1) -> float | None:
     """Cores that other processes kept busy over ``seconds`` (this one sleeps meanwhile),
     from /proc/stat; None where there is no /proc/stat."""
-    def sample():
+    def sample():  # jiffies since boot: all, and idle + iowait
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:]]
-        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)  # all, idle + iowait
+        return sum(fields), fields[3] + fields[4]
 
     try:
-        (total0, idle0), _ = sample(), time.sleep(seconds)
+        total0, idle0 = sample()
+        time.sleep(seconds)
         total1, idle1 = sample()
     except (OSError, ValueError, IndexError):
         return None

@@ -2,7 +2,7 @@
 input and 0.25 on the hidden layers, SGD with momentum 0.9, batch 100) on the 60k MNIST
 training images, against the torch.mm roofline, and where the time of a batch goes.
 
-    python benchmarks/finetune_speed.py [--threads 2] [--profile-batches 100]
+    python benchmarks/finetune_speed.py [--threads 2] [--profile-batches 100] [--batch 100] [--bf16]
 
 - epoch: ``layerwise.finetune.finetune`` for one epoch (the loop, the real thing);
 - roofline: the same matrix products as bare ``torch.mm`` calls into preallocated outputs
@@ -12,7 +12,9 @@ training images, against the torch.mm roofline, and where the time of a batch go
   zero_grad, backward, optimizer step), with the shares of the dropout masks and the
   matrix products from ``torch.profiler``; the loop's overhead is the epoch's time per
   batch less the replica's. Each timing runs in this one process, the roofline and the epoch interleaved;
-  the best of the repeats counts.
+  the best of the repeats counts;
+- with ``--bf16``, also the fused step with ``precision = "bf16"`` (bf16 operands, fp32
+  results and weights), against the fp32 roofline and against the same products in bf16.
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ def flops_per_batch() -> float:
     return total
 
 
-def time_epoch(x, y, fused: bool = True) -> float:
+def time_epoch(x, y, fused: bool = True, precision: str = "fp32") -> float:
     model = net()
     t = time.perf_counter()
-    finetune(model, x, y, None, None, dataclasses.replace(CFG, fused=fused), seed=0)
+    finetune(model, x, y, None, None, dataclasses.replace(CFG, fused=fused, batch_size=B), seed=0, precision=precision)
     return time.perf_counter() - t
 
 
@@ -83,13 +85,13 @@ def fused_shares(x, y, batches: int = 30) -> dict[str, float]:
     return out
 
 
-def time_roofline(n_batches: int) -> float:
+def time_roofline(n_batches: int, dtype: torch.dtype = torch.float32) -> float:
     dims = SIZES + [LABELS]
     g = torch.Generator().manual_seed(0)
     mats = []
     for i, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:])):
-        a, w, d = torch.rand(B, n_in, generator=g), torch.rand(n_out, n_in, generator=g), torch.rand(B, n_out, generator=g)
-        mats.append((i, a, w, d, torch.empty(B, n_out), torch.empty(n_out, n_in), torch.empty(B, n_in)))
+        a, w, d = (torch.rand(*shape, generator=g).to(dtype) for shape in ((B, n_in), (n_out, n_in), (B, n_out)))
+        mats.append((i, a, w, d, *(torch.empty(*shape, dtype=dtype) for shape in ((B, n_out), (n_out, n_in), (B, n_in)))))
     t = time.perf_counter()
     for _ in range(n_batches):
         for i, a, w, d, out, gw, gi in mats:
@@ -146,22 +148,30 @@ def breakdown(x, y, batches: int) -> dict[str, float]:
 
 
 def main() -> None:
+    global B
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--repeats", type=int, default=2, help="epochs (and rooflines) timed; the best counts")
     ap.add_argument("--profile-batches", type=int, default=100, help="batches profiled for the breakdown")
     ap.add_argument("--samples", type=int, default=60000, help="training images (default 60000: train + validation)")
+    ap.add_argument("--batch", type=int, default=B, help="minibatch size (default 100)")
+    ap.add_argument("--bf16", action="store_true", help="also time the fused step with bf16 products")
     args = ap.parse_args()
+    B = args.batch
     runtime.apply(args.threads)
     s = load_mnist(report=lambda m: None)
     x = torch.cat([torch.from_numpy(s.train.x), torch.from_numpy(s.validation.x)])[: args.samples]
     y = torch.cat([torch.from_numpy(s.train.y), torch.from_numpy(s.validation.y)])[: args.samples]
     n_batches = len(x) // B
     epoch, roof, fused = float("inf"), float("inf"), float("inf")
+    roof16, fused16 = float("inf"), float("inf")
     for _ in range(args.repeats):
         roof = min(roof, time_roofline(n_batches))
         fused = min(fused, time_epoch(x, y, fused=True))
         epoch = min(epoch, time_epoch(x, y, fused=False))
+        if args.bf16:
+            roof16 = min(roof16, time_roofline(n_batches, torch.bfloat16))
+            fused16 = min(fused16, time_epoch(x, y, fused=True, precision="bf16"))
     gflop = flops_per_batch() * n_batches / 1e9
     print(f"fine-tuning epoch: {'-'.join(map(str, SIZES + [LABELS]))}, {len(x)} MNIST images, batch {B}, dropout "
           f"{CFG.dropout_input}/{CFG.dropout_hidden}, SGD momentum {CFG.momentum}, {args.threads} threads, torch "
@@ -170,6 +180,11 @@ def main() -> None:
     for name, t in (("fused step (the default)", fused), ("autograd step (fused = false)", epoch)):
         print(f"epoch, {name}: {t:.2f} s ({gflop / t:.1f} GFLOP/s), {100 * roof / t:.0f}% of the roofline "
               "(target >= 70%)")
+    if args.bf16:
+        print(f"bf16 roofline {roof16:.2f} s ({gflop / roof16:.1f} GFLOP/s)")
+        print(f"epoch, fused step in bf16: {fused16:.2f} s ({gflop / fused16:.1f} GFLOP/s), {100 * roof / fused16:.0f}% "
+              f"of the fp32 roofline, {100 * roof16 / fused16:.0f}% of the bf16 roofline, "
+              f"{fused / fused16:.2f}x the fp32 fused step")
     print("fused step, shares of its operations (torch.profiler):")
     for k, v in fused_shares(x, y).items():
         print(f"  {k:<40}{100 * v:5.1f}%")

@@ -47,7 +47,9 @@ def main() -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("---")
     print(f"recipe: {args.recipe}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, {POLICY}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, {POLICY}, "
+          f"bfloat16 instructions: {'yes' if runtime.cpu_has_bf16() else 'no'}")
+    print(f"precision: {cfg.precision}")
     print(f"test accuracy: {100 * res.test_accuracy:.2f}%  (target >= 99.00%)")
     if res.validation_accuracy is not None:
         print(f"validation accuracy: {100 * res.validation_accuracy:.2f}%")

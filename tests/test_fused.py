@@ -155,3 +155,40 @@ def test_the_masks_it_draws_itself_are_the_ones_its_backward_pass_uses():
         _reference_step(ref_net, opt_r, x, y, masks)
         for a, b in zip(fused_net.parameters(), ref_net.parameters()):
             assert torch.allclose(a, b, atol=1e-6, rtol=0), float((a - b).abs().max())
+
+
+def test_in_bf16_its_products_round_as_bf16_and_the_step_stays_within_that_rounding_of_fp32():
+    """precision "bf16": the products read bf16 operands (so the step is not fp32's), and
+    the loss and every parameter's change stay within bf16's rounding (2^-8) of fp32's."""
+    gen = torch.Generator().manual_seed(2)
+    start = build_classifier(SIZES, 5, dropout_input=P_IN, dropout_hidden=P_HID, seed=0).train()
+    nets = {prec: copy.deepcopy(start) for prec in ("fp32", "bf16")}
+    steps = {prec: FusedClassifierStep.make(net, prec) for prec, net in nets.items()}
+    opts = {prec: torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9) for prec, net in nets.items()}
+    for _ in range(4):
+        x, y = torch.rand(16, 30, generator=gen), torch.randint(0, 5, (16,), generator=gen)
+        masks = [(torch.rand(16, n, generator=gen) > (P_IN if k == 0 else P_HID)).float()
+                 for k, n in enumerate(SIZES)]
+        losses = {prec: float(steps[prec](x, y, opts[prec], masks=masks)) for prec in nets}
+        assert abs(losses["bf16"] - losses["fp32"]) < 2e-2 * losses["fp32"], losses
+    for p0, p32, p16 in zip(start.parameters(), nets["fp32"].parameters(), nets["bf16"].parameters()):
+        change32, change16 = (p32 - p0).detach(), (p16 - p0).detach()
+        err = float((change16 - change32).abs().max())
+        assert err < 0.03 * float(change32.abs().max()), (err, float(change32.abs().max()))
+    weights = [p for p in nets["bf16"].parameters() if p.dim() == 2]
+    assert all(w.dtype == torch.float32 for w in weights)  # the master weights stay fp32
+    assert any(not torch.equal(a, b) for a, b in zip(nets["fp32"].parameters(), nets["bf16"].parameters()))
+
+
+def test_fine_tuning_in_bf16_learns_as_fp32_does_and_is_deterministic():
+    (x, y), _, (xt, yt) = digits_splits()
+    cfg = FinetuneConfig(epochs=20, batch_size=20, learning_rate=0.5, momentum=0.9, dropout_input=0.1,
+                         dropout_hidden=0.25, patience=None)
+    results = []
+    for prec in ("bf16", "fp32", "bf16"):
+        net = build_classifier([64, 48, 32], 10, dropout_input=0.1, dropout_hidden=0.25, seed=0)
+        finetune(net, x, y, None, None, cfg, seed=0, precision=prec)
+        results.append((torch.cat([p.detach().flatten() for p in net.parameters()]), evaluate(net, xt, yt)[1]))
+    (w16, acc16), (w32, acc32), (w16b, _) = results
+    assert torch.equal(w16, w16b) and not torch.equal(w16, w32)
+    assert acc16 > 0.9 and abs(acc16 - acc32) < 0.03, (acc16, acc32)

@@ -131,3 +131,17 @@ def test_kill_points_of_the_tests_are_read_per_loop_rank_and_life(monkeypatch):
     monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
     with pytest.raises(ValueError, match=r"LAYERWISE_TEST_KILL: cannot read 'finetune-3'; expected \[RANK/\]LOOP@EPOCH.BATCH"):
         kill_point("finetune")
+
+
+def test_bf16_on_a_cpu_without_bfloat16_instructions_warns_and_with_them_does_not(monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no bfloat16 instructions .* emulated and slower than fp32"):
+        assert runtime.apply(threads=1, device="cpu", precision="bf16").precision == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runtime.apply(threads=1, device="cpu", precision="bf16")
+    monkeypatch.undo()
+    assert isinstance(runtime.cpu_has_bf16(), bool)

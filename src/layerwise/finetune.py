@@ -229,7 +229,8 @@ def finetune(
         g.on_rollback = restart_epoch
 
     # the hand-written step of a build_classifier net (same arithmetic, masks drawn faster)
-    fused = FusedClassifierStep.make(model) if cfg.fused and precision in ("fp32", "tf32") else None
+    fused = (FusedClassifierStep.make(model, precision)
+             if cfg.fused and (precision != "bf16" or device.type in ("cpu", "cuda")) else None)
 
     def step(xb, yb, epoch):
         if g is not None:  # the schedule's rate, lowered by the guard's rollbacks

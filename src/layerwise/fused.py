@@ -15,6 +15,9 @@ hand:
   sigmoid derivative; a plain SGD is applied inside the weight-gradient products (the
   momentum as the product's beta), any other optimizer gets ``.grad`` and its own step;
 - activations, gradients and masks live in buffers kept between steps;
+- in bf16 (``precision="bf16"``) every product reads bfloat16 copies of its operands and
+  writes a bfloat16 result, which is added to the fp32 activations, gradients and
+  momentum buffers; the weights, the sigmoid, the loss and the update stay fp32;
 - the masks draw from the default generator of the data's device, as ``nn.Dropout``
   does, so a checkpoint of that generator makes a resumed run exact.
 
@@ -33,19 +36,20 @@ _LEVELS = 65536  # a mask compares 16-bit integers: p is rounded to a multiple o
 
 
 class FusedClassifierStep:
-    """One SGD step of the classifier ``model`` in fp32, or None from ``make`` when the
-    model is not a ``build_classifier`` net. ``masks`` (tests only) fixes the dropout
-    masks: a list with one boolean "kept" tensor (or None) per layer."""
+    """One SGD step of the classifier ``model`` (products in fp32, or in bf16), or None
+    from ``make`` when the model is not a ``build_classifier`` net. ``masks`` (tests only)
+    fixes the dropout masks: a list with one boolean "kept" tensor (or None) per layer."""
 
-    def __init__(self, layers: list[tuple[float, nn.Linear, bool]]):
+    def __init__(self, layers: list[tuple[float, nn.Linear, bool]], precision: str = "fp32"):
         self.layers = layers  # (dropout before, linear, sigmoid after)
+        self.low = torch.bfloat16 if precision == "bf16" else None  # the products' operand type
         self.params = {id(t) for _, lin, _ in layers for t in (lin.weight, lin.bias)}
         self._masks: dict[tuple, tuple] = {}  # (rows x units, device, layer): random words, kept mask
         self._steps: dict[tuple, list] = {}  # (rows, device, dtype): per layer, activations and gradients
         self._owned: set[int] = set()  # data pointers of the momentum buffers this step allocated
 
     @classmethod
-    def make(cls, model: nn.Module) -> FusedClassifierStep | None:
+    def make(cls, model: nn.Module, precision: str = "fp32") -> FusedClassifierStep | None:
         if type(model) is not nn.Sequential or "forward" in vars(model):
             return None  # a subclass or a replaced forward computes something else
         if any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in model.modules()):
@@ -68,7 +72,7 @@ class FusedClassifierStep:
             p, i = 0.0, i + (2 if sigmoid else 1)
         if not layers or layers[-1][2] or p != 0.0 or any(not s for _, _, s in layers[:-1]):
             return None  # it must end in a plain linear head, with a sigmoid after every other layer
-        return cls(layers)
+        return cls(layers, precision)
 
     def _kept(self, shape: torch.Size, p: float, device: torch.device, layer: int = 0) -> torch.Tensor:
         """A float mask of 1 (kept) and 0 (dropped), units dropped with probability p
@@ -94,7 +98,29 @@ class FusedClassifierStep:
             bufs = self._steps[key] = [
                 {"input": new(n, lin.in_features), "out": new(n, lin.out_features), "d_in": new(n, lin.in_features),
                  "d_pre": new(n, lin.in_features)} for _, lin, _ in self.layers]
+            if self.low is not None:  # the products' bf16 operands and results
+                low = lambda *shape: torch.empty(shape, dtype=self.low, device=xb.device)  # noqa: E731
+                for b, (_, lin, _) in zip(bufs, self.layers):
+                    i, o = lin.in_features, lin.out_features
+                    b.update(input_low=low(n, i), weight_low=low(o, i), out_low=low(n, o), d_low=low(n, o),
+                             d_in_low=low(n, i), grad_low=low(o, i))
         return bufs
+
+    def _low(self, t: torch.Tensor, buf: dict, name: str) -> torch.Tensor:
+        """t as an operand of a product: t itself in fp32, else its bf16 copy in buf[name]."""
+        return t if self.low is None else buf[name].copy_(t)
+
+    def _gemm(self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: float, alpha: float,
+              buf: dict, name: str) -> torch.Tensor:
+        """out = beta * out + alpha * a @ b (beta 0 ignores out's contents); in bf16 the
+        product of the bf16 operands a and b lands in buf[name] and is added in fp32."""
+        if self.low is None:
+            return out.addmm_(a, b, beta=beta, alpha=alpha)
+        prod = torch.mm(a, b, out=buf[name])
+        if beta == 0.0:
+            out.copy_(prod)
+            return out if alpha == 1.0 else out.mul_(alpha)
+        return out.mul_(beta).add_(prod, alpha=alpha)
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor, optimizer: torch.optim.Optimizer,
                  masks: list | None = None) -> torch.Tensor:
@@ -114,8 +140,13 @@ class FusedClassifierStep:
                     # never write into the caller's batch
                     h = torch.mul(h, kept, out=bufs[k]["input"]) if k == 0 else h.mul_(kept)
                     scale = 1.0 / (1.0 - p)
-                saved.append((h, kept, scale))
-                h = torch.addmm(lin.bias, h, lin.weight.t(), alpha=scale, out=bufs[k]["out"])
+                b = bufs[k]
+                h_low, w_low = self._low(h, b, "input_low"), self._low(lin.weight, b, "weight_low")
+                saved.append((h, h_low, w_low, kept, scale))
+                if self.low is None:
+                    h = torch.addmm(lin.bias, h, lin.weight.t(), alpha=scale, out=b["out"])
+                else:
+                    h = torch.add(lin.bias, torch.mm(h_low, w_low.t(), out=b["out_low"]), alpha=scale, out=b["out"])
                 if sigmoid:
                     h.sigmoid_()
             n = h.shape[0]
@@ -127,16 +158,18 @@ class FusedClassifierStep:
             ones = torch.ones(n, dtype=d.dtype, device=d.device)
             for k in range(len(self.layers) - 1, -1, -1):
                 _, lin, _ = self.layers[k]
-                h_in, kept, scale = saved[k]
+                h_in, h_low, w_low, kept, scale = saved[k]
+                b = bufs[k]
+                d_low = self._low(d, b, "d_low")
                 if k > 0:  # the gradient of this layer's input, before its weights change
-                    dh = bufs[k]["d_in"].addmm_(d, lin.weight, beta=0.0, alpha=scale)
+                    dh = self._gemm(b["d_in"], d_low, w_low, 0.0, scale, b, "d_in_low")
                     if kept is not None:
                         dh.mul_(kept)
                 if sgd is None:
-                    _grad(lin.weight).addmm_(d.t(), h_in, beta=0.0, alpha=scale)
+                    self._gemm(_grad(lin.weight), d_low.t(), h_low, 0.0, scale, b, "grad_low")
                     _grad(lin.bias).addmv_(d.t(), ones, beta=0.0)
                 else:
-                    sgd(lin.weight, lambda buf, beta: buf.addmm_(d.t(), h_in, beta=beta, alpha=scale))
+                    sgd(lin.weight, lambda buf, beta: self._gemm(buf, d_low.t(), h_low, beta, scale, b, "grad_low"))
                     sgd(lin.bias, lambda buf, beta: buf.addmv_(d.t(), ones, beta=beta))
                 if k == 0:
                     break

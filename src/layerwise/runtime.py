@@ -23,9 +23,10 @@ else in layerwise changes torch's thread count or the environment.
   of its ``LOCAL_RANK``. The jobs resolve the same spec with ``resolve_device``.
 - **Precision** of the matrix products (``precision``): ``fp32`` (the default), ``tf32``
   (CUDA only: TensorFloat-32 matrix products; on a CPU it is fp32, with a warning) or
-  ``bf16`` (the products take bfloat16 operands and give fp32 results; parameters,
-  momentum, the CD statistics, the reconstruction cross-entropy and the free energy stay
-  fp32).
+  ``bf16`` (the products take bfloat16 operands, and their results, rounded to bfloat16,
+  are added in fp32; parameters, momentum, the CD statistics, the reconstruction
+  cross-entropy and the free energy stay fp32). On a CPU without bfloat16 instructions
+  (AVX512-BF16 or AMX) bf16 is emulated and slower than fp32, and ``apply`` warns.
 
 Library code takes the policy as given; a Python user calls ``runtime.apply()`` (or
 ``torch.set_num_threads``) themselves.
@@ -159,7 +160,21 @@ def apply(threads: int | None = None, recipe_threads: int | None = None, *, loca
     elif precision == "tf32":
         warnings.warn("precision 'tf32' applies to CUDA matrix products only; on the CPU they run in fp32",
                       UserWarning, stacklevel=2)
+    elif precision == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
+        warnings.warn("precision 'bf16': this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so its bf16 "
+                      "products are emulated and slower than fp32; precision = \"fp32\" is faster here",
+                      UserWarning, stacklevel=2)
     return Runtime(n, dev, precision, policy)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - a torch build without oneDNN
+        return False
 
 
 def local_workers() -> int:

@@ -39,6 +39,7 @@ class UnitBase(nn.Module):
         self._generator = torch.Generator().manual_seed(seed)
         self.precision = "fp32"
         self._step_dtype = None  # bfloat16 inside a bf16 training step, else None (fp32)
+        self._weight_low = None  # the weights in bfloat16, cast once per bf16 step
 
     @property
     def generator(self) -> torch.Generator:
@@ -56,17 +57,16 @@ class UnitBase(nn.Module):
         self.precision = check_choice(type(self).__name__, "precision", precision, PRECISIONS)
         return self
 
-    def _mm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """a @ b; in a bf16 step from bfloat16 operands, the result in fp32."""
+    def _weight_addmm(self, bias: torch.Tensor, a: torch.Tensor, *, transpose: bool) -> torch.Tensor:
+        """bias + a @ W^T (``transpose``) or bias + a @ W; in a bf16 step W is cast once
+        for all the step's products (the weights change only at its end)."""
+        w = self.weight
         if self._step_dtype is None:
-            return torch.mm(a, b)
-        return torch.mm(a.to(self._step_dtype), b.to(self._step_dtype)).float()
-
-    def _addmm(self, bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """bias + a @ b, the product in the step's precision, the sum in fp32."""
-        if self._step_dtype is None:
-            return torch.addmm(bias, a, b)
-        return self._mm(a, b).add_(bias)
+            return torch.addmm(bias, a, w.t() if transpose else w)
+        if self._weight_low is None:
+            self._weight_low = w.to(self._step_dtype)
+        low = self._weight_low.t() if transpose else self._weight_low
+        return torch.mm(a.to(self._step_dtype), low).float().add_(bias)
 
     @contextlib.contextmanager
     def _training(self):
@@ -75,7 +75,7 @@ class UnitBase(nn.Module):
         try:
             yield
         finally:
-            self._step_dtype = None
+            self._step_dtype = self._weight_low = None
 
     def _init_parameters(self, weight: torch.Tensor, *, requires_grad: bool) -> None:
         """The weights as given, zero biases, zero velocities (in the weights' dtype)."""

@@ -81,7 +81,7 @@ class _RBM(UnitBase):
     # -- hidden side (shared) ---------------------------------------------------------
     def hidden_logits(self, v: torch.Tensor) -> torch.Tensor:
         """c + v W^T, shape (batch, n_hidden)."""
-        return self._addmm(self.hidden_bias, v, self.weight.t())
+        return self._weight_addmm(self.hidden_bias, v, transpose=True)
 
     def mean_hiddens(self, v: torch.Tensor) -> torch.Tensor:
         """P(h=1 | v) = sigmoid(c + v W^T), shape (batch, n_hidden)."""
@@ -211,8 +211,14 @@ class _RBM(UnitBase):
         if self._step_dtype is None:
             vw.addmm_(h_pos.t(), v_pos, alpha=scale)
             vw.addmm_(h_neg.t(), v_neg, alpha=-scale)
-        else:  # bf16 products, accumulated into the fp32 velocity
-            vw.add_(self._mm(h_pos.t(), v_pos), alpha=scale).add_(self._mm(h_neg.t(), v_neg), alpha=-scale)
+        else:
+            # bf16: one product over both phases, [h_pos; -h_neg]^T [v_pos; v_neg], so that the
+            # difference of the two statistics (which nearly cancel) is summed in fp32 inside
+            # it and rounded to bf16 once, as a difference; added to the fp32 velocity
+            low = self._step_dtype
+            hs = torch.cat([h_pos, h_neg]).to(low)
+            hs[batch:].neg_()
+            vw.add_(torch.mm(hs.t(), torch.cat([v_pos, v_neg]).to(low)), alpha=scale)
         if weight_decay:
             vw.add_(self.weight, alpha=-lr * weight_decay)
         # column sums as matrix-vector products: a BLAS gemv is several times faster here
@@ -251,7 +257,7 @@ class BernoulliRBM(_RBM):
 
     def visible_logits(self, h: torch.Tensor) -> torch.Tensor:
         """b + h W, shape (batch, n_visible)."""
-        return self._addmm(self.visible_bias, h, self.weight)
+        return self._weight_addmm(self.visible_bias, h, transpose=False)
 
     def mean_visibles(self, h: torch.Tensor) -> torch.Tensor:
         """P(v=1 | h) = sigmoid(b + h W), shape (batch, n_visible)."""
@@ -282,7 +288,7 @@ class GaussianBernoulliRBM(_RBM):
 
     def mean_visibles(self, h: torch.Tensor) -> torch.Tensor:
         """E[v | h] = b + h W, shape (batch, n_visible)."""
-        return self._addmm(self.visible_bias, h, self.weight)
+        return self._weight_addmm(self.visible_bias, h, transpose=False)
 
     def sample_visibles(self, v_mean: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(v_mean.shape, generator=self.generator, dtype=v_mean.dtype, device=v_mean.device)

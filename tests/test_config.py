@@ -66,6 +66,11 @@ def test_hinton_recipe_is_the_classic_net():
     p = cfg.pretrain
     assert (p.epochs, p.cd_k, p.learning_rate, p.momentum, p.final_momentum, p.weight_decay, p.batch_size) == (
         30, 1, 0.1, 0.5, 0.9, 2e-4, 100)
+    # its fp32 twin, for CPUs without bfloat16 instructions, differs in the precision only
+    fp32 = config.load(Path(__file__).parent.parent / "recipes" / "hinton-mnist-fp32.toml")
+    assert (cfg.precision, fp32.precision) == ("bf16", "fp32")
+    fp32.precision, fp32.name = cfg.precision, cfg.name
+    assert fp32 == cfg
 
 
 def test_recipe_errors_name_the_file(tmp_path):

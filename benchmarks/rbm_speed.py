@@ -1,7 +1,7 @@
 """Speed of one CD-1 epoch of a 784-500 RBM over the 50k MNIST training images, batch 100.
 
     python benchmarks/rbm_speed.py [--threads 1] [--repeats 3] [--wait-policy spin|PASSIVE|ACTIVE]
-                                   [--visible 784 --hidden 500]
+                                   [--visible 784 --hidden 500] [--bf16]
 
 With ``--visible 500 --hidden 2000`` it times the Hinton net's top layer instead, on 50k
 rows of uniform [0, 1) values standing for the activations of the layer below (the work
@@ -15,6 +15,8 @@ Contenders, all in this one process and on the same data:
   epoch, which builds the CD update by autograd of an energy difference;
 - roofline: the same five matmuls per batch as bare torch.mm calls into preallocated
   outputs (2*B*V*H flops each: v->h, h->v, v'->h', and the two gradient products).
+With ``--bf16``, also layerwise with ``precision = "bf16"`` (bf16 operands, the CD
+statistics subtracted in fp32), against the same fp32 roofline.
 Each timing runs in a fresh process, the contenders interleaved; the best of the repeats
 is reported, with ratios. Ratios are what to compare: the machine is shared and absolute
 times move.
@@ -43,8 +45,8 @@ from layerwise.units import BernoulliRBM  # noqa: E402
 B, V, H = 100, 784, 500  # V and H are set from --visible and --hidden
 
 
-def time_layerwise(x: torch.Tensor) -> float:
-    rbm = BernoulliRBM(V, H, seed=0)
+def time_layerwise(x: torch.Tensor, precision: str = "fp32") -> float:
+    rbm = BernoulliRBM(V, H, seed=0).set_precision(precision)
     gen = torch.Generator().manual_seed(0)
     t = time.perf_counter()
     run_loop(x=x, y=None, batch_size=B, epochs=1, generator=gen,
@@ -94,7 +96,7 @@ def time_roofline(n: int) -> float:
     return time.perf_counter() - t
 
 
-CONTENDERS = ("layerwise", "scikit-learn", "learnergy", "torch.mm roofline")
+CONTENDERS = ("layerwise", "scikit-learn", "learnergy", "torch.mm roofline", "layerwise bf16")
 
 
 def run_one(name: str, threads: int) -> float | None:
@@ -106,6 +108,8 @@ def run_one(name: str, threads: int) -> float | None:
     x = torch.from_numpy(xs)
     if name == "layerwise":
         return time_layerwise(x)
+    if name == "layerwise bf16":
+        return time_layerwise(x, "bf16")
     if name == "scikit-learn":
         return time_sklearn(xs, threads)
     if name == "learnergy":
@@ -122,6 +126,7 @@ def main() -> None:
                          "or OMP_WAIT_POLICY=PASSIVE|ACTIVE")
     ap.add_argument("--visible", type=int, default=784, help="visible units (784: MNIST; else uniform rows)")
     ap.add_argument("--hidden", type=int, default=500, help="hidden units")
+    ap.add_argument("--bf16", action="store_true", help="also time layerwise with precision bf16")
     ap.add_argument("--one", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = ap.parse_args()
     global V, H
@@ -134,14 +139,15 @@ def main() -> None:
     # interleaved over the repeats (so a noisy moment hits every contender)
     results: dict[str, float] = {}
     for _ in range(args.repeats):
-        for name in CONTENDERS:
+        for name in CONTENDERS if args.bf16 else CONTENDERS[:-1]:
             env = dict(os.environ)
             env.pop("GOMP_SPINCOUNT", None)
-            if name in ("layerwise", "torch.mm roofline") and args.wait_policy != "spin":
+            torch_made = name in ("layerwise", "torch.mm roofline", "layerwise bf16")
+            if torch_made and args.wait_policy != "spin":
                 env["OMP_WAIT_POLICY"] = args.wait_policy
             else:
                 env.pop("OMP_WAIT_POLICY", None)
-            if name in ("layerwise", "torch.mm roofline") and args.wait_policy == "spin":
+            if torch_made and args.wait_policy == "spin":
                 env.pop("OMP_WAIT_POLICY", None)
                 env["GOMP_SPINCOUNT"] = runtime.SPIN_COUNT
             out = subprocess.run([sys.executable, __file__, "--one", name, "--threads", str(args.threads),
@@ -163,6 +169,10 @@ def main() -> None:
     if "scikit-learn" in results:
         print(f"layerwise is {results['scikit-learn'] / ours:.2f}x faster than scikit-learn (target >= 1.2x)")
     print(f"layerwise reaches {100 * results['torch.mm roofline'] / ours:.0f}% of the roofline's GFLOP/s (target >= 65%)")
+    if "layerwise bf16" in results:
+        low = results["layerwise bf16"]
+        print(f"layerwise bf16 is {ours / low:.2f}x faster than layerwise fp32, "
+              f"{results.get('scikit-learn', float('nan')) / low:.2f}x faster than scikit-learn")
 
 
 if __name__ == "__main__":

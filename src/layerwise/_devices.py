@@ -18,6 +18,12 @@ def generator_device(device) -> torch.device:
     return torch.device("cpu") if device.type in ("cpu", "meta") else device
 
 
+def bf16_products(precision: str, device) -> bool:
+    """Whether a training step's products run in bf16: precision "bf16" on a device with
+    bf16 autocast (the CPU or CUDA); elsewhere they run in fp32."""
+    return precision == "bf16" and torch.device(device).type in ("cpu", "cuda")
+
+
 def device_generator(device, seed: int) -> torch.Generator:
     """A generator for draws on ``device``, seeded with ``seed``."""
     return torch.Generator(generator_device(device)).manual_seed(seed)

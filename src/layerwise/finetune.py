@@ -98,7 +98,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Ten
     """One backprop step; returns the loss as a tensor on the device (no sync). In bf16
     the forward pass runs under autocast (bf16 products, fp32 loss); the parameters and
     the optimizer state stay fp32."""
-    if precision == "bf16" and xb.device.type in ("cpu", "cuda"):
+    if _devices.bf16_products(precision, xb.device):
         with torch.autocast(xb.device.type, dtype=torch.bfloat16):
             logits = model(xb)
         loss = F.cross_entropy(logits.float(), yb)
@@ -229,8 +229,9 @@ def finetune(
         g.on_rollback = restart_epoch
 
     # the hand-written step of a build_classifier net (same arithmetic, masks drawn faster)
+    # (bf16 where it has no bf16 products, such as MPS, stays with autograd, which runs it in fp32)
     fused = (FusedClassifierStep.make(model, precision)
-             if cfg.fused and (precision != "bf16" or device.type in ("cpu", "cuda")) else None)
+             if cfg.fused and (precision != "bf16" or _devices.bf16_products(precision, device)) else None)
 
     def step(xb, yb, epoch):
         if g is not None:  # the schedule's rate, lowered by the guard's rollbacks

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from layerwise import _devices
 from layerwise._checks import check_range
 from layerwise.units.base import UnitBase
 
@@ -77,7 +78,7 @@ class DenoisingAutoencoder(UnitBase):
         """One gradient step with momentum on the minibatch ``v`` (batch, n_visible)."""
         params = (self.weight, self.visible_bias, self.hidden_bias)
         with torch.enable_grad():
-            if self.precision == "bf16" and v.device.type in ("cpu", "cuda"):
+            if _devices.bf16_products(self.precision, v.device):
                 # bf16 products; the loss (binary_cross_entropy_with_logits) autocasts to fp32
                 with torch.autocast(v.device.type, dtype=torch.bfloat16):
                     loss = self.loss(v, noise)

@@ -157,6 +157,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=B, help="minibatch size (default 100)")
     ap.add_argument("--bf16", action="store_true", help="also time the fused step with bf16 products")
     args = ap.parse_args()
+    if args.batch < 1:
+        ap.error(f"--batch must be a positive number of images, got {args.batch}")
     B = args.batch
     runtime.apply(args.threads)
     s = load_mnist(report=lambda m: None)

@@ -55,7 +55,7 @@ def _round_worker(rank: int, world: int, store: str, queue) -> None:
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from layerwise.averaging import average_tensors, trained_tensors
+    from layerwise.training.averaging import average_tensors, trained_tensors
     from layerwise.stack import DeepBeliefNet
 
     runtime.apply(1)

@@ -4,7 +4,7 @@ training images, against the torch.mm roofline, and where the time of a batch go
 
     python benchmarks/finetune_speed.py [--threads 2] [--profile-batches 100] [--batch 100] [--bf16]
 
-- epoch: ``layerwise.finetune.finetune`` for one epoch (the loop, the real thing);
+- epoch: ``layerwise.training.finetune.finetune`` for one epoch (the loop, the real thing);
 - roofline: the same matrix products as bare ``torch.mm`` calls into preallocated outputs
   (per layer and batch: the forward product, the weight gradient, and the input gradient
   for every layer but the first), timed for an epoch's batches;
@@ -31,8 +31,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from layerwise.config import FinetuneConfig  # noqa: E402
-from layerwise.data import load_mnist  # noqa: E402
-from layerwise.finetune import finetune, make_optimizer  # noqa: E402
+from layerwise.data.sources import load_mnist  # noqa: E402
+from layerwise.training.finetune import finetune, make_optimizer  # noqa: E402
 from layerwise.stack import build_classifier  # noqa: E402
 
 SIZES, LABELS, B = [784, 500, 500, 2000], 10, 100
@@ -63,7 +63,7 @@ def fused_shares(x, y, batches: int = 30) -> dict[str, float]:
     """Shares of the fused step's time by kind of operation, from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
 
-    from layerwise.fused import FusedClassifierStep
+    from layerwise.training.fused import FusedClassifierStep
 
     model = net().train()
     opt = make_optimizer(model, CFG)

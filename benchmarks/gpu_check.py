@@ -109,7 +109,7 @@ def roofline(device: torch.device, quick: bool) -> dict:
 
 
 def mnist_images(wheel: str | None, quick: bool) -> tuple[np.ndarray, str]:
-    from layerwise import mnist
+    from layerwise.data import mnist
 
     try:
         if not (mnist.cache_dir() / mnist.MNIST_NPZ).exists() and wheel:
@@ -117,7 +117,7 @@ def mnist_images(wheel: str | None, quick: bool) -> tuple[np.ndarray, str]:
             x = train[0].astype(np.float32)
             source = f"MNIST from {wheel}"
         else:
-            from layerwise.data import load_mnist
+            from layerwise.data.sources import load_mnist
 
             x, source = load_mnist(report=lambda m: None).train.x, "MNIST"
     except (RuntimeError, OSError, ValueError) as e:
@@ -127,8 +127,9 @@ def mnist_images(wheel: str | None, quick: bool) -> tuple[np.ndarray, str]:
 
 
 def cd1_epochs(x: np.ndarray, device: torch.device, roof: dict, sklearn_seconds: float) -> dict:
-    from layerwise.loop import Reporter, run_loop
-    from layerwise.streams import TensorData
+    from layerwise.training.loop import run_loop
+    from layerwise.reporting.reporter import Reporter
+    from layerwise.data.streams import TensorData
     from layerwise.units import BernoulliRBM
 
     data = TensorData(torch.from_numpy(x).to(device))  # on the device once
@@ -211,7 +212,7 @@ def main() -> None:
         report("cd1", {"data": source, **cd1_epochs(x, device, roof, args.sklearn_seconds)})
     if "hinton" not in args.skip:
         if args.mnist_wheel:  # the recipe reads MNIST through the cache: fill it from the wheel
-            from layerwise import mnist
+            from layerwise.data import mnist
 
             cache = mnist.cache_dir() / mnist.MNIST_NPZ
             if not cache.exists():

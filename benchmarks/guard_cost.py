@@ -25,15 +25,15 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 from layerwise.config import FinetuneConfig, GuardConfig, PretrainConfig  # noqa: E402
-from layerwise.data import load_mnist  # noqa: E402
-from layerwise.finetune import finetune  # noqa: E402
-from layerwise.pretrain import pretrain  # noqa: E402
+from layerwise.data.sources import load_mnist  # noqa: E402
+from layerwise.training.finetune import finetune  # noqa: E402
+from layerwise.training.pretrain import pretrain  # noqa: E402
 from layerwise.stack import DeepBeliefNet  # noqa: E402
 
 
 def _time_guard_methods() -> dict:
     """Wrap the guard's hooks to add up the time spent inside them."""
-    from layerwise.guard import DivergenceGuard
+    from layerwise.training.guard import DivergenceGuard
 
     spent = {"s": 0.0}
     for name in ("after_batch", "after_epoch", "verify", "snapshot"):

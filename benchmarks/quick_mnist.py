@@ -20,8 +20,8 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from layerwise import config  # noqa: E402
-from layerwise.finetune import evaluate, finetune  # noqa: E402
-from layerwise.data import load_splits  # noqa: E402
+from layerwise.training.finetune import evaluate, finetune  # noqa: E402
+from layerwise.data.sources import load_splits  # noqa: E402
 from layerwise.jobs import train  # noqa: E402
 from layerwise.stack import build_classifier  # noqa: E402
 

@@ -38,8 +38,9 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from layerwise.data import load_mnist  # noqa: E402
-from layerwise.loop import Reporter, run_loop  # noqa: E402
+from layerwise.data.sources import load_mnist  # noqa: E402
+from layerwise.training.loop import run_loop  # noqa: E402
+from layerwise.reporting.reporter import Reporter
 from layerwise.units import BernoulliRBM  # noqa: E402
 
 B, V, H = 100, 784, 500  # V and H are set from --visible and --hidden

@@ -30,7 +30,7 @@ CONTENDERS = ("layerwise", "scikit-learn")
 def run_one(name: str, threads: int, batch: int, iters: int, samples: int) -> dict:
     from threadpoolctl import threadpool_limits
 
-    from layerwise.data import load_mnist
+    from layerwise.data.sources import load_mnist
 
     runtime.apply(threads)
     s = load_mnist(report=lambda m: None)

@@ -64,7 +64,9 @@ def make_data(path: Path, rows: int) -> float:
 def in_memory_rates(path: Path, rows: int) -> dict:
     """Examples per second of one in-memory epoch of each layer, on the file's first rows."""
     from layerwise.config import PretrainConfig
-    from layerwise.loop import Reporter, run_loop
+    from layerwise.training.loop import run_loop
+    from layerwise.training.pretrain import step_options
+    from layerwise.reporting.reporter import Reporter
     from layerwise.units import BernoulliRBM
 
     x = torch.from_numpy(np.array(np.load(path, mmap_mode="r")[:rows]))
@@ -72,7 +74,7 @@ def in_memory_rates(path: Path, rows: int) -> dict:
     out = {}
     for i, (a, b) in enumerate([(784, 500), (500, 250)]):
         rbm = BernoulliRBM(a, b, seed=i)
-        opts = rbm.step_options(cfg)
+        opts = step_options(rbm, cfg)
         t = time.perf_counter()
         run_loop(x=x, y=None, batch_size=100, epochs=1, generator=torch.Generator().manual_seed(0),
                  step=lambda xb, _y, _e, rbm=rbm: rbm.step(xb, lr=0.01, momentum=0.5, **opts),

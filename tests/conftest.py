@@ -52,7 +52,7 @@ def digits_splits():
     """((x, y) train, (x, y) validation, (x, y) test) of the bundled digits, as tensors."""
     import torch
 
-    from layerwise.data import load_digits
+    from layerwise.data.sources import load_digits
 
     s = load_digits()
     return tuple((torch.from_numpy(d.x), torch.from_numpy(d.y)) for d in (s.train, s.validation, s.test))
@@ -188,7 +188,7 @@ def read_metrics(run: Path) -> list[dict]:
 
 
 def weights(folder: Path) -> dict:
-    from layerwise.artifacts import read_artifact
+    from layerwise.storage.artifacts import read_artifact
 
     return read_artifact(folder)[0]
 

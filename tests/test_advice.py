@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from layerwise import config
-from layerwise.advice import check, suggest, suggest_layers
+from layerwise.advice.rules import check, suggest, suggest_layers
 from layerwise.cli import main
 
 ROOT = Path(__file__).parent.parent
@@ -131,8 +131,8 @@ def test_lr_with_workers_judges_the_corrected_rate():
 def test_the_rate_advice_gives_the_guides_rule_and_what_was_measured():
     """The advisor does not contradict the evidence: the guide's 0.01 comes with the published
     lab's finding, linked to its section, wherever the lab found the rule does not hold."""
-    from layerwise import evidence
-    from layerwise.advice import suggest
+    from layerwise.advice import evidence
+    from layerwise.advice.rules import suggest
 
     found = evidence.load()
     if found is None:

@@ -5,7 +5,7 @@ import stat
 import pytest
 import torch
 
-from layerwise.artifacts import MANIFEST, WEIGHTS, load_model, read_artifact, sha256_file, write_artifact
+from layerwise.storage.artifacts import MANIFEST, WEIGHTS, load_model, read_artifact, sha256_file, write_artifact
 from layerwise.stack import DeepBeliefNet
 
 

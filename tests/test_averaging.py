@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch.distributed.algorithms.model_averaging.utils import get_params_to_average
 
-from layerwise.averaging import PeriodicAverager, average_tensors, trained_tensors
+from layerwise.training.averaging import PeriodicAverager, average_tensors, trained_tensors
 from layerwise.units import BernoulliRBM
 
 pytestmark = pytest.mark.distributed
@@ -144,7 +144,7 @@ def test_a_hung_worker_makes_the_others_fail_within_the_timeout(tmp_path):
 # -- the outer optimizer (DiLoCo) ----------------------------------------------------------
 def _rounds(outer, anchor, averages):
     """Apply ``outer`` to a sequence of workers' averages; the weights after each round."""
-    from layerwise.averaging import OuterNesterov  # noqa: F401
+    from layerwise.training.averaging import OuterNesterov  # noqa: F401
 
     outer.reset([anchor.clone()])
     out = []
@@ -156,7 +156,7 @@ def _rounds(outer, anchor, averages):
 
 
 def test_the_outer_step_at_rate_1_without_momentum_is_plain_averaging_bitwise():
-    from layerwise.averaging import OuterNesterov
+    from layerwise.training.averaging import OuterNesterov
 
     g = torch.Generator().manual_seed(0)
     anchor = torch.randn(50, 30, generator=g)
@@ -166,7 +166,7 @@ def test_the_outer_step_at_rate_1_without_momentum_is_plain_averaging_bitwise():
 
 
 def test_the_pseudo_gradient_moves_the_weights_toward_the_average():
-    from layerwise.averaging import OuterNesterov
+    from layerwise.training.averaging import OuterNesterov
 
     anchor, avg = torch.zeros(4), torch.tensor([1.0, -2.0, 0.5, 0.0])
     (w,) = _rounds(OuterNesterov(0.5, 0.0), anchor, [avg])
@@ -177,7 +177,7 @@ def test_the_pseudo_gradient_moves_the_weights_toward_the_average():
 
 def test_the_outer_step_is_torch_sgd_with_nesterov_on_the_pseudo_gradient():
     """The oracle: torch.optim.SGD(nesterov=True) stepping on g = anchor - average."""
-    from layerwise.averaging import OuterNesterov
+    from layerwise.training.averaging import OuterNesterov
 
     g = torch.Generator().manual_seed(1)
     anchor = torch.randn(20, generator=g)

@@ -270,7 +270,7 @@ def test_every_artifact_file_has_a_deliberate_mode(world):
 
 
 def test_pretrain_epochs_0_is_honoured_not_replaced_by_the_recipe(world, capsys):
-    from layerwise.artifacts import read_artifact
+    from layerwise.storage.artifacts import read_artifact
 
     assert main(["pretrain", "r.toml", "--data", "train.npz", "--out", "p", "--epochs", "0", "--quiet"]) == 0
     _, manifest = read_artifact(world / "p/stage-1")
@@ -302,7 +302,7 @@ def _flip(path: Path, at: int) -> None:
 def test_a_corrupt_checkpoint_is_refused_and_the_previous_one_offered(tmp_path):
     import torch
 
-    from layerwise.checkpointing import PREVIOUS, load_checkpoint, save_checkpoint
+    from layerwise.storage.checkpointing import PREVIOUS, load_checkpoint, save_checkpoint
 
     ck = tmp_path / "checkpoint"
     save_checkpoint(ck, {"w": torch.arange(1000.0)}, {"phase": "finetune", "finetune": {"loop": {"epoch": 3, "batch": 0}}})
@@ -373,7 +373,7 @@ def test_models_lists_an_unreadable_manifest_with_its_reason_and_goes_on(world, 
 
 
 def test_learning_curves_leave_out_the_validation_panel_without_validation(tmp_path):
-    from layerwise.plots import learning_curves
+    from layerwise.reporting.plots import learning_curves
 
     pre = [{"phase": "pretrain", "layer": 0, "epoch": e, "recon_ce_train": 10.0 - e} for e in (1, 2)]
     fin = [{"phase": "finetune", "epoch": e, "train_loss": 1.0 / e} for e in (1, 2, 3)]  # train_on_validation
@@ -411,7 +411,7 @@ def test_the_previous_checkpoint_is_kept_without_hard_links(tmp_path, monkeypatc
     import torch
 
     from layerwise import _files
-    from layerwise.checkpointing import PREVIOUS, load_checkpoint, save_checkpoint
+    from layerwise.storage.checkpointing import PREVIOUS, load_checkpoint, save_checkpoint
 
     def no_links(*a):
         raise OSError(1, "Operation not permitted")
@@ -426,8 +426,9 @@ def test_the_previous_checkpoint_is_kept_without_hard_links(tmp_path, monkeypatc
 
 
 def test_the_memory_rule_counts_the_samples_a_recipe_keeps(world, monkeypatch):
-    from layerwise import budget, config
-    from layerwise.advice import recipe_findings
+    from layerwise import config
+    from layerwise.data import budget
+    from layerwise.advice.rules import recipe_findings
 
     need = budget.memory_needed([36, 24, 12], 3, 300)
     monkeypatch.setattr(budget, "available_memory", lambda: need - 1)  # all 300 samples do not fit

@@ -11,14 +11,14 @@ import sys
 import pytest
 import torch
 
-from layerwise.checkpointing import CHECKPOINT, PREVIOUS, load_checkpoint, save_checkpoint
+from layerwise.storage.checkpointing import CHECKPOINT, PREVIOUS, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow
 
 KILLER = """
 import os, signal, sys, torch
 import layerwise._files as F
-from layerwise.checkpointing import save_checkpoint
+from layerwise.storage.checkpointing import save_checkpoint
 
 where, at = sys.argv[2], int(sys.argv[3])
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)

@@ -6,8 +6,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from layerwise import data as D
-from layerwise.data import Dataset, load_npz, validate
+from layerwise.data import sources as D
+from layerwise.data.sources import Dataset, load_npz, validate
 
 
 def _ds(x, y=None):

@@ -9,11 +9,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from layerwise import _devices
-from layerwise.finetune import evaluate, make_optimizer, train_step
+from layerwise.training.finetune import evaluate, make_optimizer, train_step
 from layerwise.config import FinetuneConfig
-from layerwise.loop import Reporter, run_loop
+from layerwise.training.loop import run_loop
+from layerwise.reporting.reporter import Reporter
 from layerwise.stack import DeepBeliefNet
-from layerwise.streams import TensorData
+from layerwise.data.streams import TensorData
 from layerwise.units import BernoulliRBM, DenoisingAutoencoder, GaussianBernoulliRBM
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -158,8 +159,8 @@ def test_bf16_fine_tuning_learns_like_fp32(tmp_path):
 def test_a_net_trained_on_a_gpu_evaluates_on_the_cpu_and_back(tmp_path):  # pragma: no cover - needs a GPU
     from conftest import make_patterns
 
-    from layerwise.artifacts import load_model, write_artifact
-    from layerwise.artifacts import classifier_architecture
+    from layerwise.storage.artifacts import load_model, write_artifact
+    from layerwise.storage.artifacts import classifier_architecture
 
     x, y = (torch.from_numpy(a) for a in make_patterns(n=200))
     clf = DeepBeliefNet(36, [16], seed=0, device="cuda").to_classifier(3)
@@ -185,7 +186,7 @@ def test_a_checkpoint_from_another_device_resumes_with_a_note(tmp_path):
     import sys
 
     from conftest import RESUME_RECIPE, worker_env, write_patterns
-    from layerwise.checkpointing import load_checkpoint, save_checkpoint
+    from layerwise.storage.checkpointing import load_checkpoint, save_checkpoint
 
     write_patterns(tmp_path)
     (tmp_path / "r.toml").write_text(RESUME_RECIPE)

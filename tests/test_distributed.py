@@ -8,7 +8,7 @@ import pytest
 
 from conftest import WORKERS_RECIPE as RECIPE
 from conftest import assert_same_weights, free_port, read_metrics, run_layerwise, worker_env, write_patterns
-from layerwise.artifacts import load_model, read_artifact
+from layerwise.storage.artifacts import load_model, read_artifact
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -156,7 +156,7 @@ def test_ctrl_c_stops_a_group_and_resume_goes_on_in_the_same_group_size(folder):
     assert cut.returncode == 130, cut.stderr[-3000:]
     assert "layerwise: interrupted; continue with `layerwise train --resume runs/cut`" in cut.stderr, cut.stderr
     assert "workers failed" not in cut.stderr and not (folder / "runs/cut/finetuned").exists()
-    from layerwise.checkpointing import load_checkpoint
+    from layerwise.storage.checkpointing import load_checkpoint
 
     _, meta = load_checkpoint(folder / "runs/cut/checkpoint")
     assert meta["phase"] == "finetune" and meta["workers"] == 2 and meta["finetune"]["loop"]["epoch"] == 2

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from layerwise import evidence
-from layerwise.advice import check, suggest
+from layerwise.advice import evidence
+from layerwise.advice.rules import check, suggest
 from layerwise.cli import main
 from layerwise import config
 

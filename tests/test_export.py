@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from layerwise.artifacts import load_model, write_artifact
+from layerwise.storage.artifacts import load_model, write_artifact
 from layerwise.cli import main
 from layerwise.stack import DeepBeliefNet
 
@@ -22,7 +22,7 @@ def models(tmp_path_factory):
             layer.hidden_bias.uniform_(-1, 1, generator=torch.Generator().manual_seed(2))
     write_artifact(d / "pretrained", dbn.model_state(), kind="pretrained", architecture=dbn.architecture(), config={})
     clf = dbn.to_classifier(4, dropout_hidden=0.3, seed=3)
-    from layerwise.artifacts import classifier_architecture
+    from layerwise.storage.artifacts import classifier_architecture
 
     write_artifact(d / "finetuned", clf.state_dict(), kind="finetuned",
                    architecture=classifier_architecture([20, 12, 8], 4, 0.0, 0.3), config={})

@@ -9,7 +9,7 @@ import pytest
 
 from layerwise.cli import main
 from layerwise.config import DataConfig
-from layerwise.data import load_splits, open_data
+from layerwise.data.sources import load_splits, open_data
 
 
 def _idx(path, arr, code=0x08, gz=False):

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from layerwise.config import FinetuneConfig
-from layerwise.finetune import evaluate, finetune
-from layerwise.fused import FusedClassifierStep
+from layerwise.training.finetune import evaluate, finetune
+from layerwise.training.fused import FusedClassifierStep
 from layerwise.stack import build_classifier
 
 from conftest import digits_splits

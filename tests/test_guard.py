@@ -5,8 +5,8 @@ import torch
 from conftest import digits_splits
 from layerwise import config
 from layerwise.config import FinetuneConfig, GuardConfig, PretrainConfig
-from layerwise.finetune import finetune
-from layerwise.guard import (
+from layerwise.training.finetune import finetune
+from layerwise.training.guard import (
     DivergenceError,
     DivergenceGuard,
     Rollback,
@@ -16,7 +16,7 @@ from layerwise.guard import (
     worse_than_best_for,
 )
 from layerwise.jobs import train
-from layerwise.pretrain import pretrain
+from layerwise.training.pretrain import pretrain
 from layerwise.stack import DeepBeliefNet
 
 

@@ -145,7 +145,7 @@ def test_a_published_page_links_its_plots_and_matches_its_json(done, tmp_path):
 
 
 def test_the_lab_writes_its_findings_for_the_advisor(done, tmp_path, capsys):
-    from layerwise import evidence
+    from layerwise.advice import evidence
 
     out, _ = done
     found = evidence.load(out / "findings.json")
@@ -161,7 +161,7 @@ def test_the_lab_writes_its_findings_for_the_advisor(done, tmp_path, capsys):
 
 
 def test_the_advisor_cites_the_published_lab():
-    from layerwise import evidence
+    from layerwise.advice import evidence
 
     docs = Path(__file__).parents[1] / "docs" / "lab" / "findings.json"
     if not docs.is_file():

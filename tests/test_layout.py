@@ -28,7 +28,9 @@ def _imports() -> dict[str, set[str]]:
         deps = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
-                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+                subs = {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
+                # `from layerwise import _devices` needs the module, not the package's face
+                deps |= subs if subs and node.module == "layerwise" else {node.module} | subs
             elif isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names}
         graph[name] = {d for d in deps if d in modules and d != name and not d.startswith(name + ".")}
@@ -38,6 +40,35 @@ def _imports() -> dict[str, set[str]]:
 def test_no_module_is_over_400_lines():
     sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in _modules().values()}
     assert max(sizes.values()) <= 400, {k: v for k, v in sizes.items() if v > 400}
+
+
+# The floors, from the ground up: what each part of the package may import. A part is
+# a top-level module or a subpackage; "layerwise" is the public face (lazy re-exports of
+# everything) and "__main__" the command's entry point, both above all.
+BELOW = {
+    "_checks": set(), "_devices": set(), "_files": set(), "_version": set(),
+    "config": {"_checks"},
+    "runtime": {"_checks"},
+    "units": {"_checks", "_devices"},
+    "stack": {"_checks", "_devices", "units"},
+    "data": {"_checks", "_devices", "_files"},
+    "reporting": {"data"},
+    "training": {"_checks", "_devices", "config", "runtime", "units", "stack", "data", "reporting"},
+    "storage": {"_checks", "_files", "_version", "config", "units", "stack", "data", "reporting"},
+    "advice": {"_checks", "_files", "config", "data"},
+    "use": {"_checks", "_files", "units", "stack", "data", "reporting"},
+    "export": {"_checks", "_files", "units", "stack", "storage"},
+}
+LIBRARY = set(BELOW) | {"jobs"}
+BELOW["jobs"] = set(BELOW) - {"jobs"}
+BELOW["lab"] = LIBRARY - {"jobs"}  # the lab's cells run over the library, not over run folders
+BELOW["sklearn"] = LIBRARY - {"jobs"}
+BELOW["cli"] = LIBRARY | {"lab", "sklearn", "layerwise"}
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "layerwise"
 
 
 def test_dependencies_point_down():
@@ -52,11 +83,19 @@ def test_dependencies_point_down():
         for m in ready:
             del pending[m]
     assert [m for m, deps in graph.items() if "layerwise.cli" in deps] == ["layerwise.__main__"]
-    jobs = {m for m in graph if m.startswith("layerwise.jobs")}
-    above = {m for m in graph if m.startswith("layerwise.cli")} | {"layerwise.__main__"}  # the command
-    below = {m: deps & jobs for m, deps in graph.items() if m not in jobs | above}
-    assert not {m: d for m, d in below.items() if d}, below
-    assert "layerwise.jobs" not in str(_imports()["layerwise.probe"])
+    parts = {_part(m) for m in graph} - {"layerwise", "__main__"}
+    assert parts == set(BELOW), f"parts without a floor in BELOW: {parts ^ set(BELOW)}"
+    crossed = {m: sorted(d for d in deps if _part(d) != _part(m) and _part(d) not in BELOW[_part(m)])
+               for m, deps in graph.items() if _part(m) in BELOW}
+    assert not {m: d for m, d in crossed.items() if d}, {m: d for m, d in crossed.items() if d}
+
+
+def test_units_know_nothing_of_recipes():
+    """A unit is built from plain arguments: no recipe field name reaches units/."""
+    recipe = {"cfg.", "RunConfig", "PretrainConfig", "FinetuneConfig", "GuardConfig"}
+    users = {str(p.relative_to(PACKAGE)): sorted(w for w in recipe if w in p.read_text())
+             for p in (PACKAGE / "units").glob("*.py")}
+    assert not {k: v for k, v in users.items() if v}, users
 
 
 @pytest.mark.parametrize("call", ["set_num_threads", "set_num_interop_threads", "putenv"])

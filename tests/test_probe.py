@@ -7,8 +7,8 @@ import torch
 from conftest import DIGITS_RECIPE
 from layerwise import config
 from layerwise.cli import main
-from layerwise.data import load_digits
-from layerwise.probe import ProbePoint, geometric_grid, probe_lr, recommend
+from layerwise.data.sources import load_digits
+from layerwise.training.probe import ProbePoint, geometric_grid, probe_lr, recommend
 from layerwise.units import BernoulliRBM
 
 GRID = geometric_grid(1e-3, 10.0, 9)

@@ -14,7 +14,7 @@ import torch
 
 from conftest import RESUME_RECIPE as RECIPE
 from conftest import assert_same_weights, read_metrics, weights, worker_env, write_patterns
-from layerwise.checkpointing import load_checkpoint, save_checkpoint
+from layerwise.storage.checkpointing import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ def test_second_writer_to_a_run_folder_is_refused(recipe, tmp_path):
 KILL_DURING_SAVE = """
 import os, sys, time, torch
 import layerwise._files as F
-from layerwise.checkpointing import save_checkpoint
+from layerwise.storage.checkpointing import save_checkpoint
 real_replace = os.replace
 def slow_replace(src, dst):
     print("writing", flush=True)

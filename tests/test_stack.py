@@ -5,8 +5,8 @@ from torch import nn
 
 from conftest import digits_splits
 from layerwise.config import FinetuneConfig, PretrainConfig
-from layerwise.finetune import evaluate, finetune
-from layerwise.pretrain import pretrain
+from layerwise.training.finetune import evaluate, finetune
+from layerwise.training.pretrain import pretrain
 from layerwise.stack import DeepBeliefNet
 from layerwise.units import BernoulliRBM, DenoisingAutoencoder, GaussianBernoulliRBM
 

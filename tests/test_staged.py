@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import make_patterns, run_layerwise, worker_env
-from layerwise.artifacts import read_artifact
+from layerwise.storage.artifacts import read_artifact
 from layerwise.cli import main
 
 RECIPE = """

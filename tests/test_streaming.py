@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from conftest import make_patterns, read_metrics, weights, worker_env
-from layerwise import shards, streams
+from layerwise.data import shards
+from layerwise.data import streams
 from layerwise.config import PretrainConfig
-from layerwise.pretrain import pretrain
+from layerwise.training.pretrain import pretrain
 from layerwise.stack import DeepBeliefNet
 
 
@@ -55,7 +56,7 @@ def test_every_kind_of_shard_reads_back_exactly(folder):
 
 
 def test_the_fingerprints_match_the_in_memory_ones_and_name_each_shard(folder, tmp_path):
-    from layerwise.data import Dataset
+    from layerwise.data.sources import Dataset
 
     d, x, _ = folder
     src = shards.scan(shards.open_source(d))
@@ -134,7 +135,8 @@ def test_streaming_reads_in_bounded_blocks_and_lets_them_go(tmp_path):
     del mm
     code = f"""
 import resource, torch
-from layerwise import shards, streams
+from layerwise.data import shards
+from layerwise.data import streams
 data = streams.ShardedData(shards.open_source({str(path)!r}))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 order = data.epoch_order(torch.Generator().manual_seed(0), 0, 1)
@@ -356,7 +358,7 @@ def test_blocks_are_of_nearly_equal_size(tmp_path, monkeypatch):
 
 def test_streamed_labels_and_rows_are_checked_with_file_positions(tmp_path):
     from layerwise.config import DataConfig
-    from layerwise.data import load_splits
+    from layerwise.data.sources import load_splits
 
     x, y = make_patterns(n=1000)
     d = tmp_path / "sh"
@@ -385,7 +387,7 @@ def test_streamed_labels_and_rows_are_checked_with_file_positions(tmp_path):
 
 
 def test_a_loop_resumes_over_data_of_the_kind_its_order_was_drawn_for(tmp_path):
-    from layerwise.data import Dataset, loop_data
+    from layerwise.data.sources import Dataset, loop_data
 
     x, y = make_patterns(n=100)
     mem = Dataset(x, y, "m")
@@ -398,7 +400,7 @@ def test_a_loop_resumes_over_data_of_the_kind_its_order_was_drawn_for(tmp_path):
 
 def test_train_on_validation_joins_streamed_and_in_memory_data(tmp_path):
     from layerwise.config import FinetuneConfig
-    from layerwise.finetune import finetune
+    from layerwise.training.finetune import finetune
 
     x, y = make_patterns(n=300)
     np.savez(tmp_path / "a.npz", x=x[:200], y=y[:200])

@@ -9,7 +9,7 @@ pytest.importorskip("tensorboard")
 
 from conftest import write_patterns  # noqa: E402
 from layerwise.cli import main  # noqa: E402
-from layerwise.tensorboard import read_scalars  # noqa: E402
+from layerwise.reporting.tensorboard import read_scalars  # noqa: E402
 
 
 @pytest.mark.slow

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import make_patterns
-from layerwise.artifacts import classifier_architecture, load_model, write_artifact
+from layerwise.storage.artifacts import classifier_architecture, load_model, write_artifact
 from layerwise.cli import main
 from layerwise.config import PretrainConfig
-from layerwise.pretrain import pretrain
+from layerwise.training.pretrain import pretrain
 from layerwise.stack import DeepBeliefNet
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 
 
 def _interval(low, high, low_open=False, high_open=False) -> str:
@@ -75,3 +76,22 @@ def check_range(owner: str, name: str, value, *, low=None, high=None, low_open=F
     if bad:
         fail(owner, name, expected, value)
     return v
+
+
+def check_device(spec, owner: str = "the runtime policy", name: str = "device") -> str:
+    """A device spec as a recipe or ``--device`` gives it: auto, cpu, cuda or cuda:N."""
+    if not isinstance(spec, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec):
+        fail(owner, name, "one of 'auto', 'cpu', 'cuda' or 'cuda:N'", spec)
+    return spec
+
+
+def parse_size(text) -> int:
+    """Bytes from "600M", "2G", "1.5GB", "512k" or a plain number of bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
+    if m is None:
+        raise ValueError(f"cannot read the size {text!r}; write it as bytes or with a unit, such as 600M or 2G")
+    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
+    value = int(float(m.group(1)) * scale)
+    if value < 1:
+        raise ValueError(f"the size {text!r} is below one byte")
+    return value

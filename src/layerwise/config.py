@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -18,9 +19,8 @@ from pathlib import Path
 
 import tomli_w
 
-from layerwise._checks import check_bool, check_choice, check_int, check_range, check_str, describe, fail
-from layerwise.runtime import check_device
-from layerwise.shards import parse_size
+from layerwise._checks import (check_bool, check_choice, check_device, check_int, check_range, check_str, describe, fail,
+                              parse_size)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -348,3 +348,26 @@ def to_toml(cfg: RunConfig) -> str:
     out = entries(d, defaults)
     out.update({section: entries(values, defaults[section]) for section, values in d.items() if isinstance(values, dict)})
     return tomli_w.dumps(out)
+
+
+def suggest_layers(n_inputs: int) -> list[int]:
+    """Hidden sizes for ``n_inputs`` inputs: two layers, the first about 64% of the input
+    (rounded to a multiple of 50 for inputs of 200 or more), the second half of the first,
+    both at least a quarter of the input and below the input. 784 -> [500, 250]."""
+    check_int("suggest_layers", "n_inputs", n_inputs, low=2)
+    floor = math.ceil(n_inputs / 4)
+    step = 50 if n_inputs >= 200 else 1
+    first = max(floor, min(n_inputs - 1, int(round(n_inputs * 0.64 / step)) * step))
+    second = max(floor, first // 2)
+    return [first, second]
+
+
+def resolve_config(cfg: RunConfig, n_inputs: int, *, name: str | None = None,
+                   hidden: list[int] | None = None) -> RunConfig:
+    """A copy of ``cfg`` as a run records it: the hidden sizes given (a saved net's), else
+    the recipe's, else the guide's rule for ``n_inputs``; and the run's name."""
+    resolved = from_dict(cfg.to_dict())
+    resolved.model.hidden = list(hidden or cfg.model.hidden or suggest_layers(n_inputs))
+    if name is not None:
+        resolved.name = name
+    return resolved

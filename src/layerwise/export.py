@@ -40,7 +40,7 @@ def encoder(dbn) -> nn.Sequential:
 def exportable(folder) -> tuple[nn.Module, dict, int]:
     """The net of a saved model as it exports (on the CPU, eval mode), its manifest, and
     its number of inputs."""
-    from layerwise.artifacts import load_model
+    from layerwise.storage.artifacts import load_model
 
     model, manifest = load_model(folder)
     if manifest["kind"] == "pretrained":

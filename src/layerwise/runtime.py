@@ -35,12 +35,11 @@ Library code takes the policy as given; a Python user calls ``runtime.apply()`` 
 from __future__ import annotations
 
 import os
-import re
 import time
 import warnings
 from dataclasses import dataclass
 
-from layerwise._checks import check_choice, check_int, fail
+from layerwise._checks import check_choice, check_device, check_int
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -52,13 +51,6 @@ class Runtime:
     device: object  # torch.device
     precision: str
     wait_policy: str  # "GOMP_SPINCOUNT=10000" or "OMP_WAIT_POLICY=PASSIVE", or the user's own
-
-
-def check_device(spec, owner: str = "the runtime policy", name: str = "device") -> str:
-    """A device spec as a recipe or ``--device`` gives it: auto, cpu, cuda or cuda:N."""
-    if not isinstance(spec, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec):
-        fail(owner, name, "one of 'auto', 'cpu', 'cuda' or 'cuda:N'", spec)
-    return spec
 
 
 def resolve_device(spec: str = "auto"):

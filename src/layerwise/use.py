@@ -11,7 +11,6 @@ through it, and sample from it (``layerwise encode``, ``reconstruct``, ``sample`
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from layerwise._checks import check_int
+from layerwise.data.formats import image_side
 
 
 def layers_of(model, manifest) -> int:
@@ -102,12 +102,6 @@ def sample(dbn, n: int, *, steps: int = 1000, seed: int = 0, label: int | None =
     return v
 
 
-def image_side(n_inputs: int) -> int | None:
-    """The side of square images of ``n_inputs`` pixels (28 for 784); None when not square."""
-    side = int(round(math.sqrt(n_inputs)))
-    return side if side * side == n_inputs else None
-
-
 def save_npz(path: Path, **arrays) -> Path:
     """Write arrays as one .npz, atomically (check the path first: ``_files.check_out``)."""
     from layerwise._files import atomic_write
@@ -123,7 +117,7 @@ def write_pictures(folder, dbn, x: torch.Tensor | None, *, samples: int = 32, st
     side = image_side(dbn.n_visible)
     if side is None or dbn.visible != "bernoulli":
         return []
-    from layerwise import plots
+    from layerwise.reporting import plots
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ def _at_least(low: int):
 
 def _device(text: str) -> str:
     """An argparse type: a device spec (auto, cpu, cuda, cuda:N)."""
-    from layerwise.runtime import check_device
+    from layerwise._checks import check_device
 
     try:
         return check_device(text)
@@ -52,7 +52,7 @@ def _device(text: str) -> str:
 
 def _size(text: str) -> str:
     """An argparse type: a size such as 600M or 2G (kept as written, for the config)."""
-    from layerwise.shards import parse_size
+    from layerwise._checks import parse_size
 
     try:
         parse_size(text)
@@ -233,7 +233,7 @@ def _on_first_interrupt(signum, frame) -> None:
     """First Ctrl-C: let the loop finish its batch and checkpoint; a second one stops at once."""
     import signal
 
-    from layerwise.loop import request_stop
+    from layerwise.training.loop import request_stop
 
     request_stop()
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -275,7 +275,7 @@ def _run(args) -> int:
     import signal
     import threading
 
-    from layerwise.loop import clear_stop
+    from layerwise.training.loop import clear_stop
 
     previous = None
     if threading.current_thread() is threading.main_thread():

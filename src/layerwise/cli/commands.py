@@ -35,8 +35,8 @@ def _progress(args) -> tuple:
 
 def cmd_train(args) -> int:
     from layerwise import config, jobs, runtime
-    from layerwise.distributed import run_worker, under_torchrun
-    from layerwise.runs import read_config
+    from layerwise.training.distributed import run_worker, under_torchrun
+    from layerwise.storage.runs import read_config
 
     echo, bars = _progress(args)
     if args.resume:
@@ -106,7 +106,7 @@ def _print_result(result) -> None:
 def _advise_or_stop(cfg, strict: bool, quiet: bool, workers: int = 1) -> bool:
     """Show the advisor's findings; False (stop before any work) on an error, or on a
     warning with --strict."""
-    from layerwise.advice import format_findings, recipe_findings
+    from layerwise.advice.rules import format_findings, recipe_findings
 
     findings, skipped = recipe_findings(cfg, workers=workers)
     blocking = [f for f in findings if f.severity == "error" or (strict and f.severity == "warning")]
@@ -130,7 +130,7 @@ def cmd_check(args) -> int:
     import json
 
     from layerwise import config
-    from layerwise.advice import format_findings, recipe_findings
+    from layerwise.advice.rules import format_findings, recipe_findings
 
     cfg = config.load(args.recipe)
     findings, skipped = recipe_findings(cfg, workers=args.workers, evidence=_evidence(args))
@@ -147,8 +147,8 @@ def cmd_check(args) -> int:
 
 def cmd_probe_lr(args) -> int:
     from layerwise import config, jobs, runtime
-    from layerwise.distributed import run_worker, under_torchrun
-    from layerwise.probe import geometric_grid
+    from layerwise.training.distributed import run_worker, under_torchrun
+    from layerwise.training.probe import geometric_grid
 
     cfg = config.load(args.recipe)
     grid = geometric_grid(args.low, args.high, args.points)
@@ -172,7 +172,7 @@ def cmd_probe_lr(args) -> int:
 
 
 def _print_probe(res: dict, args) -> None:
-    from layerwise.probe import write_results
+    from layerwise.training.probe import write_results
 
     if res["workers"] > 1:
         print(f"{res['workers']} workers, averaging every {res['averaging_frequency']} batches "
@@ -193,7 +193,8 @@ def _print_probe(res: dict, args) -> None:
 
 def _evidence(args):
     """The lab findings that ``--findings`` names, else the published ones."""
-    from layerwise import advice, evidence
+    from layerwise import advice
+    from layerwise.advice import evidence
 
     return evidence.load(args.findings) if args.findings else advice.PUBLISHED
 
@@ -201,7 +202,7 @@ def _evidence(args):
 def cmd_advise(args) -> int:
     import json
 
-    from layerwise.advice import suggest
+    from layerwise.advice.rules import suggest
 
     s = suggest(args.inputs, args.labels, workers=args.workers, samples=args.samples, findings=_evidence(args))
     if args.format == "json":
@@ -217,7 +218,7 @@ def cmd_advise(args) -> int:
 def _classifier(path):
     """(the finetuned net, its manifest, the config it was trained with)."""
     from layerwise import config
-    from layerwise.artifacts import load_model
+    from layerwise.storage.artifacts import load_model
 
     model, manifest = load_model(path)
     if manifest["kind"] != "finetuned":
@@ -231,8 +232,8 @@ def _classifier(path):
 
 def cmd_evaluate(args) -> int:
     from layerwise import runtime
-    from layerwise.data import check, load_splits, loop_data, open_data
-    from layerwise.finetune import evaluate
+    from layerwise.data.sources import check, load_splits, loop_data, open_data
+    from layerwise.training.finetune import evaluate
 
     rt = runtime.apply(args.threads, device=args.device)
     model, manifest, cfg = _classifier(args.model)
@@ -257,8 +258,8 @@ def cmd_predict(args) -> int:
 
     from layerwise import runtime
     from layerwise._files import atomic_write, check_out
-    from layerwise.data import Dataset, check, loop_data, open_data
-    from layerwise.finetune import predict_proba
+    from layerwise.data.sources import Dataset, check, loop_data, open_data
+    from layerwise.training.finetune import predict_proba
 
     rt = runtime.apply(args.threads, device=args.device)
     out = check_out(args.out, args.force) if args.out else None
@@ -282,7 +283,7 @@ def cmd_predict(args) -> int:
 
 def cmd_pretrain(args) -> int:
     from layerwise import config, jobs, runtime
-    from layerwise.runs import read_config
+    from layerwise.storage.runs import read_config
 
     echo, bars = _progress(args)
     if args.resume:
@@ -323,7 +324,7 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from layerwise.catalog import find_artifacts, table
+    from layerwise.storage.catalog import find_artifacts, table
 
     if not Path(args.dir).is_dir():
         return _err(f"'{args.dir}' is not a folder")
@@ -340,7 +341,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_data_fetch(args) -> int:
-    from layerwise.data import fetch_mnist
+    from layerwise.data.sources import fetch_mnist
 
     if args.dataset != "mnist":
         return _err(f"unknown dataset {args.dataset!r}; 'mnist' is the one that is downloaded")

@@ -19,7 +19,7 @@ def cmd_export(args) -> int:
 
 def _model(folder, device: str, threads: int | None = None):
     from layerwise import runtime
-    from layerwise.artifacts import load_model
+    from layerwise.storage.artifacts import load_model
 
     rt = runtime.apply(threads, device=device)
     model, manifest = load_model(folder)
@@ -29,7 +29,7 @@ def _model(folder, device: str, threads: int | None = None):
 def _inputs(path, n_inputs: int, visible: str, device):
     """The data of ``path`` checked against the net, as chunks (x, y) on ``device``; and
     whether the file has labels."""
-    from layerwise.data import Dataset, check, loop_data, open_data
+    from layerwise.data.sources import Dataset, check, loop_data, open_data
 
     ds = check(open_data(path), visible=visible, n_inputs=n_inputs)
     has_labels = ds.y is not None if isinstance(ds, Dataset) else ds.has_labels
@@ -97,7 +97,7 @@ def cmd_reconstruct(args) -> int:
         side = image_side(model.n_visible)
         if side is None:
             return _err(f"--png draws square images; {model.n_visible} inputs are not a square")
-        from layerwise.plots import image_rows
+        from layerwise.reporting.plots import image_rows
 
         image_rows([("inputs", xs[0]), ("reconstructions", recon[: len(xs[0])])], side, args.png)
         print(f"wrote {args.png}")
@@ -122,7 +122,7 @@ def cmd_sample(args) -> int:
         side = image_side(model.n_visible)
         if side is None:
             return _err(f"--png draws square images; {model.n_visible} inputs are not a square")
-        from layerwise.plots import image_grid
+        from layerwise.reporting.plots import image_grid
 
         label = "" if args.label is None else f", label {args.label}"
         image_grid(v, side, args.png, title=f"{len(v)} samples{label}, {args.steps} Gibbs steps in the top RBM")
@@ -135,8 +135,8 @@ def cmd_show(args) -> int:
     of test images and samples."""
     import torch
 
-    from layerwise import plots
-    from layerwise.artifacts import load_model, read_manifest
+    from layerwise.reporting import plots
+    from layerwise.storage.artifacts import load_model, read_manifest
     from layerwise.use import write_pictures
 
     model, manifest, device = _model(args.model, args.device, args.threads)
@@ -169,7 +169,7 @@ def _recorded_test_inputs(manifest):
     """The first test inputs of the data a net was trained on, where they can be read
     without a download; None otherwise."""
     from layerwise import config
-    from layerwise.data import MNIST_NPZ, cache_dir, load_splits
+    from layerwise.data.sources import MNIST_NPZ, cache_dir, load_splits
 
     try:
         cfg = config.from_recorded(manifest["config"])

@@ -13,7 +13,7 @@ from layerwise.jobs.saved import finetune_pretrained
 from layerwise.jobs.stages import StageResult, pretrain_stage
 from layerwise.jobs.training import train, train_in
 from layerwise.jobs.workers import probe, probe_workers, resume, train_workers, worker_main
-from layerwise.runs import RunResult
+from layerwise.storage.runs import RunResult
 
 __all__ = ["RunResult", "StageResult", "finetune_pretrained", "pretrain_stage", "probe", "probe_workers",
            "resume", "train", "train_in", "train_workers", "worker_main"]

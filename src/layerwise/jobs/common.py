@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layerwise import checkpointing
+from layerwise.storage import checkpointing
 from layerwise.config import RunConfig
 from layerwise._devices import restore
-from layerwise.data import Splits, loop_data
-from layerwise.distributed import take_local_state
-from layerwise.finetune import FinetuneState, evaluate
-from layerwise.pretrain import PretrainProgress
+from layerwise.data.sources import Splits, loop_data
+from layerwise.training.distributed import take_local_state
+from layerwise.training.finetune import FinetuneState, evaluate
+from layerwise.training.pretrain import PretrainProgress
 from layerwise.stack import DeepBeliefNet
 
 # checkpoint paths whose tensors differ between the workers of a group even right after
@@ -144,7 +144,7 @@ def write_plots(folder: Path, metrics_path: Path, dbn: DeepBeliefNet, say, test=
     """Learning curves (from every record of the log: resumed runs too), filters, and the
     pretrained stack's reconstructions of test images (``test``: a data set) and samples."""
     try:
-        from layerwise import plots
+        from layerwise.reporting import plots
     except ImportError:
         say("plots skipped: matplotlib is not installed (pip install 'layerwise[plots]')")
         return

@@ -12,19 +12,20 @@ import warnings
 from pathlib import Path
 
 
-from layerwise import checkpointing
-from layerwise.artifacts import classifier_architecture, load_model, write_artifact
-from layerwise.config import RunConfig
+from layerwise.storage import checkpointing
+from layerwise.storage.artifacts import classifier_architecture, load_model, write_artifact
+from layerwise.config import RunConfig, resolve_config
 from layerwise._devices import device_generator
-from layerwise.data import load_splits, loop_data
+from layerwise.data.sources import load_splits, loop_data
 from layerwise.runtime import resolve_device
-from layerwise.finetune import FinetuneState, finetune, make_optimizer
+from layerwise.training.finetune import FinetuneState, finetune, make_optimizer
 from layerwise.jobs.common import (
     checkpoint_policy, final_metrics, finetuning_state, load_finetuning_state, other_device, silent,
 )
-from layerwise.loop import Checkpointer, Reporter
-from layerwise.budget import check_fits
-from layerwise.runs import RunResult, partial_dir, resolve_config, run_lock
+from layerwise.training.loop import Checkpointer
+from layerwise.reporting.reporter import Reporter
+from layerwise.data.budget import check_fits
+from layerwise.storage.runs import RunResult, partial_dir, run_lock
 
 
 def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str | Path, *, progress: bool = False,

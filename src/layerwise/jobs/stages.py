@@ -15,20 +15,21 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerwise import checkpointing
-from layerwise.artifacts import read_artifact, write_artifact
-from layerwise.config import RunConfig
+from layerwise.storage import checkpointing
+from layerwise.storage.artifacts import read_artifact, write_artifact
+from layerwise.config import RunConfig, resolve_config
 from layerwise._devices import device_generator
-from layerwise.data import loop_data, open_data, validate
+from layerwise.data.sources import loop_data, open_data, validate
 from layerwise.jobs.common import (
     checkpoint_policy, load_pretraining_state, other_device, pretrain_metrics, pretraining_state, remove_scratch,
 )
-from layerwise.loop import Checkpointer, LoopPosition
-from layerwise.pretrain import PretrainProgress, pretrain
-from layerwise.budget import check_fits
-from layerwise.runs import METRICS, continue_log, read_config, resolve_config, run_lock, write_config
+from layerwise.training.loop import Checkpointer, LoopPosition
+from layerwise.training.pretrain import PretrainProgress, pretrain
+from layerwise.data.budget import check_fits
+from layerwise.storage.runs import METRICS, continue_log, read_config, run_lock, write_config
 from layerwise.runtime import resolve_device
-from layerwise.shards import StreamedDataset, parse_size, scan
+from layerwise._checks import parse_size
+from layerwise.data.shards import StreamedDataset, scan
 from layerwise.stack import DeepBeliefNet
 
 

@@ -16,22 +16,23 @@ from pathlib import Path
 import torch
 
 from layerwise import config as config_mod
-from layerwise.advice import corrected_lr
-from layerwise.artifacts import classifier_architecture, read_artifact, write_artifact
-from layerwise.checkpointing import flatten, save_checkpoint
+from layerwise.advice.rules import corrected_lr
+from layerwise.storage.artifacts import classifier_architecture, read_artifact, write_artifact
+from layerwise.storage.checkpointing import flatten, save_checkpoint
 from layerwise.config import RunConfig
 from layerwise._devices import device_generator
-from layerwise.data import Splits, load_splits, loop_data
-from layerwise.distributed import barrier, gather_local_state, is_writer, rank_world
-from layerwise.finetune import FinetuneState, finetune, make_optimizer
+from layerwise.data.sources import Splits, load_splits, loop_data
+from layerwise.training.distributed import barrier, gather_local_state, is_writer, rank_world
+from layerwise.training.finetune import FinetuneState, finetune, make_optimizer
 from layerwise.jobs.common import (
     FINETUNE_LOCAL, Stopwatch, checkpoint_policy, final_metrics, finetuning_state, load_finetuning_state,
     load_pretraining_state, loop_of, other_device, pretrain_local_keys, remove_scratch, pretrain_metrics, pretraining_state,
     silent, write_plots,
 )
-from layerwise.loop import Checkpointer, Reporter
-from layerwise.pretrain import PretrainProgress, pretrain
-from layerwise.runs import METRICS, RunResult, claim_run_dir, continue_log, run_lock
+from layerwise.training.loop import Checkpointer
+from layerwise.reporting.reporter import Reporter
+from layerwise.training.pretrain import PretrainProgress, pretrain
+from layerwise.storage.runs import METRICS, RunResult, claim_run_dir, continue_log, run_lock
 from layerwise.runtime import resolve_device
 from layerwise.stack import DeepBeliefNet
 
@@ -88,7 +89,7 @@ class Run:
         reporter = (continue_log(folder / METRICS, ckpt["metrics_lines"] if ckpt else 0, progress, echo)
                     if writer else Reporter())
         if writer and cfg.log.tensorboard:  # rank 0 only, as for the metrics log
-            from layerwise.tensorboard import Board
+            from layerwise.reporting.tensorboard import Board
 
             reporter.board = Board(cfg.log.tensorboard)
         device = resolve_device(cfg.device)

@@ -9,13 +9,13 @@ import contextlib
 import os
 from pathlib import Path
 
-from layerwise.config import RunConfig
-from layerwise.data import load_splits
-from layerwise.distributed import is_writer, launch_workers, rank_world, under_torchrun, workers_failed
+from layerwise.config import RunConfig, resolve_config
+from layerwise.data.sources import load_splits
+from layerwise.training.distributed import is_writer, launch_workers, rank_world, under_torchrun, workers_failed
 from layerwise.jobs.common import read_checkpoint, silent
 from layerwise.jobs.training import train_in
-from layerwise.loop import stop_requested
-from layerwise.runs import CONFIG, RunResult, claim_run_dir, read_config, resolve_config, result_from_disk, run_lock
+from layerwise.training.loop import stop_requested
+from layerwise.storage.runs import CONFIG, RunResult, claim_run_dir, read_config, result_from_disk, run_lock
 
 
 def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None, run_dir: str | Path | None = None,
@@ -44,7 +44,7 @@ def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None, run_dir: str
 def _group_folder(cfg: RunConfig, runs_dir: Path, splits) -> Path:
     """The run folder of a group started by hand: claimed by rank 0 on the group's first
     start (a restart of the same launch finds it again), its name sent to every rank."""
-    from layerwise.distributed import broadcast_bytes
+    from layerwise.training.distributed import broadcast_bytes
 
     name = b""
     if is_writer():
@@ -121,7 +121,7 @@ def probe(cfg: RunConfig, *, grid: list[float], subset: int, epochs: int, echo=N
     as one worker of a joined group (``probe-lr --workers N``), where every trial trains
     with parameter averaging across the group; every rank returns the same result, and
     only rank 0 reports."""
-    from layerwise.probe import probe_lr
+    from layerwise.training.probe import probe_lr
 
     echo = echo if is_writer() else None
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)

@@ -13,7 +13,7 @@ import platform
 import time
 from pathlib import Path
 
-from layerwise import evidence
+from layerwise.advice import evidence
 from layerwise.lab import averaging, batch, blend, bottleneck, depth, passes, pretraining, rounds, stages, widths
 from layerwise.lab import core
 from layerwise.lab.core import BUDGETS, Cache, load, run_experiment, section

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise.advice import suggest_layers
+from layerwise.advice.rules import suggest_layers
 from layerwise.lab.core import figure, table
 
 NAME = "averaging"

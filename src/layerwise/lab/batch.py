@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from layerwise.advice import suggest_layers
-from layerwise.finetune import evaluate, finetune
+from layerwise.advice.rules import suggest_layers
+from layerwise.training.finetune import evaluate, finetune
 from layerwise.lab.core import figure, table
 from layerwise.lab.runs import FINETUNE, pretrained
 

@@ -6,7 +6,7 @@ import copy
 
 import torch
 
-from layerwise.advice import suggest_layers
+from layerwise.advice.rules import suggest_layers
 from layerwise.lab.core import figure, table
 from layerwise.lab.runs import finetuned, linear_probe, pretrained
 

@@ -76,7 +76,7 @@ def load(data: str | None = None, test: str | None = None, *, seed: int = 0) -> 
     """MNIST (``data`` None), or the user's ``.npz`` pair (``data`` with x and y; ``test``
     with x and y; the validation split is held out of ``data``)."""
     from layerwise.config import DataConfig
-    from layerwise.data import load_splits
+    from layerwise.data.sources import load_splits
 
     if data is None:
         cfg = DataConfig(source="mnist")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from layerwise.advice import suggest_layers
+from layerwise.advice.rules import suggest_layers
 from layerwise.lab.core import figure, table
 from layerwise.lab.runs import finetuned, linear_probe, pretrained
 

@@ -16,7 +16,7 @@ import copy
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from layerwise.advice import corrected_lr, suggest_layers
+from layerwise.advice.rules import corrected_lr, suggest_layers
 from layerwise.lab.core import figure, table
 from layerwise.units.rbm import BernoulliRBM
 

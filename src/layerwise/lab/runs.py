@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from layerwise.config import FinetuneConfig, PretrainConfig
-from layerwise.finetune import evaluate, finetune
-from layerwise.pretrain import pretrain
+from layerwise.training.finetune import evaluate, finetune
+from layerwise.training.pretrain import pretrain
 from layerwise.stack import DeepBeliefNet, build_classifier
 
 PRETRAIN = PretrainConfig(learning_rate=0.05, momentum_switch_epoch=1, monitor_samples=1000)

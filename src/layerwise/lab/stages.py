@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from layerwise.advice import suggest_layers
+from layerwise.advice.rules import suggest_layers
 from layerwise.lab.core import figure, table
 from layerwise.lab.runs import PRETRAIN, finetuned, reconstruction
-from layerwise.pretrain import pretrain
+from layerwise.training.pretrain import pretrain
 from layerwise.stack import DeepBeliefNet
 
 NAME = "stages"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from layerwise.artifacts import read_artifact, write_artifact
+from layerwise.storage.artifacts import read_artifact, write_artifact
 
 
 class SavesAsArtifact:

@@ -48,14 +48,14 @@ class _Stack(SavesAsArtifact, BaseEstimator):
         return resolve_device(self.device)
 
     def _reporter(self):
-        from layerwise.loop import Reporter
+        from layerwise.reporting.reporter import Reporter
 
         return Reporter(echo=print if self.verbose else None)
 
     def _pretrain(self, X: np.ndarray, seed: int):
-        from layerwise.advice import suggest_layers
+        from layerwise.advice.rules import suggest_layers
         from layerwise.config import PretrainConfig
-        from layerwise.pretrain import pretrain
+        from layerwise.training.pretrain import pretrain
         from layerwise.stack import DeepBeliefNet
 
         n = X.shape[1]
@@ -189,7 +189,7 @@ class DBNClassifier(ClassifierMixin, _Stack):
 
     def fit(self, X, y):
         from layerwise.config import FinetuneConfig
-        from layerwise.finetune import finetune
+        from layerwise.training.finetune import finetune
 
         self._validate_params()
         X, y = self._inputs(X, reset=True, y=y)
@@ -218,7 +218,7 @@ class DBNClassifier(ClassifierMixin, _Stack):
 
     def predict_proba(self, X):
         """Class probabilities, (n_samples, n_classes), columns in the order of ``classes_``."""
-        from layerwise.finetune import predict_proba
+        from layerwise.training.finetune import predict_proba
 
         check_is_fitted(self)
         X = self._inputs(X, reset=False)

@@ -21,9 +21,6 @@ class Unit(Protocol):
     def step(self, v: torch.Tensor, *, lr: float, momentum: float = 0.0, **options) -> None:
         """One update on the minibatch ``v`` (batch, n_visible)."""
 
-    def step_options(self, cfg) -> dict:
-        """The keyword arguments of ``step`` that a pretraining config (``[pretrain]``) sets."""
-
     def transform(self, v: torch.Tensor) -> torch.Tensor:
         """The upward pass used for stacking: mean hidden activations (batch, n_hidden)."""
 

@@ -93,9 +93,6 @@ class DenoisingAutoencoder(UnitBase):
                 vel.mul_(momentum).add_(g, alpha=-lr)
                 p.add_(vel)
 
-    def step_options(self, cfg) -> dict:
-        return {"weight_decay": cfg.weight_decay, "noise": cfg.noise}
-
     @torch.no_grad()
     def metrics(self, train_x: torch.Tensor, held_x: torch.Tensor | None) -> dict[str, float]:
         """Reconstruction cross-entropy on training and held-out inputs."""

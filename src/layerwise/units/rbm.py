@@ -169,10 +169,6 @@ class _RBM(UnitBase):
             v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target, sparsity_cost
         )
 
-    def step_options(self, cfg) -> dict:
-        return {"weight_decay": cfg.weight_decay, "k": cfg.cd_k, "persistent": cfg.persistent,
-                "sparsity_target": cfg.sparsity_target, "sparsity_cost": cfg.sparsity_cost}
-
     @torch.no_grad()
     def metrics(self, train_x: torch.Tensor, held_x: torch.Tensor | None) -> dict[str, float]:
         """Reconstruction cross-entropy on training and held-out inputs, and the

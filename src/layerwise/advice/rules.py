@@ -12,23 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from layerwise import evidence
+from layerwise.advice import evidence
 from layerwise._checks import check_int
-from layerwise.config import RunConfig
+from layerwise.config import RunConfig, suggest_layers  # noqa: F401 - the guide's rule, re-exported beside the advice
 
 SEVERITIES = ("error", "warning", "note")
-
-
-def suggest_layers(n_inputs: int) -> list[int]:
-    """Hidden sizes for ``n_inputs`` inputs: two layers, the first about 64% of the input
-    (rounded to a multiple of 50 for inputs of 200 or more), the second half of the first,
-    both at least a quarter of the input and below the input. 784 -> [500, 250]."""
-    check_int("suggest_layers", "n_inputs", n_inputs, low=2)
-    floor = math.ceil(n_inputs / 4)
-    step = 50 if n_inputs >= 200 else 1
-    first = max(floor, min(n_inputs - 1, int(round(n_inputs * 0.64 / step)) * step))
-    second = max(floor, first // 2)
-    return [first, second]
 
 
 def corrected_lr(lr: float, workers: int, correction: str) -> float:
@@ -44,7 +32,7 @@ def _findings(findings):
     return evidence.load() if findings is PUBLISHED else findings
 
 
-PUBLISHED = "published"  # findings: the lab published with the package (layerwise.evidence)
+PUBLISHED = "published"  # findings: the lab published with the package (layerwise.advice.evidence)
 
 
 def suggest(n_inputs: int, n_labels: int, *, workers: int = 1, samples: int | None = None,
@@ -209,7 +197,7 @@ def data_facts(cfg) -> tuple[dict | None, str | None]:
     be read: nothing is downloaded here."""
     import numpy as np
 
-    from layerwise.data import MNIST_NPZ, Dataset, Splits, cache_dir, load_digits, load_mnist, open_data
+    from layerwise.data.sources import MNIST_NPZ, Dataset, Splits, cache_dir, load_digits, load_mnist, open_data
 
     total = held = None  # rows of data streamed from disk (the first are inspected), rows it holds at once
     try:
@@ -220,7 +208,7 @@ def data_facts(cfg) -> tuple[dict | None, str | None]:
         elif cfg.source == "digits":
             splits = load_digits()
         else:
-            from layerwise.shards import parse_size
+            from layerwise._checks import parse_size
 
             train = open_data(cfg.train, max_memory=None if cfg.max_memory is None else parse_size(cfg.max_memory))
             if not isinstance(train, Dataset):  # streamed from disk: its first rows speak for it
@@ -259,7 +247,7 @@ def recipe_findings(cfg: RunConfig, *, workers: int = 1, evidence=PUBLISHED) -> 
 
 def _memory_findings(cfg: RunConfig, facts: dict) -> list[Finding]:
     """The memory rule: a net and data that cannot fit are an error before any work."""
-    from layerwise.budget import check_fits
+    from layerwise.data.budget import check_fits
 
     hidden = cfg.model.hidden or suggest_layers(max(facts["n_inputs"], 2))
     try:

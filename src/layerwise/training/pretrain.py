@@ -1,7 +1,7 @@
 """Greedy layer-wise pretraining: for each layer, run the shared loop with that unit's
 step, on the mean activations of the layers below.
 
-Pretraining knows a unit only through the ``Unit`` protocol (``step``, ``step_options``,
+Pretraining knows a unit only through the ``Unit`` protocol (``step``,
 ``transform``, ``reconstruction_cross_entropy``, ``metrics``). Per epoch each layer
 reports its ``metrics`` on (a fixed subset of) the training data and on held-out data:
 the reconstruction cross-entropy, and for RBMs the free-energy gap
@@ -18,15 +18,25 @@ from pathlib import Path
 import torch
 
 from layerwise._devices import device_generator
-from layerwise.averaging import from_rank0, make_averager
+from layerwise.training.averaging import from_rank0, make_averager
 from layerwise.config import DistributedConfig, GuardConfig, PretrainConfig
-from layerwise.distributed import barrier, rank_world
-from layerwise.guard import DivergenceGuard, dead_fraction, make_guard
-from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
+from layerwise.training.distributed import barrier, rank_world
+from layerwise.training.guard import DivergenceGuard, dead_fraction, make_guard
+from layerwise.training.loop import Checkpointer, LoopPosition, run_loop
+from layerwise.reporting.reporter import Reporter
 from layerwise.stack import DeepBeliefNet
-from layerwise.streams import as_data, wait_for_activations
-from layerwise.units import Unit
+from layerwise.data.streams import as_data, wait_for_activations
+from layerwise.units import DenoisingAutoencoder, Unit
 
+
+
+def step_options(unit: Unit, cfg: PretrainConfig) -> dict:
+    """The keyword arguments of ``unit.step`` that a recipe's ``[pretrain]`` sets: the
+    units take plain arguments and know nothing of recipes."""
+    if isinstance(unit, DenoisingAutoencoder):
+        return {"weight_decay": cfg.weight_decay, "noise": cfg.noise}
+    return {"weight_decay": cfg.weight_decay, "k": cfg.cd_k, "persistent": cfg.persistent,
+            "sparsity_target": cfg.sparsity_target, "sparsity_cost": cfg.sparsity_cost}
 
 def momentum_at(cfg: PretrainConfig, epoch: int) -> float:
     return cfg.momentum if epoch < cfg.momentum_switch_epoch else cfg.final_momentum
@@ -118,7 +128,7 @@ def pretrain(
             held = None if held is None or heldout_labels is None else _joined(dbn, held, heldout_labels)
         if progress.layer != i:
             progress.layer, progress.position = i, LoopPosition()
-        kwargs = unit.step_options(cfg)
+        kwargs = step_options(unit, cfg)
         g = make_guard(guard, unit, f"pretraining of layer {i + 1}", cfg.learning_rate, None, records, reporter,
                        progress.guard_state)
         progress.guard, progress.guard_state = g, None

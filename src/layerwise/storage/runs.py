@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from layerwise import config as config_mod
-from layerwise.advice import suggest_layers
-from layerwise.artifacts import read_artifact
-from layerwise.budget import check_fits
-from layerwise.config import RunConfig
-from layerwise.loop import Reporter
+from layerwise.storage.artifacts import read_artifact
+from layerwise.data.budget import check_fits
+from layerwise.config import RunConfig, resolve_config
+from layerwise.reporting.reporter import Reporter
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -37,17 +36,6 @@ class RunResult:
     seconds_pretrain: float
     seconds_finetune: float
     workers: int = 1
-
-
-def resolve_config(cfg: RunConfig, n_inputs: int, *, name: str | None = None,
-                   hidden: list[int] | None = None) -> RunConfig:
-    """A copy of ``cfg`` as a run records it: the hidden sizes given (a saved net's), else
-    the recipe's, else the guide's rule for ``n_inputs``; and the run's name."""
-    resolved = config_mod.from_dict(cfg.to_dict())
-    resolved.model.hidden = list(hidden or cfg.model.hidden or suggest_layers(n_inputs))
-    if name is not None:
-        resolved.name = name
-    return resolved
 
 
 def write_config(folder: Path, cfg: RunConfig) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from layerwise.data.formats import image_side
+
 SCALARS = ("recon_ce_train", "recon_ce_heldout", "free_energy_gap", "dead_units", "lr", "train_loss", "val_loss",
            "val_accuracy", "test_accuracy", "test_loss", "seconds")
 
@@ -51,8 +53,6 @@ class Board:
     @torch.no_grad()
     def parameters(self, module: torch.nn.Module, prefix: str, step: int) -> None:
         """Histograms of every parameter; the first 2-D weight's rows as square images."""
-        from layerwise.use import image_side
-
         first = None
         for name, p in module.named_parameters():
             self.writer.add_histogram(f"{prefix}/{name}", p.detach().float().cpu(), step)

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import nn
 
 from layerwise._checks import check_int
-from layerwise.distributed import collective_device
+from layerwise.training.distributed import collective_device
 
 
 def trained_tensors(module: nn.Module, optimizer: torch.optim.Optimizer | None = None,

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from layerwise.config import DistributedConfig, FinetuneConfig, RunConfig
-from layerwise.distributed import rank_world
-from layerwise.finetune import evaluate, finetune
-from layerwise.guard import DivergenceError, dead_fraction, first_non_finite
-from layerwise.pretrain import pretrain
+from layerwise.training.distributed import rank_world
+from layerwise.training.finetune import evaluate, finetune
+from layerwise.training.guard import DivergenceError, dead_fraction, first_non_finite
+from layerwise.training.pretrain import pretrain
 from layerwise.runtime import resolve_device
 from layerwise.stack import DeepBeliefNet
 
@@ -177,7 +177,7 @@ def write_results(res: dict, out: str | Path) -> tuple[Path | None, Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     png = None
     try:
-        from layerwise.plots import probe_plot
+        from layerwise.reporting.plots import probe_plot
 
         png = out.with_suffix(".png")
         probe_plot(res, png)

@@ -33,7 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from layerwise import __version__
+from layerwise._version import __version__
 from layerwise._files import atomic_folder, sha256_file
 
 SCHEMA_VERSION = 1

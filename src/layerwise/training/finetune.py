@@ -19,13 +19,14 @@ from torch import nn
 
 from layerwise import _devices
 from layerwise._devices import device_generator
-from layerwise.averaging import from_rank0, make_averager
-from layerwise.distributed import collective_device
-from layerwise.fused import FusedClassifierStep
+from layerwise.training.averaging import from_rank0, make_averager
+from layerwise.training.distributed import collective_device
+from layerwise.training.fused import FusedClassifierStep
 from layerwise.config import DistributedConfig, FinetuneConfig, GuardConfig
-from layerwise.guard import DivergenceGuard, make_guard
-from layerwise.loop import Checkpointer, LoopPosition, Reporter, run_loop
-from layerwise.streams import as_data, concat
+from layerwise.training.guard import DivergenceGuard, make_guard
+from layerwise.training.loop import Checkpointer, LoopPosition, run_loop
+from layerwise.reporting.reporter import Reporter
+from layerwise.data.streams import as_data, concat
 
 
 def _device_rng(device: torch.device):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import os
 from pathlib import Path
 
@@ -250,3 +251,9 @@ def load(path: str, fmt: str, *, label_column="label", image_size=None) -> tuple
     if fmt == "images":
         return load_images(path, None if image_size is None else tuple(image_size))
     raise ValueError(f"unknown data format {fmt!r}; one of {', '.join(FORMATS)}")
+
+
+def image_side(n_inputs: int) -> int | None:
+    """The side of square images of ``n_inputs`` pixels (28 for 784); None when not square."""
+    side = int(round(math.sqrt(n_inputs)))
+    return side if side * side == n_inputs else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from layerwise.artifacts import MANIFEST
+from layerwise.storage.artifacts import MANIFEST
 
 
 def find_artifacts(root: str | Path) -> list[dict]:

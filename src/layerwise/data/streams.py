@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from layerwise import _devices
-from layerwise import shards as sh
+from layerwise.data import shards as sh
 
 CHUNK = 10000  # rows per forward pass when mapping a layer over data in memory
 

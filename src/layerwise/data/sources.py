@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise import shards
-from layerwise.mnist import (  # noqa: F401 - re-exported: the data module is where users look
+from layerwise._checks import parse_size
+from layerwise.data import shards
+from layerwise.data.mnist import (  # noqa: F401 - re-exported: the data module is where users look
     MNIST_MEMBER, MNIST_NPZ, MNIST_PACKAGE, cache_dir, fetch_mnist, mnist_from_wheel, read_numpy_pickle,
 )
-from layerwise.shards import StreamedDataset
+from layerwise.data.shards import StreamedDataset
 
 
 @dataclass
@@ -236,7 +237,7 @@ def open_data(path, *, require_labels: bool = False, max_memory: int | None = No
     ``max_memory`` bytes), a ``.npy`` file or a folder of shards streamed from disk; or
     one of the ``formats`` (IDX, CSV, a folder of images, a .npy pair), read into
     memory: ``fmt``, else told by the path."""
-    from layerwise import formats
+    from layerwise.data import formats
 
     fmt = fmt if fmt in formats.FORMATS else formats.detect(path)
     if fmt is not None:
@@ -279,7 +280,7 @@ def load_splits(cfg, *, visible: str = "bernoulli", seed: int = 0, report=print)
     labels; without a validation source, ``validation_fraction`` of train is held out
     (for streamed data: the last rows, in shard order). Files and folders of shards
     (``.npy``, or inputs above ``max_memory``) are streamed from disk."""
-    max_memory = None if cfg.max_memory is None else shards.parse_size(cfg.max_memory)
+    max_memory = None if cfg.max_memory is None else parse_size(cfg.max_memory)
     if cfg.source == "mnist":
         splits = load_mnist(report=report)
     elif cfg.source == "digits":
@@ -346,7 +347,7 @@ def loop_data(ds, device=None, *, labels: bool = True, streamed: bool | None = N
     (``streams.TensorData``), or streamed from disk (``streams.ShardedData``); None for
     None. ``labels``: False to leave the labels on disk (pretraining). ``streamed``:
     what a checkpoint's loop was (its epoch order is of that kind), None to decide."""
-    from layerwise.streams import ShardedData, as_data
+    from layerwise.data.streams import ShardedData, as_data
 
     if ds is None:
         return None

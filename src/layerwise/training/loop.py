@@ -9,77 +9,18 @@ go through a ``Reporter``; the library itself never prints.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-
-class _NullBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class Reporter:
-    """Where progress and metrics go. The default is silent.
-
-    ``metrics_path``: a ``metrics.jsonl`` file that gets one JSON object per record,
-    flushed as it is written. ``progress``: show tqdm bars on stderr. ``echo``: a
-    callable that receives a one-line summary of each record (the CLI passes a printer).
-    """
-
-    def __init__(self, metrics_path: str | Path | None = None, *, progress: bool = False, echo=None, board=None):
-        self.metrics_path = Path(metrics_path) if metrics_path else None
-        self.progress = progress
-        self.echo = echo
-        self.board = board  # a tensorboard.Board, or None
-        self.records: list[dict] = []
-        self.lines = 0  # lines in metrics_path, counting those of an earlier (resumed) process
-
-    def log(self, record: dict) -> None:
-        self.records.append(record)
-        self.lines += 1
-        if self.metrics_path is not None:
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if self.echo is not None:
-            self.echo(format_record(record))
-        if self.board is not None:
-            self.board.record(record)
-
-    def parameters(self, module, prefix: str, step: int) -> None:
-        """A trained module's parameters at the end of an epoch (to TensorBoard, if any)."""
-        if self.board is not None:
-            self.board.parameters(module, prefix, step)
-
-    def bar(self, total: int, desc: str):
-        if not self.progress:
-            return _NullBar()
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
-
-
-def format_record(record: dict) -> str:
-    parts = []
-    for k, v in record.items():
-        if isinstance(v, float):
-            parts.append(f"{k}={v:.4g}")
-        else:
-            parts.append(f"{k}={v}")
-    return " ".join(parts)
+from layerwise.data.streams import as_data
+from layerwise.reporting.reporter import Reporter
+from layerwise.training.guard import Rollback
 
 
 _stop_requested = False
@@ -212,9 +153,7 @@ def run_loop(
     ``end_epoch(epoch, seconds)`` after each epoch returns True to stop early. ``position`` (updated in place) resumes a loop
     where a checkpoint left it: same epoch, same data order, next batch.
     """
-    from layerwise.guard import Rollback
-    from layerwise.streams import as_data
-
+    
     data = as_data(x, y) if data is None else data
     pos = position if position is not None else LoopPosition()
     rank, world = (averager.rank, averager.world) if averager is not None else (0, 1)

@@ -374,17 +374,3 @@ class StreamedDataset:
         if self.has_labels:
             return self.source.read(0, n, labels=True)
         return self.source.read(0, n), None
-
-
-def parse_size(text) -> int:
-    """Bytes from "600M", "2G", "1.5GB", "512k" or a plain number of bytes."""
-    import re
-
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
-    if m is None:
-        raise ValueError(f"cannot read the size {text!r}; write it as bytes or with a unit, such as 600M or 2G")
-    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
-    value = int(float(m.group(1)) * scale)
-    if value < 1:
-        raise ValueError(f"the size {text!r} is below one byte")
-    return value

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PACKAGED = Path(__file__).parent / "lab" / "findings.json"
+PACKAGED = Path(__file__).parent.parent / "lab" / "findings.json"
 
 # the advisor's rules (suggest's hyperparameter names and check's rule names) and the
 # experiment of the lab that measured each

@@ -179,3 +179,45 @@ def test_in_a_terminal_every_log_line_starts_at_column_0(tmp_path):
     starts = _columns_of(stream, "phase=")
     assert len(starts) > 10 and set(starts) == {0}, starts
     assert _columns_of(stream, "test accuracy:") == [0]
+
+
+def _models_command_raising(monkeypatch, error):
+    """`layerwise models` with its function replaced by one that raises ``error``."""
+    import layerwise.cli as cli
+
+    def broken(args):
+        raise error
+
+    real = cli.build_parser
+
+    def parser():
+        p = real()
+        p._subparsers._group_actions[0].choices["models"].set_defaults(func=broken)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+
+
+@pytest.mark.parametrize("error", [TypeError("unsupported operand"), RuntimeError("CUDA went away"),
+                                   KeyError("weights"), AttributeError("no attribute 'x'")])
+def test_a_bug_is_an_internal_error_with_its_traceback(monkeypatch, capsys, error):
+    _models_command_raising(monkeypatch, error)
+    assert main(["models"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and type(error).__name__ in err, err
+    assert "layerwise: internal error: this is a bug in layerwise" in err and "please report it" in err, err
+    assert "layerwise: error:" not in err  # never dressed as bad input
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_user_error_is_one_line_with_exit_2_and_a_traceback_with_debug(monkeypatch, capsys, debug):
+    from layerwise._checks import Refused
+
+    _models_command_raising(monkeypatch, Refused("run folder 'runs/x' is in use by another layerwise process"))
+    if debug:
+        with pytest.raises(Refused):
+            main(["--debug", "models"])
+        return
+    assert main(["models"]) == 2
+    err = capsys.readouterr().err
+    assert err == "layerwise: error: run folder 'runs/x' is in use by another layerwise process\n", err

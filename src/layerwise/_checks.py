@@ -14,6 +14,30 @@ import numbers
 import re
 
 
+class LayerwiseError(Exception):
+    """The family of errors a user causes and can fix: a bad recipe or argument, bad
+    data, a refused resume, a run that diverged. The command line prints them as one
+    line (exit status 2); any other exception is a bug, shown with its traceback."""
+
+
+class InvalidInput(LayerwiseError, ValueError):
+    """A value that is wrong: a recipe key out of range, NaN in data, a corrupt file."""
+
+
+class InvalidType(LayerwiseError, TypeError):
+    """A value of the wrong type, such as a string where a number belongs."""
+
+
+class Refused(LayerwiseError, RuntimeError):
+    """A request the state on disk or of the workers refuses: a run folder in use, a
+    resume with other data or another group size, a worker group that failed."""
+
+
+class MissingExtra(LayerwiseError, ImportError):
+    """An optional dependency that a feature needs is not installed; the message names
+    the extra to install."""
+
+
 def _interval(low, high, low_open=False, high_open=False) -> str:
     lo = "-inf" if low is None else repr(low)
     hi = "inf" if high is None else repr(high)
@@ -30,6 +54,7 @@ def fail(owner: str, name: str, expected: str, value, error=ValueError, show_typ
     """Raise ``error`` with the message "The 'name' parameter of owner must be expected.
     Got value instead." """
     got = f"{value!r} ({type(value).__name__})" if show_type else repr(value)
+    error = {ValueError: InvalidInput, TypeError: InvalidType}.get(error, error)
     raise error(f"{describe(owner, name)} must be {expected}. Got {got} instead.")
 
 
@@ -89,9 +114,9 @@ def parse_size(text) -> int:
     """Bytes from "600M", "2G", "1.5GB", "512k" or a plain number of bytes."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?[bB])?\s*", str(text))
     if m is None:
-        raise ValueError(f"cannot read the size {text!r}; write it as bytes or with a unit, such as 600M or 2G")
+        raise InvalidInput(f"cannot read the size {text!r}; write it as bytes or with a unit, such as 600M or 2G")
     scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
     value = int(float(m.group(1)) * scale)
     if value < 1:
-        raise ValueError(f"the size {text!r} is below one byte")
+        raise InvalidInput(f"the size {text!r} is below one byte")
     return value

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
+from layerwise._checks import InvalidInput
 
 
 def check_out(path: str | os.PathLike, force: bool = False, *, name_it: str = "name a .npz file") -> Path:
@@ -20,7 +21,7 @@ def check_out(path: str | os.PathLike, force: bool = False, *, name_it: str = "n
     ``force``. Called before the work, so that nothing is computed for a refused path."""
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"--out '{path}' is a folder; {name_it}")
+        raise InvalidInput(f"--out '{path}' is a folder; {name_it}")
     if path.exists() and not force:
         raise FileExistsError(f"--out '{path}' already exists; pass --force to replace it")
     return path

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import tomli_w
 
-from layerwise._checks import (check_bool, check_choice, check_device, check_int, check_range, check_str, describe, fail,
+from layerwise._checks import (InvalidInput, check_bool, check_choice, check_device, check_int, check_range, check_str, describe, fail,
                               parse_size)
 
 if sys.version_info >= (3, 11):
@@ -239,7 +239,7 @@ def _build(cls, section: dict, prefix: str):
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-            raise ValueError(f"unknown config key '{full}'{hint} (valid keys: {', '.join(fields)})")
+            raise InvalidInput(f"unknown config key '{full}'{hint} (valid keys: {', '.join(fields)})")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
@@ -249,7 +249,7 @@ def _build(cls, section: dict, prefix: str):
         try:
             kwargs[key] = _coerce(full, value, tp)
         except TypeError as e:  # a recipe's every mistake is a ValueError
-            raise ValueError(str(e)) from None
+            raise InvalidInput(str(e)) from None
     return cls(**kwargs)
 
 
@@ -277,7 +277,7 @@ def from_dict(d: dict) -> RunConfig:
     check_name(cfg.name)
     p = cfg.pretrain
     if p.sparsity_cost and p.sparsity_target is None:
-        raise ValueError(f"{describe(OWNER, 'pretrain.sparsity_cost')} is set but 'pretrain.sparsity_target' is not.")
+        raise InvalidInput(f"{describe(OWNER, 'pretrain.sparsity_cost')} is set but 'pretrain.sparsity_target' is not.")
     check_device(cfg.device, OWNER)
     if cfg.data.max_memory is not None:
         try:
@@ -291,7 +291,7 @@ def from_dict(d: dict) -> RunConfig:
     if not files:
         for key in ("train", "validation", "test"):
             if getattr(cfg.data, key):
-                raise ValueError(f"{describe(OWNER, 'data.' + key)} is only used with data.source = 'files'; "
+                raise InvalidInput(f"{describe(OWNER, 'data.' + key)} is only used with data.source = 'files'; "
                                  f"data.source is {cfg.data.source!r}.")
     size = cfg.data.image_size
     if size is not None and (len(size) != 2 or min(size) < 1):
@@ -314,16 +314,16 @@ def load(path: str | Path, *, require_data: bool = True) -> RunConfig:
     try:
         d = tomllib.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise ValueError(f"recipe '{path}' is not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start}); "
+        raise InvalidInput(f"recipe '{path}' is not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start}); "
                          "save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"recipe '{path}' is not valid TOML: {e}") from None
+        raise InvalidInput(f"recipe '{path}' is not valid TOML: {e}") from None
     try:
         cfg = from_dict(d)
     except ValueError as e:
-        raise ValueError(f"recipe '{path}': {e}") from None
+        raise InvalidInput(f"recipe '{path}': {e}") from None
     if require_data and "data" not in d:
-        raise ValueError(f"recipe '{path}' has no [data] section; say which data to train on, for example "
+        raise InvalidInput(f"recipe '{path}' has no [data] section; say which data to train on, for example "
                          '[data] source = "digits", or source = "npz" with train = "train.npz"')
     if cfg.name is None:
         cfg.name = path.stem

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from layerwise._files import atomic_write, check_out
+from layerwise._checks import InvalidInput, MissingExtra
 
 FORMATS = ("onnx", "torchscript")
 
@@ -53,7 +54,7 @@ def export(folder, fmt: str, out, *, force: bool = False) -> Path:
     """Write the model saved in ``folder`` to ``out`` as ``fmt`` (onnx or torchscript); an
     existing ``out`` is kept unless ``force``."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; one of {', '.join(FORMATS)}")
+        raise InvalidInput(f"unknown export format {fmt!r}; one of {', '.join(FORMATS)}")
     out = check_out(out, force, name_it=f"give a file name (e.g. model.{'onnx' if fmt == 'onnx' else 'pt'})")
     net, manifest, n_in = exportable(folder)
     example = torch.rand(2, n_in, generator=torch.Generator().manual_seed(0))
@@ -69,7 +70,7 @@ def _onnx_bytes(net: nn.Module, example: torch.Tensor, manifest: dict) -> bytes:
     try:
         import onnx
     except ImportError as e:
-        raise ImportError("ONNX export needs the export extra: pip install 'layerwise[export]'") from e
+        raise MissingExtra("ONNX export needs the export extra: pip install 'layerwise[export]'") from e
     import io
 
     import logging

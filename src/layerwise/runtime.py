@@ -39,7 +39,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
-from layerwise._checks import check_choice, check_device, check_int
+from layerwise._checks import InvalidInput, check_choice, check_device, check_int
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -71,15 +71,15 @@ def resolve_device(spec: str = "auto"):
             return torch.device("cpu")
         return torch.device("cuda", local if local >= 0 else torch.cuda.current_device())
     if n == 0:
-        raise ValueError(f"device {spec!r}: this machine has no CUDA device that torch can use "
+        raise InvalidInput(f"device {spec!r}: this machine has no CUDA device that torch can use "
                          f"(torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu or auto")
     if ":" in spec and local_world > 1:
-        raise ValueError(f"device {spec!r} names one GPU, but {local_world} workers run on this machine, one GPU "
+        raise InvalidInput(f"device {spec!r} names one GPU, but {local_world} workers run on this machine, one GPU "
                          "each (NCCL): use --device cuda (each worker takes the GPU of its LOCAL_RANK) or auto")
     index = int(spec.split(":")[1]) if ":" in spec else (local if local >= 0 else torch.cuda.current_device())
     if index >= n:
         what = f"LOCAL_RANK {local} of a distributed run" if ":" not in spec else f"device {spec!r}"
-        raise ValueError(f"{what} needs GPU {index}, but this machine has {n} (cuda:0 to cuda:{n - 1}); "
+        raise InvalidInput(f"{what} needs GPU {index}, but this machine has {n} (cuda:0 to cuda:{n - 1}); "
                          "start fewer workers per machine, or use --device cpu")
     return torch.device("cuda", index)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from layerwise._checks import check_int
+from layerwise._checks import InvalidInput, check_int
 from layerwise.data.formats import image_side
 
 
@@ -34,7 +34,7 @@ def activation_fn(model, manifest, layer: int | None = None):
     n = layers_of(model, manifest)
     layer = n if layer is None else layer
     if not isinstance(layer, int) or not 1 <= layer <= n:
-        raise ValueError(f"--layer {layer}: this {manifest['kind']} net has hidden layers 1 to {n}")
+        raise InvalidInput(f"--layer {layer}: this {manifest['kind']} net has hidden layers 1 to {n}")
     if manifest["kind"] == "pretrained":
         return lambda x: model.transform(x, upto=layer)
     mods, seen = [], 0
@@ -74,13 +74,13 @@ def sample(dbn, n: int, *, steps: int = 1000, seed: int = 0, label: int | None =
     check_int("sample", "steps", steps, low=1)
     top = dbn.layers[-1]
     if not hasattr(top, "mean_visibles"):
-        raise ValueError("sampling needs a stack of RBMs; this net's units are autoencoders, which define no "
+        raise InvalidInput("sampling needs a stack of RBMs; this net's units are autoencoders, which define no "
                          "distribution to sample from")
     if label is not None and not dbn.top_labels:
-        raise ValueError("--label needs a top RBM trained with the labels joined to its visible layer "
+        raise InvalidInput("--label needs a top RBM trained with the labels joined to its visible layer "
                          "([model] top_labels = true); this net's top RBM has none")
     if label is not None and not 0 <= label < dbn.top_labels:
-        raise ValueError(f"--label {label}: the top RBM knows labels 0 to {dbn.top_labels - 1}")
+        raise InvalidInput(f"--label {label}: the top RBM knows labels 0 to {dbn.top_labels - 1}")
     below = dbn.sizes[-2]
     g = torch.Generator(device=top.weight.device).manual_seed(seed)
     old, top.generator = top.generator, g

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from layerwise._checks import InvalidInput
 
 PACKAGED = Path(__file__).parent.parent / "lab" / "findings.json"
 
@@ -43,15 +44,15 @@ def load(path: str | Path | None = None) -> dict | None:
     try:
         doc = json.loads(path.read_text())
     except OSError as e:
-        raise ValueError(f"findings '{path}': cannot be read ({e.strerror or e})") from None
+        raise InvalidInput(f"findings '{path}': cannot be read ({e.strerror or e})") from None
     except ValueError as e:
-        raise ValueError(f"findings '{path}': not JSON ({e}); a lab run writes OUT/findings.json") from None
+        raise InvalidInput(f"findings '{path}': not JSON ({e}); a lab run writes OUT/findings.json") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("experiments"), dict):
-        raise ValueError(f"findings '{path}': no 'experiments' object; a lab run writes OUT/findings.json")
+        raise InvalidInput(f"findings '{path}': no 'experiments' object; a lab run writes OUT/findings.json")
     for name, exp in doc["experiments"].items():
         missing = [f for f in FIELDS if not isinstance(exp, dict) or not isinstance(exp.get(f), str)]
         if missing:
-            raise ValueError(f"findings '{path}': experiment {name!r} lacks {', '.join(missing)}")
+            raise InvalidInput(f"findings '{path}': experiment {name!r} lacks {', '.join(missing)}")
     return doc
 
 

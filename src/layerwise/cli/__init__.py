@@ -15,8 +15,10 @@ import argparse
 import errno
 import os
 import sys
+import traceback
 import warnings
 
+from layerwise._checks import LayerwiseError
 from layerwise.cli.commands import (
     _err,
     cmd_advise, cmd_check, cmd_data_fetch, cmd_evaluate, cmd_finetune, cmd_lab, cmd_models, cmd_predict, cmd_pretrain,
@@ -282,7 +284,9 @@ def _run(args) -> int:
         previous = signal.signal(signal.SIGINT, _on_first_interrupt)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError, RuntimeError) as e:
+    # ValueError: another library's word on bad input (a TOML parse); the two file errors
+    # carry our own messages (a recipe or a folder that does not exist, an --out that does)
+    except (LayerwiseError, ValueError, FileNotFoundError, FileExistsError) as e:
         if _debug(args):
             raise
         return _err(str(e))
@@ -297,6 +301,11 @@ def _run(args) -> int:
                          "FOLDER`, or the same `layerwise finetune` command)")
         print(f"layerwise: interrupted; {how}", file=sys.stderr)
         return 130
+    except Exception:  # a bug, not bad input: say so, with the traceback to report
+        traceback.print_exc()
+        print("layerwise: internal error: this is a bug in layerwise, not in your input; please report it with "
+              "the traceback above and the command you ran", file=sys.stderr)
+        return 1
     finally:
         clear_stop()
         if previous is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from layerwise._checks import InvalidInput
 
 
 def _say(line: str) -> None:
@@ -222,11 +223,11 @@ def _classifier(path):
 
     model, manifest = load_model(path)
     if manifest["kind"] != "finetuned":
-        raise ValueError(f"'{path}' holds a {manifest['kind']} net; evaluate and predict need a finetuned one")
+        raise InvalidInput(f"'{path}' holds a {manifest['kind']} net; evaluate and predict need a finetuned one")
     try:
         cfg = config.from_recorded(manifest["config"])
     except (ValueError, TypeError, AttributeError) as e:
-        raise ValueError(f"'{path}/manifest.json' is corrupt: its config does not read ({e})") from None
+        raise InvalidInput(f"'{path}/manifest.json' is corrupt: its config does not read ({e})") from None
     return model, manifest, cfg
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from layerwise._checks import InvalidInput
 
 
 def available_memory() -> int:
@@ -37,7 +38,7 @@ def check_fits(sizes: list[int], n_labels: int, n_samples: int) -> None:
         gib = lambda b: f"{b / 2**30:.1f} GiB"  # noqa: E731
         net = "-".join(map(str, sizes + ([n_labels] if n_labels else [])))
         labels = f", and check the labels: the output has one unit per label ({n_labels})" if n_labels else ""
-        raise ValueError(
+        raise InvalidInput(
             f"the net {net} on {n_samples} samples needs about {gib(need)} of memory; this machine has "
             f"{gib(have)} available. Use smaller hidden layers (model.hidden) or fewer samples (data.train_limit){labels}"
         )

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from layerwise._checks import InvalidInput, MissingExtra
 
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -39,22 +40,22 @@ def read_idx_array(path) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
-            raise ValueError(f"IDX file '{path}': the gzip stream is broken ({e}); the file is truncated or "
+            raise InvalidInput(f"IDX file '{path}': the gzip stream is broken ({e}); the file is truncated or "
                              "corrupt") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
-        raise ValueError(f"'{path}' is not an IDX file: its first bytes are {raw[:4].hex() or 'missing'}, not "
+        raise InvalidInput(f"'{path}' is not an IDX file: its first bytes are {raw[:4].hex() or 'missing'}, not "
                          "00 00 <type> <dimensions>")
     ndim = raw[3]
     head = 4 + 4 * ndim
     if ndim == 0 or len(raw) < head:
-        raise ValueError(f"IDX file '{path}': the header promises {ndim} dimensions but the file ends at byte "
+        raise InvalidInput(f"IDX file '{path}': the header promises {ndim} dimensions but the file ends at byte "
                          f"{len(raw)}")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(IDX_TYPES[raw[2]])
     want = head + int(np.prod(dims)) * dtype.itemsize
     if len(raw) != want:
         what = "truncated" if len(raw) < want else "longer than its header says"
-        raise ValueError(f"IDX file '{path}' is {what}: dimensions {' x '.join(map(str, dims))} of {dtype.name} "
+        raise InvalidInput(f"IDX file '{path}' is {what}: dimensions {' x '.join(map(str, dims))} of {dtype.name} "
                          f"need {want} bytes, the file has {len(raw)}")
     return np.frombuffer(raw, dtype=dtype, offset=head).reshape(dims).astype(dtype.newbyteorder("="))
 
@@ -76,7 +77,7 @@ def load_idx(images, labels=None) -> tuple:
     if labels is not None:
         y = read_idx_array(labels)
         if y.ndim != 1 or len(y) != len(x):
-            raise ValueError(f"IDX labels '{labels}' hold shape {y.shape}; the images '{images}' need "
+            raise InvalidInput(f"IDX labels '{labels}' hold shape {y.shape}; the images '{images}' need "
                              f"{len(x)} labels, one per image")
         y = y.astype(np.int64)
     return x, y, str(images)
@@ -93,31 +94,31 @@ def load_csv(path, label_column: str | int | None = "label") -> tuple:
         rows = list(csv.reader(f))
     rows = [r for r in rows if r]
     if not rows:
-        raise ValueError(f"CSV file '{path}' is empty")
+        raise InvalidInput(f"CSV file '{path}' is empty")
     header = None
     if not _numeric(rows[0]):
         header, rows = [c.strip() for c in rows[0]], rows[1:]
     if not rows:
-        raise ValueError(f"CSV file '{path}' has a header and no rows")
+        raise InvalidInput(f"CSV file '{path}' has a header and no rows")
     width = len(header or rows[0])
     col = _label_index(path, header, width, label_column)
     data = np.empty((len(rows), width), dtype=np.float64)
     first = 2 if header else 1
     for i, row in enumerate(rows):
         if len(row) != width:
-            raise ValueError(f"CSV file '{path}', line {i + first}: {len(row)} columns, expected {width}")
+            raise InvalidInput(f"CSV file '{path}', line {i + first}: {len(row)} columns, expected {width}")
         for j, cell in enumerate(row):
             try:
                 data[i, j] = float(cell)
             except ValueError:
-                raise ValueError(f"CSV file '{path}', line {i + first}, column {j + 1}: {cell.strip()!r} is not a "
+                raise InvalidInput(f"CSV file '{path}', line {i + first}, column {j + 1}: {cell.strip()!r} is not a "
                                  "number") from None
     if col is None:
         return data.astype(np.float32), None, str(path)
     y = data[:, col]
     bad = np.flatnonzero((y != np.round(y)) | (y < 0))
     if len(bad):
-        raise ValueError(f"CSV file '{path}', line {bad[0] + first}, column {col + 1}: label {y[bad[0]]:g} is not a "
+        raise InvalidInput(f"CSV file '{path}', line {bad[0] + first}, column {col + 1}: label {y[bad[0]]:g} is not a "
                          "whole number >= 0")
     x = np.delete(data, col, axis=1).astype(np.float32)
     return x, y.astype(np.int64), str(path)
@@ -137,17 +138,17 @@ def _label_index(path, header, width: int, label_column) -> int | None:
     if isinstance(label_column, int) or (isinstance(label_column, str) and label_column.lstrip("-").isdigit()):
         i = int(label_column)
         if not -width <= i < width:
-            raise ValueError(f"CSV file '{path}': label column {i} is out of range for {width} columns")
+            raise InvalidInput(f"CSV file '{path}': label column {i} is out of range for {width} columns")
         return i % width
     if header is None:
         if label_column == "label":  # the default, and no header: unlabelled inputs
             return None
-        raise ValueError(f"CSV file '{path}' has no header row, so the label column {label_column!r} cannot be "
+        raise InvalidInput(f"CSV file '{path}' has no header row, so the label column {label_column!r} cannot be "
                          "found by name; give its index")
     if label_column not in header:
         if label_column == "label":
             return None
-        raise ValueError(f"CSV file '{path}' has no column {label_column!r} (columns: {', '.join(header[:8])}"
+        raise InvalidInput(f"CSV file '{path}' has no column {label_column!r} (columns: {', '.join(header[:8])}"
                          f"{', ...' if len(header) > 8 else ''})")
     return header.index(label_column)
 
@@ -159,18 +160,18 @@ def load_images(folder, size: tuple[int, int] | None = None) -> tuple:
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError as e:
-        raise ImportError("image folders need Pillow: pip install 'layerwise[images]'") from e
+        raise MissingExtra("image folders need Pillow: pip install 'layerwise[images]'") from e
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder '{folder}' does not exist")
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if not classes:
-        raise ValueError(f"image folder '{folder}' has no subfolders: it needs one subfolder per label")
+        raise InvalidInput(f"image folder '{folder}' has no subfolders: it needs one subfolder per label")
     xs, ys, shape, mode = [], [], None, None
     for label, name in enumerate(classes):
         files = sorted(p for p in (folder / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise ValueError(f"image folder '{folder}': the label subfolder '{name}' has no PNG or JPEG images")
+            raise InvalidInput(f"image folder '{folder}': the label subfolder '{name}' has no PNG or JPEG images")
         for p in files:
             try:
                 with Image.open(p) as im:
@@ -178,14 +179,14 @@ def load_images(folder, size: tuple[int, int] | None = None) -> tuple:
                     mode = mode or ("L" if im.mode in GREY else "RGB")  # the first image decides
                     img = im.convert(mode)
             except (UnidentifiedImageError, OSError) as e:
-                raise ValueError(f"image '{p}' cannot be read ({e})") from None
+                raise InvalidInput(f"image '{p}' cannot be read ({e})") from None
             if size is not None:
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.float32) / 255.0
             if shape is None:
                 shape, first = arr.shape, p
             elif arr.shape != shape:
-                raise ValueError(f"image '{p}' is {_dims(arr.shape)}, but '{first}' is {_dims(shape)}; declare one "
+                raise InvalidInput(f"image '{p}' is {_dims(arr.shape)}, but '{first}' is {_dims(shape)}; declare one "
                                  "size to resize every image to (data.image_size = [height, width])")
             xs.append(arr.reshape(-1))
             ys.append(label)
@@ -213,10 +214,10 @@ def load_npy_pair(x_path, y_path) -> tuple:
         try:
             arrays.append(np.load(p, allow_pickle=False))
         except ValueError as e:
-            raise ValueError(f"data file '{p}' is not a readable .npy file ({e})") from None
+            raise InvalidInput(f"data file '{p}' is not a readable .npy file ({e})") from None
     x, y = arrays
     if y.ndim != 1 or len(y) != len(x):
-        raise ValueError(f"labels '{y_path}' hold shape {y.shape}; the inputs '{x_path}' need {len(x)} labels, "
+        raise InvalidInput(f"labels '{y_path}' hold shape {y.shape}; the inputs '{x_path}' need {len(x)} labels, "
                          "one per row")
     return x, y, f"{x_path},{y_path}"
 
@@ -241,7 +242,7 @@ def load(path: str, fmt: str, *, label_column="label", image_size=None) -> tuple
     if fmt == "npy":
         parts = [p.strip() for p in os.fspath(path).split(",")]
         if len(parts) != 2:
-            raise ValueError(f"a .npy pair is written 'inputs.npy,labels.npy'; got {path!r}")
+            raise InvalidInput(f"a .npy pair is written 'inputs.npy,labels.npy'; got {path!r}")
         return load_npy_pair(*parts)
     if fmt == "idx":
         parts = [p.strip() for p in os.fspath(path).split(",")]
@@ -250,7 +251,7 @@ def load(path: str, fmt: str, *, label_column="label", image_size=None) -> tuple
         return load_csv(path, label_column)
     if fmt == "images":
         return load_images(path, None if image_size is None else tuple(image_size))
-    raise ValueError(f"unknown data format {fmt!r}; one of {', '.join(FORMATS)}")
+    raise InvalidInput(f"unknown data format {fmt!r}; one of {', '.join(FORMATS)}")
 
 
 def image_side(n_inputs: int) -> int | None:

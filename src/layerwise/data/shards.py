@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from layerwise._checks import InvalidInput
 
 BLOCK_BYTES = 32 * 2**20  # rows per block: about this many bytes of float32 inputs
 _MEMBERS: dict = {}  # compressed .npz members in memory: (path, member, mtime, size) -> array; the last two
@@ -164,18 +165,18 @@ def _npy_header(f, where: str) -> tuple[np.dtype, tuple, bool]:
         elif version == (2, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
-            raise ValueError(f"format version {version} is not supported")
+            raise InvalidInput(f"format version {version} is not supported")
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{where} is not a readable .npy array ({e})") from None
+        raise InvalidInput(f"{where} is not a readable .npy array ({e})") from None
     if dtype.hasobject:
-        raise ValueError(f"{where}: object arrays (pickle) are not accepted")
+        raise InvalidInput(f"{where}: object arrays (pickle) are not accepted")
     return dtype, shape, fortran
 
 
 def _array(path: Path, name: str, dtype, shape, fortran, offset, member=None) -> Array:
     where = f"{path}:{name}" if member else str(path)
     if fortran and len(shape) > 1:
-        raise ValueError(f"{where}: the array is in Fortran order; save it C-contiguous (np.ascontiguousarray)")
+        raise InvalidInput(f"{where}: the array is in Fortran order; save it C-contiguous (np.ascontiguousarray)")
     return Array(path, where, dtype, tuple(shape), offset, member)
 
 
@@ -185,7 +186,7 @@ def open_npy(path: Path) -> Shard:
         offset = f.tell()
     need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if os.path.getsize(path) < need:
-        raise ValueError(f"'{path}' is truncated: its header promises {need} bytes, the file has {os.path.getsize(path)}")
+        raise InvalidInput(f"'{path}' is truncated: its header promises {need} bytes, the file has {os.path.getsize(path)}")
     return Shard(path, _array(path, "x", dtype, shape, fortran, offset), None)
 
 
@@ -194,11 +195,11 @@ def open_npz(path: Path) -> Shard:
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise ValueError(f"data file '{path}' is not a readable .npz file ({e})") from None
+        raise InvalidInput(f"data file '{path}' is not a readable .npz file ({e})") from None
     with zf, open(path, "rb") as raw:
         names = {n.removesuffix(".npy"): n for n in zf.namelist()}
         if "x" not in names:
-            raise ValueError(f"data file '{path}' has no array 'x' (found: {', '.join(names) or 'none'}); "
+            raise InvalidInput(f"data file '{path}' has no array 'x' (found: {', '.join(names) or 'none'}); "
                              "save inputs as np.savez(path, x=..., y=...)")
         arrays = {}
         for key in ("x", "y"):
@@ -232,7 +233,7 @@ def open_source(path, *, require_labels: bool = False) -> ShardSet:
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix in (".npy", ".npz") and f.is_file())
         if not files:
-            raise ValueError(f"data folder '{p}' holds no .npy or .npz shards")
+            raise InvalidInput(f"data folder '{p}' holds no .npy or .npz shards")
     elif p.is_file():
         files = [p]
     else:
@@ -241,17 +242,17 @@ def open_source(path, *, require_labels: bool = False) -> ShardSet:
     first = shards[0]
     for s in shards:
         if len(s.x.shape) != 2:
-            raise ValueError(f"{s.x.name}: array 'x' must be 2-D (samples, features); got shape {s.x.shape}")
+            raise InvalidInput(f"{s.x.name}: array 'x' must be 2-D (samples, features); got shape {s.x.shape}")
         if s.x.shape[1] == 0:
-            raise ValueError(f"{s.x.name}: array 'x' has no features (shape {s.x.shape})")
+            raise InvalidInput(f"{s.x.name}: array 'x' has no features (shape {s.x.shape})")
         if s.x.shape[1] != first.x.shape[1]:
-            raise ValueError(f"{s.x.name}: {s.x.shape[1]} features per sample, but {first.x.name} has "
+            raise InvalidInput(f"{s.x.name}: {s.x.shape[1]} features per sample, but {first.x.name} has "
                              f"{first.x.shape[1]}; every shard of '{p}' must have the same width")
         if s.y is not None and s.y.shape != (len(s),):
-            raise ValueError(f"{s.y.name}: array 'y' must have shape ({len(s)},) to match 'x'; got {s.y.shape}")
+            raise InvalidInput(f"{s.y.name}: array 'y' must have shape ({len(s)},) to match 'x'; got {s.y.shape}")
         if require_labels and s.y is None:
             kind = "a .npy shard holds inputs only; put labels in .npz shards (x and y)" if s.path.suffix == ".npy" else ""
-            raise ValueError(f"{s.x.name}: no array 'y' (labels), which is required here{'; ' + kind if kind else ''}")
+            raise InvalidInput(f"{s.x.name}: no array 'y' (labels), which is required here{'; ' + kind if kind else ''}")
     return ShardSet(str(p), shards)
 
 
@@ -262,11 +263,11 @@ def scan(src: ShardSet, *, visible: str = "bernoulli", n_inputs: int | None = No
     A violation raises ValueError naming the shard, the array and the row."""
     for s in src.shards:
         if not (np.issubdtype(s.x.dtype, np.floating) or np.issubdtype(s.x.dtype, np.integer) or s.x.dtype == bool):
-            raise ValueError(f"{s.x.name}: array 'x' must be numeric; got dtype {s.x.dtype}")
+            raise InvalidInput(f"{s.x.name}: array 'x' must be numeric; got dtype {s.x.dtype}")
         if n_inputs is not None and s.x.shape[1] != n_inputs:
-            raise ValueError(f"{s.x.name}: array 'x' has {s.x.shape[1]} features per sample; the net expects {n_inputs}")
+            raise InvalidInput(f"{s.x.name}: array 'x' has {s.x.shape[1]} features per sample; the net expects {n_inputs}")
         if len(s) == 0:
-            raise ValueError(f"{s.x.name}: array 'x' holds no samples (shape {s.x.shape})")
+            raise InvalidInput(f"{s.x.name}: array 'x' holds no samples (shape {s.x.shape})")
         h = hashlib.sha256()
         h.update(f"{s.x.dtype.str}{s.x.shape}".encode())
         step = src.block_rows()
@@ -291,12 +292,12 @@ def _check_x(x: np.ndarray, where: str, row0: int, visible: str) -> None:
     if not finite.all():
         row, col = np.argwhere(~finite)[0]
         kind = "NaN" if np.isnan(x[row, col]) else "Inf"
-        raise ValueError(f"{where}: array 'x' contains {kind} (first at row {row0 + row}, column {col})")
+        raise InvalidInput(f"{where}: array 'x' contains {kind} (first at row {row0 + row}, column {col})")
     if visible == "bernoulli" and x.size:
         lo, hi = float(x.min()), float(x.max())
         if lo < 0.0 or hi > 1.0:
             bad = np.argwhere((x < 0) | (x > 1))[0]
-            raise ValueError(
+            raise InvalidInput(
                 f"{where}: array 'x' has values in [{lo:g}, {hi:g}] (first outside [0, 1] at row {row0 + bad[0]}, "
                 f"column {bad[1]}), but Bernoulli visible units need inputs in [0, 1]; rescale the data, or use "
                 "visible = \"gaussian\" for standardized real-valued inputs")
@@ -305,14 +306,14 @@ def _check_x(x: np.ndarray, where: str, row0: int, visible: str) -> None:
 def _check_y(y: np.ndarray, where: str, n_labels: int | None, row0: int = 0) -> None:
     if np.issubdtype(y.dtype, np.floating):
         if not np.isfinite(y).all() or not np.all(y == np.round(y)):
-            raise ValueError(f"{where}: array 'y' must hold integer class labels; got non-integer values")
+            raise InvalidInput(f"{where}: array 'y' must hold integer class labels; got non-integer values")
     elif not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{where}: array 'y' must hold integer class labels; got dtype {y.dtype}")
+        raise InvalidInput(f"{where}: array 'y' must hold integer class labels; got dtype {y.dtype}")
     bad = (y < 0) if n_labels is None else (y < 0) | (y >= n_labels)
     if bad.any():
         i = int(np.argmax(bad))
         span = f"[0, {n_labels})" if n_labels is not None else ">= 0"
-        raise ValueError(f"{where}: array 'y' must hold labels in {span}; found {int(y[i])} at row {row0 + i}")
+        raise InvalidInput(f"{where}: array 'y' must hold labels in {span}; found {int(y[i])} at row {row0 + i}")
 
 
 def max_label(src: ShardSet) -> int:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layerwise._checks import parse_size
+from layerwise._checks import InvalidInput, MissingExtra, parse_size
 from layerwise.data import shards
 from layerwise.data.mnist import (  # noqa: F401 - re-exported: the data module is where users look
     MNIST_MEMBER, MNIST_NPZ, MNIST_PACKAGE, cache_dir, fetch_mnist, mnist_from_wheel, read_numpy_pickle,
@@ -101,7 +101,7 @@ def load_digits() -> Splits:
     try:
         from sklearn.datasets import load_digits as _load
     except ImportError:  # pragma: no cover - depends on the install
-        raise ImportError(
+        raise MissingExtra(
             "the 'digits' data needs scikit-learn: pip install 'layerwise[sklearn]'"
         ) from None
     d = _load()
@@ -123,12 +123,12 @@ def load_npz(path: str | os.PathLike, *, require_labels: bool = False) -> Datase
     if not path.is_file():
         raise FileNotFoundError(f"data file '{path}' does not exist")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"data file '{path}' is not a readable .npz file (not a zip archive)")
+        raise InvalidInput(f"data file '{path}' is not a readable .npz file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             names = list(z.files)
             if "x" not in names:
-                raise ValueError(
+                raise InvalidInput(
                     f"data file '{path}' has no array 'x' (found: {', '.join(names) or 'none'}); "
                     "save inputs as np.savez(path, x=..., y=...)"
                 )
@@ -136,15 +136,15 @@ def load_npz(path: str | os.PathLike, *, require_labels: bool = False) -> Datase
             y = z["y"] if "y" in names else None
     except ValueError as e:
         if "Object arrays" in str(e):
-            raise ValueError(f"data file '{path}': object arrays (pickle) are not accepted") from None
+            raise InvalidInput(f"data file '{path}': object arrays (pickle) are not accepted") from None
         raise
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise ValueError(f"data file '{path}' is not a readable .npz file ({e})") from None
+        raise InvalidInput(f"data file '{path}' is not a readable .npz file ({e})") from None
     except MemoryError:
-        raise ValueError(f"data file '{path}': an array's header claims more data than fits in memory; "
+        raise InvalidInput(f"data file '{path}': an array's header claims more data than fits in memory; "
                          "the file is corrupt, or too large for this machine") from None
     if require_labels and y is None:
-        raise ValueError(f"data file '{path}' has no array 'y' (labels), which is required here")
+        raise InvalidInput(f"data file '{path}' has no array 'y' (labels), which is required here")
     return Dataset(x, y, str(path))
 
 
@@ -163,16 +163,16 @@ def validate(
     src = ds.name
     x = np.asarray(ds.x)
     if x.ndim != 2:
-        raise ValueError(f"{src}: array 'x' must be 2-D (samples, features); got shape {x.shape}")
+        raise InvalidInput(f"{src}: array 'x' must be 2-D (samples, features); got shape {x.shape}")
     if x.shape[0] == 0:
-        raise ValueError(f"{src}: array 'x' holds no samples (shape {x.shape})")
+        raise InvalidInput(f"{src}: array 'x' holds no samples (shape {x.shape})")
     if x.shape[1] == 0:
-        raise ValueError(f"{src}: array 'x' has no features (shape {x.shape})")
+        raise InvalidInput(f"{src}: array 'x' has no features (shape {x.shape})")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer) or x.dtype == bool):
-        raise ValueError(f"{src}: array 'x' must be numeric; got dtype {x.dtype}")
+        raise InvalidInput(f"{src}: array 'x' must be numeric; got dtype {x.dtype}")
     x = x.astype(np.float32, copy=False)
     if n_inputs is not None and x.shape[1] != n_inputs:
-        raise ValueError(
+        raise InvalidInput(
             f"{src}: array 'x' has {x.shape[1]} features per sample; the net expects {n_inputs}"
         )
     finite = np.isfinite(x)
@@ -180,11 +180,11 @@ def validate(
         row, col = np.argwhere(~finite)[0]
         kind = "NaN" if np.isnan(x[row, col]) else "Inf"
         count = int((~finite).sum())
-        raise ValueError(f"{src}: array 'x' contains {kind} ({count} non-finite values; first at row {row}, column {col})")
+        raise InvalidInput(f"{src}: array 'x' contains {kind} ({count} non-finite values; first at row {row}, column {col})")
     if visible == "bernoulli":
         lo, hi = float(x.min()), float(x.max())
         if lo < 0.0 or hi > 1.0:
-            raise ValueError(
+            raise InvalidInput(
                 f"{src}: array 'x' has values in [{lo:g}, {hi:g}], but Bernoulli visible units need "
                 "inputs in [0, 1]; rescale the data, or use visible = \"gaussian\" for standardized "
                 "real-valued inputs"
@@ -193,20 +193,20 @@ def validate(
     if y is not None:
         y = np.asarray(y)
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
-            raise ValueError(
+            raise InvalidInput(
                 f"{src}: array 'y' must have shape ({x.shape[0]},) to match 'x'; got {y.shape}"
             )
         if np.issubdtype(y.dtype, np.floating):
             if not np.isfinite(y).all() or not np.all(y == np.round(y)):
-                raise ValueError(f"{src}: array 'y' must hold integer class labels; got non-integer values")
+                raise InvalidInput(f"{src}: array 'y' must hold integer class labels; got non-integer values")
         elif not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"{src}: array 'y' must hold integer class labels; got dtype {y.dtype}")
+            raise InvalidInput(f"{src}: array 'y' must hold integer class labels; got dtype {y.dtype}")
         y = y.astype(np.int64)
         if n_labels is not None:
             bad = (y < 0) | (y >= n_labels)
             if bad.any():
                 i = int(np.argmax(bad))
-                raise ValueError(
+                raise InvalidInput(
                     f"{src}: array 'y' must hold labels in [0, {n_labels}); found {int(y[i])} at index {i} "
                     f"({int(bad.sum())} out of range)"
                 )
@@ -218,7 +218,7 @@ def split_validation(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, 
     n = len(ds)
     n_val = int(round(n * fraction))
     if n_val < 1 or n_val >= n:
-        raise ValueError(
+        raise InvalidInput(
             f"{ds.name}: validation_fraction={fraction} leaves {n - n_val} training and {n_val} "
             "validation samples; both must be at least 1"
         )
@@ -243,7 +243,7 @@ def open_data(path, *, require_labels: bool = False, max_memory: int | None = No
     if fmt is not None:
         ds = Dataset(*formats.load(path, fmt, label_column=label_column, image_size=image_size))
         if require_labels and ds.y is None:
-            raise ValueError(f"data '{path}' has no labels, which are required here"
+            raise InvalidInput(f"data '{path}' has no labels, which are required here"
                              + (f" (no column {label_column!r})" if fmt == "csv" else ""))
         return ds
     if shards.is_sharded(path):
@@ -302,7 +302,7 @@ def load_splits(cfg, *, visible: str = "bernoulli", seed: int = 0, report=print)
     train = validate(train, visible=visible, n_labels=n_labels)
     if n_labels is None:
         if train.y.min() < 0:
-            raise ValueError(f"{train.name}: array 'y' must hold labels >= 0; found {int(train.y.min())}")
+            raise InvalidInput(f"{train.name}: array 'y' must hold labels >= 0; found {int(train.y.min())}")
         n_labels = max(int(train.y.max()) + 1, 2)
     if len(np.unique(train.y)) == 1:
         warnings.warn(f"{train.name}: every training label is {int(train.y[0])}; a classifier of one class learns "
@@ -333,7 +333,7 @@ def _streamed_splits(cfg, train: StreamedDataset, splits: Splits, n_labels: int 
         n = len(train)
         n_val = int(round(n * cfg.validation_fraction))
         if n_val < 1 or n_val >= n:
-            raise ValueError(f"{train.name}: validation_fraction={cfg.validation_fraction} leaves {n - n_val} training "
+            raise InvalidInput(f"{train.name}: validation_fraction={cfg.validation_fraction} leaves {n - n_val} training "
                              f"and {n_val} validation samples; both must be at least 1")
         train, val = _rows(train, 0, n - n_val, "[train]"), _rows(train, n - n_val, n, "[validation]")
     else:
@@ -353,7 +353,7 @@ def loop_data(ds, device=None, *, labels: bool = True, streamed: bool | None = N
         return None
     if isinstance(ds, StreamedDataset):
         if streamed is False:
-            raise ValueError(f"{ds.name}: the checkpoint was written by a loop over this data in memory, and it is "
+            raise InvalidInput(f"{ds.name}: the checkpoint was written by a loop over this data in memory, and it is "
                              "streamed from disk now (another --max-memory?); resume with the run's own setting")
         return ShardedData(ds.source, device, labels=labels)
     x, y = as_tensors(ds)

@@ -33,6 +33,7 @@ import torch
 
 from layerwise import _devices
 from layerwise.data import shards as sh
+from layerwise._checks import InvalidInput
 
 CHUNK = 10000  # rows per forward pass when mapping a layer over data in memory
 
@@ -179,7 +180,7 @@ class ShardedData:
         ``folder``; a folder already made for the same ``key`` (the source and the
         layers below) is read back, not made again."""
         if folder is None:
-            raise ValueError(f"{self.source.name}: streamed data needs a folder for the activations of each layer")
+            raise InvalidInput(f"{self.source.name}: streamed data needs a folder for the activations of each layer")
         folder = Path(folder)
         meta = {"key": key, "source": self.source.name, "rows": [len(s) for s in self.source.shards]}
         if (folder / "meta.json").is_file() and json.loads((folder / "meta.json").read_text()) == meta:

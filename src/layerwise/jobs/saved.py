@@ -26,6 +26,7 @@ from layerwise.training.loop import Checkpointer
 from layerwise.reporting.reporter import Reporter
 from layerwise.data.budget import check_fits
 from layerwise.storage.runs import RunResult, partial_dir, run_lock
+from layerwise._checks import InvalidInput
 
 
 def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str | Path, *, progress: bool = False,
@@ -41,10 +42,10 @@ def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str
         raise FileExistsError(f"output folder '{out_dir}' already exists; it is never overwritten")
     dbn, pre_manifest = load_model(pretrained_dir)
     if pre_manifest["kind"] != "pretrained":
-        raise ValueError(f"'{pretrained_dir}' holds a {pre_manifest['kind']} net; finetune needs a pretrained one")
+        raise InvalidInput(f"'{pretrained_dir}' holds a {pre_manifest['kind']} net; finetune needs a pretrained one")
     splits = load_splits(cfg.data, visible=dbn.visible, seed=cfg.seed, report=echo or silent)
     if splits.n_inputs != dbn.n_visible:
-        raise ValueError(
+        raise InvalidInput(
             f"{splits.train.name}: the data has {splits.n_inputs} features per sample; "
             f"the pretrained net '{pretrained_dir}' expects {dbn.n_visible}"
         )
@@ -64,7 +65,7 @@ def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str
     with run_lock(work):
         ckpt = checkpointing.load_state(work / "checkpoint", "finetune") if checkpointing.exists(work / "checkpoint") else None
         if ckpt is not None and ckpt.get("identity") != identity:
-            raise ValueError(
+            raise InvalidInput(
                 f"'{work}' holds an interrupted fine-tuning of another pretrained net, recipe or data; "
                 f"delete it to start over, or choose another --out"
             )

@@ -28,7 +28,7 @@ from layerwise.training.pretrain import PretrainProgress, pretrain
 from layerwise.data.budget import check_fits
 from layerwise.storage.runs import METRICS, continue_log, read_config, run_lock, write_config
 from layerwise.runtime import resolve_device
-from layerwise._checks import parse_size
+from layerwise._checks import InvalidInput, parse_size
 from layerwise.data.shards import StreamedDataset, scan
 from layerwise.stack import DeepBeliefNet
 
@@ -65,7 +65,7 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
     first = None  # a first stage's data, validated before its folder exists
     if cfg is not None:
         if data is None:
-            raise ValueError("the first pretraining stage needs --data FILE.npz (or a .npy, or a folder of shards)")
+            raise InvalidInput("the first pretraining stage needs --data FILE.npz (or a .npy, or a folder of shards)")
         if out_dir.exists() and any(out_dir.iterdir()):
             raise FileExistsError(f"output folder '{out_dir}' already exists; continue it with --resume {out_dir}")
         # bad data is refused before the folder exists
@@ -84,7 +84,7 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
             return None
         stage, ds = found
         if cfg.model.top_labels:
-            raise ValueError("[model] top_labels: staged pretraining trains on unlabelled data, and a top RBM that "
+            raise InvalidInput("[model] top_labels: staged pretraining trains on unlabelled data, and a top RBM that "
                              "learns the labels needs them; use `layerwise train`")
         dev = resolve_device(cfg.device)
         resolved = resolve_config(cfg, ds.n_features)
@@ -201,17 +201,17 @@ def _stage_and_data(out_dir: Path, cfg: RunConfig, ckpt: dict | None, data, epoc
         ds = None if found is None else found[0]
         if ds is None or ds.fingerprint != stage["fingerprint"]:
             if data is not None:
-                raise ValueError(
+                raise InvalidInput(
                     f"'{out_dir}': stage {len(ckpt['stages']) + 1} on '{stage['data']}' was interrupted, and '{data}' "
                     "holds other data; finish the stage with --resume alone (or --data naming its file) before "
                     "feeding new data"
                 )
-            raise ValueError(f"'{stage['path']}' changed since its stage started (fingerprint differs)")
+            raise InvalidInput(f"'{stage['path']}' changed since its stage started (fingerprint differs)")
         return stage, ds
     if data is None:
         if ckpt is None:
-            raise ValueError(f"'{out_dir}': the first pretraining stage needs --data FILE.npz")
-        raise ValueError(f"'{out_dir}': stage {len(ckpt['stages'])} is finished; a new stage needs --data FILE.npz "
+            raise InvalidInput(f"'{out_dir}': the first pretraining stage needs --data FILE.npz")
+        raise InvalidInput(f"'{out_dir}': stage {len(ckpt['stages'])} is finished; a new stage needs --data FILE.npz "
                          "(or a folder of shards)")
     # the wrong width is refused here, nothing touched
     found = loaded if loaded is not None else _stage_data(data, visible, n_inputs, max_memory, _seen(ckpt))

@@ -35,6 +35,7 @@ from layerwise.training.pretrain import PretrainProgress, pretrain
 from layerwise.storage.runs import METRICS, RunResult, claim_run_dir, continue_log, run_lock
 from layerwise.runtime import resolve_device
 from layerwise.stack import DeepBeliefNet
+from layerwise._checks import InvalidInput, Refused
 
 
 def train(cfg: RunConfig, *, runs_dir: str | Path = "runs", progress: bool = False, echo=None) -> RunResult:
@@ -145,7 +146,7 @@ def _same_data(folder: Path, ckpt: dict, now: dict, name: str) -> None:
     """A run goes on only with the data it started on: another net would come out."""
     then = ckpt["data"]
     if then != now:
-        raise ValueError(
+        raise InvalidInput(
             f"'{folder}': the training data ({name}) is not the data this run started on "
             f"(sha256 {then['train'][:12]}, {then['samples']} samples; now {now['train'][:12]}, {now['samples']} "
             "samples). Put the original data back to resume, or start a new run"
@@ -215,7 +216,7 @@ def write_pretrained(run: Run, dbn: DeepBeliefNet, records: list[dict]) -> dict:
         if run.world > 1:
             dbn.load_state_dict(on_disk, strict=False)
         elif any(not torch.equal(on_disk[k], v.cpu()) for k, v in dbn.model_state().items()):
-            raise RuntimeError(f"'{folder}' differs from the resumed pretraining; not overwriting it")
+            raise Refused(f"'{folder}' differs from the resumed pretraining; not overwriting it")
     else:
         metrics = {**pretrain_metrics(records), "seconds": round(run.clock.seconds["pretrain"], 2)}
         manifest = write_artifact(folder, dbn.model_state(), kind="pretrained", architecture=dbn.architecture(),

@@ -16,6 +16,7 @@ from layerwise.jobs.common import read_checkpoint, silent
 from layerwise.jobs.training import train_in
 from layerwise.training.loop import stop_requested
 from layerwise.storage.runs import CONFIG, RunResult, claim_run_dir, read_config, result_from_disk, run_lock
+from layerwise._checks import InvalidInput
 
 
 def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None, run_dir: str | Path | None = None,
@@ -101,13 +102,13 @@ def resume(run_dir: str | Path, *, workers: int | None = None, allow_resize: boo
     cfg.device = device or cfg.device
     with run_lock(run_dir):
         if (run_dir / "finetuned").exists():
-            raise ValueError(f"run '{run_dir}' is complete (finetuned/ exists); nothing to resume")
+            raise InvalidInput(f"run '{run_dir}' is complete (finetuned/ exists); nothing to resume")
         splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
         ckpt = read_checkpoint(run_dir)
         saved = None if ckpt is None else ckpt["workers"]
         n = workers or saved or 1
         if saved is not None and n != saved and not allow_resize:
-            raise ValueError(
+            raise InvalidInput(
                 f"'{run_dir}' was checkpointed by {saved} worker{'s' * (saved > 1)}; resume it with --workers {saved} "
                 f"(the default), or add --allow-resize to accept a result that is not bitwise the uninterrupted run's"
             )

@@ -17,6 +17,7 @@ from layerwise.advice import evidence
 from layerwise.lab import averaging, batch, blend, bottleneck, depth, passes, pretraining, rounds, stages, widths
 from layerwise.lab import core
 from layerwise.lab.core import BUDGETS, Cache, load, run_experiment, section
+from layerwise._checks import InvalidInput
 
 EXPERIMENTS = {m.NAME: m for m in (averaging, rounds, widths, bottleneck, depth, pretraining, blend, stages, passes, batch)}
 
@@ -29,9 +30,9 @@ def run_lab(names: list[str] | None = None, *, budget: str = "quick", data: str 
     names = list(names or EXPERIMENTS)
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
-        raise ValueError(f"unknown experiment {', '.join(map(repr, unknown))}; the lab has {', '.join(EXPERIMENTS)}")
+        raise InvalidInput(f"unknown experiment {', '.join(map(repr, unknown))}; the lab has {', '.join(EXPERIMENTS)}")
     if budget not in BUDGETS:
-        raise ValueError(f"unknown budget {budget!r}; one of {', '.join(BUDGETS)}")
+        raise InvalidInput(f"unknown budget {budget!r}; one of {', '.join(BUDGETS)}")
     b = BUDGETS[budget]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

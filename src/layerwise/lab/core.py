@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from layerwise._files import atomic_write
+from layerwise._checks import InvalidInput
 
 VERDICTS = ("holds", "holds in part", "does not hold")
 
@@ -82,7 +83,7 @@ def load(data: str | None = None, test: str | None = None, *, seed: int = 0) -> 
         cfg = DataConfig(source="mnist")
     else:
         if test is None:
-            raise ValueError("--data needs --test: the lab measures accuracy on held-out test data")
+            raise InvalidInput("--data needs --test: the lab measures accuracy on held-out test data")
         cfg = DataConfig(source="files", train=str(data), test=str(test))
     s = load_splits(cfg, seed=seed, report=lambda m: None)
     t = lambda ds: (torch.from_numpy(ds.x), torch.from_numpy(ds.y))  # noqa: E731

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from layerwise.data.formats import image_side
+from layerwise._checks import MissingExtra
 
 SCALARS = ("recon_ce_train", "recon_ce_heldout", "free_energy_gap", "dead_units", "lr", "train_loss", "val_loss",
            "val_accuracy", "test_accuracy", "test_loss", "seconds")
@@ -25,7 +26,7 @@ class Board:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:  # tensorboard itself is missing
-            raise ImportError("--tensorboard needs TensorBoard: pip install 'layerwise[tensorboard]'") from e
+            raise MissingExtra("--tensorboard needs TensorBoard: pip install 'layerwise[tensorboard]'") from e
         import atexit
 
         self.folder = Path(folder)

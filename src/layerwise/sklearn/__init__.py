@@ -10,9 +10,10 @@ Each saves as a layerwise artifact (``est.save(path)``, ``Class.load(path)``).
 try:
     import sklearn  # noqa: F401
 except ImportError as e:  # pragma: no cover - the extra is missing
-    raise ImportError("layerwise.sklearn needs scikit-learn: pip install 'layerwise[sklearn]'") from e
+    raise MissingExtra("layerwise.sklearn needs scikit-learn: pip install 'layerwise[sklearn]'") from e
 
 from layerwise.sklearn.dbn import DBNClassifier, DBNTransformer
 from layerwise.sklearn.rbm import EXPECTED_FAILED_CHECKS, BernoulliRBM
+from layerwise._checks import MissingExtra
 
 __all__ = ["BernoulliRBM", "DBNClassifier", "DBNTransformer", "EXPECTED_FAILED_CHECKS"]

@@ -10,6 +10,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from layerwise.storage.artifacts import read_artifact, write_artifact
+from layerwise._checks import InvalidInput
 
 
 class SavesAsArtifact:
@@ -22,7 +23,7 @@ class SavesAsArtifact:
         params = self.get_params(deep=False)
         bad = [k for k, v in params.items() if not isinstance(v, (type(None), bool, int, float, str, list, tuple))]
         if bad:
-            raise ValueError(f"{type(self).__name__}.save: parameter(s) {', '.join(bad)} are not plain values (an int "
+            raise InvalidInput(f"{type(self).__name__}.save: parameter(s) {', '.join(bad)} are not plain values (an int "
                              "random_state saves; a RandomState instance does not)")
         arrays, scalars = self._state()
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
@@ -38,7 +39,7 @@ class SavesAsArtifact:
         arch = manifest["architecture"]
         if manifest["kind"] != "estimator" or not isinstance(arch, dict) or arch.get("class") != cls.__name__:
             what = arch.get("class") if isinstance(arch, dict) and manifest["kind"] == "estimator" else manifest["kind"]
-            raise ValueError(f"'{path}' holds a {what}, not a saved {cls.__name__}")
+            raise InvalidInput(f"'{path}' holds a {what}, not a saved {cls.__name__}")
         est = cls(**arch["params"])
         est._restore({k: v.numpy() for k, v in tensors.items()}, arch["fitted"])
         return est

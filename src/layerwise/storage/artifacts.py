@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from layerwise._version import __version__
 from layerwise._files import atomic_folder, sha256_file
+from layerwise._checks import InvalidInput
 
 SCHEMA_VERSION = 1
 READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH  # 0444; writable artifacts are 0644
@@ -94,14 +95,14 @@ def read_manifest(folder: str | Path) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"'{path}' is not valid JSON ({e}); the manifest is corrupt") from None
+        raise InvalidInput(f"'{path}' is not valid JSON ({e}); the manifest is corrupt") from None
     if not isinstance(manifest, dict):
-        raise ValueError(f"'{path}' is corrupt: it holds {json.dumps(manifest)[:40]}, not a JSON object")
+        raise InvalidInput(f"'{path}' is corrupt: it holds {json.dumps(manifest)[:40]}, not a JSON object")
     for key in ("schema_version", "kind", "architecture", "weights_sha256"):
         if key not in manifest:
-            raise ValueError(f"'{path}' lacks the key '{key}'; the manifest is corrupt")
+            raise InvalidInput(f"'{path}' lacks the key '{key}'; the manifest is corrupt")
     if manifest["schema_version"] != SCHEMA_VERSION:
-        raise ValueError(
+        raise InvalidInput(
             f"'{path}' has schema_version {manifest['schema_version']}; this layerwise reads {SCHEMA_VERSION}"
         )
     return manifest
@@ -116,14 +117,14 @@ def read_artifact(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise FileNotFoundError(f"'{weights}' is missing")
     digest = sha256_file(weights)
     if digest != manifest["weights_sha256"]:
-        raise ValueError(
+        raise InvalidInput(
             f"'{weights}' does not match its manifest: sha256 is {digest}, the manifest records "
             f"{manifest['weights_sha256']} (size {weights.stat().st_size} bytes); the file was changed or truncated"
         )
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as e:  # pragma: no cover - the hash catches this first
-        raise ValueError(f"'{weights}' is not a readable safetensors file ({e})") from None
+        raise InvalidInput(f"'{weights}' is not a readable safetensors file ({e})") from None
     return tensors, manifest
 
 
@@ -151,10 +152,10 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, dict]:
     arch = manifest["architecture"]
     needs = ARCHITECTURE_KEYS.get(arch.get("type") if isinstance(arch, dict) else None)
     if needs is None:
-        raise ValueError(f"'{Path(folder) / MANIFEST}' is corrupt: unknown architecture {arch!r:.60}")
+        raise InvalidInput(f"'{Path(folder) / MANIFEST}' is corrupt: unknown architecture {arch!r:.60}")
     missing = [k for k in needs if k not in arch]
     if missing:
-        raise ValueError(f"'{Path(folder) / MANIFEST}' is corrupt: its architecture lacks {', '.join(map(repr, missing))}")
+        raise InvalidInput(f"'{Path(folder) / MANIFEST}' is corrupt: its architecture lacks {', '.join(map(repr, missing))}")
     if arch["type"] == "DeepBeliefNet":
         model = DeepBeliefNet.from_architecture(arch)
     else:
@@ -168,7 +169,7 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, dict]:
     unexpected = sorted(set(tensors) - set(expected))
     wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
-        raise ValueError(
+        raise InvalidInput(
             f"'{Path(folder) / WEIGHTS}' does not fit the manifest's architecture: missing {missing}, "
             f"unexpected {unexpected}, wrong shape {wrong}"
         )

@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save
 
 from layerwise._files import atomic_write
+from layerwise._checks import InvalidInput
 
 CHECKPOINT = "state.safetensors"
 PREVIOUS = "state.prev.safetensors"  # the checkpoint before: a corrupt newest one is not the end of a long run
@@ -61,7 +62,7 @@ def unflatten(tensors: dict[str, torch.Tensor], meta: Any) -> Any:
         if isinstance(node, dict):
             if set(node) == {_TENSOR}:
                 if node[_TENSOR] not in tensors:
-                    raise ValueError(f"the checkpoint lacks the tensor '{node[_TENSOR]}' its header names")
+                    raise InvalidInput(f"the checkpoint lacks the tensor '{node[_TENSOR]}' its header names")
                 return tensors[node[_TENSOR]]
             if set(node) == {_ITEMS}:
                 return {k: walk(v) for k, v in node[_ITEMS]}
@@ -108,15 +109,15 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], Any]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         meta = json.loads(meta_json)
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError, ValueError) as e:
-        raise ValueError(f"checkpoint '{path}' is unreadable ({type(e).__name__}: {e})") from None
+        raise InvalidInput(f"checkpoint '{path}' is unreadable ({type(e).__name__}: {e})") from None
     if header.get("layerwise_format", "1") != FORMAT:
-        raise ValueError(
+        raise InvalidInput(
             f"checkpoint '{path}' is in checkpoint format {header.get('layerwise_format', '1')}; this layerwise reads "
             f"format {FORMAT}. Resume it with the layerwise version that wrote it, or delete the checkpoint folder "
             "to start over"
         )
     if _digest(tensors, meta_json) != header.get("layerwise_sha256"):
-        raise ValueError(f"checkpoint '{path}' is corrupt: its contents do not match the sha256 in its header")
+        raise InvalidInput(f"checkpoint '{path}' is corrupt: its contents do not match the sha256 in its header")
     return tensors, meta
 
 
@@ -132,12 +133,12 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
         return _read(path)
     except ValueError as e:
         if "checkpoint format" in str(e) or not (folder / PREVIOUS).is_file():
-            raise ValueError(f"{e}; delete '{folder}' to start over") from None
+            raise InvalidInput(f"{e}; delete '{folder}' to start over") from None
         try:
             _, meta = _read(folder / PREVIOUS)
         except ValueError:
-            raise ValueError(f"{e}, and so is the previous one ('{PREVIOUS}'); delete '{folder}' to start over") from None
-        raise ValueError(f"{e}. The previous checkpoint is intact ({_where(meta)}): to go on from there, "
+            raise InvalidInput(f"{e}, and so is the previous one ('{PREVIOUS}'); delete '{folder}' to start over") from None
+        raise InvalidInput(f"{e}. The previous checkpoint is intact ({_where(meta)}): to go on from there, "
                          f"move '{folder / PREVIOUS}' to '{path}' and run the same command again; or delete "
                          f"'{folder}' to start over") from None
 
@@ -171,9 +172,9 @@ def load_state(folder: str | Path, job: str | None = None, *, take=None) -> Any:
     path = Path(folder) / CHECKPOINT
     tensors, meta = load_checkpoint(folder)
     if job is not None and meta.get("job") != job:
-        raise ValueError(f"checkpoint '{path}' belongs to a {meta.get('job')!r} job, not to {job!r}: "
+        raise InvalidInput(f"checkpoint '{path}' belongs to a {meta.get('job')!r} job, not to {job!r}: "
                          f"continue it with {_COMMANDS.get(meta.get('job'), 'the command that started it')}")
     try:
         return unflatten(take(tensors, meta) if take else tensors, meta)
     except ValueError as e:
-        raise ValueError(f"checkpoint '{path}' is unreadable ({e})") from None
+        raise InvalidInput(f"checkpoint '{path}' is unreadable ({e})") from None

@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerwise._checks import Refused
+
 from layerwise import config as config_mod
 from layerwise.storage.artifacts import read_artifact
 from layerwise.data.budget import check_fits
@@ -91,7 +93,7 @@ def run_lock(run_dir: Path):
         f.seek(0)
         holder = f.read().strip() or "unknown"
         f.close()
-        raise RuntimeError(
+        raise Refused(
             f"run folder '{run_dir}' is in use by another layerwise process (pid {holder}); "
             "wait for it to finish or use another run folder"
         ) from None

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from layerwise._checks import check_int
+from layerwise._checks import Refused, check_int
 from layerwise.training.distributed import collective_device
 
 
@@ -68,7 +68,7 @@ def average_tensors(tensors: list[torch.Tensor], group=None, drift_floor: float 
     try:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
     except RuntimeError as e:  # gloo's timeout and lost-peer errors (DistBackendError is one)
-        raise RuntimeError(
+        raise Refused(
             f"parameter averaging: no answer from the other workers after {time.monotonic() - t0:.0f} s; "
             f"a worker hung or died (the timeout is distributed.timeout_minutes). Cause: {str(e).splitlines()[0]}"
         ) from None

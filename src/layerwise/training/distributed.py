@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import torch
+from layerwise._checks import InvalidInput, Refused
 
 
 def rank_world() -> tuple[int, int]:
@@ -83,7 +84,7 @@ def broadcast_bytes(data: bytes, limit: int = 4096) -> bytes:
     if rank_world()[1] == 1:
         return data
     if len(data) > limit or b"\0" in data:
-        raise ValueError(f"broadcast_bytes: at most {limit} bytes without NUL; got {len(data)}")
+        raise InvalidInput(f"broadcast_bytes: at most {limit} bytes without NUL; got {len(data)}")
     buf = torch.zeros(limit, dtype=torch.uint8)
     buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else buf[:0]
     buf = buf.to(collective_device())
@@ -137,7 +138,7 @@ def launch_workers(args: list[str], workers: int, *, max_restarts: int = 0, on_l
         return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), err.read())
 
 
-def workers_failed(proc: subprocess.CompletedProcess, workers: int, hint: str = "") -> RuntimeError:
+def workers_failed(proc: subprocess.CompletedProcess, workers: int, hint: str = "") -> Refused:
     """The error for a group of workers that exited non-zero: the workers' own error
     lines (each once; the launcher's report that follows them says only which rank
     exited), else the last lines of their output."""
@@ -148,7 +149,7 @@ def workers_failed(proc: subprocess.CompletedProcess, workers: int, hint: str = 
         body = "the workers reported:\n" + "\n".join(errors[-10:])
     else:
         body = "the last lines:\n" + "\n".join(text.strip().splitlines()[-15:])
-    return RuntimeError(f"the {workers} workers failed (exit {proc.returncode}); {body}{hint}")
+    return Refused(f"the {workers} workers failed (exit {proc.returncode}); {body}{hint}")
 
 
 def gather_local_state(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

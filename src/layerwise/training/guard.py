@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from layerwise._checks import LayerwiseError
 from layerwise.config import GuardConfig
 
 # -- pure checks ----------------------------------------------------------------------
@@ -77,7 +78,7 @@ class Rollback(Exception):
     the learning rate; the loop restarts the epoch."""
 
 
-class DivergenceError(RuntimeError):
+class DivergenceError(LayerwiseError, RuntimeError):
     """Training diverged more times than the guard allows; the message is the diagnosis,
     ``what`` the last thing found (for example "NaN or Inf in weight")."""
 

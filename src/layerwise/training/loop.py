@@ -21,6 +21,7 @@ import torch
 from layerwise.data.streams import as_data
 from layerwise.reporting.reporter import Reporter
 from layerwise.training.guard import Rollback
+from layerwise._checks import InvalidInput
 
 
 _stop_requested = False
@@ -107,7 +108,7 @@ def kill_point(desc: str, rank: int = 0) -> tuple[int, int, str] | None:
         return None
     m = re.fullmatch(r"(?:(\d+)/)?(.+)@(\d+)\.(\d+)(?::(INT|GROUPINT))?", lives[life].strip())
     if m is None:
-        raise ValueError(f"LAYERWISE_TEST_KILL: cannot read {lives[life]!r}; expected [RANK/]LOOP@EPOCH.BATCH[:INT|:GROUPINT]")
+        raise InvalidInput(f"LAYERWISE_TEST_KILL: cannot read {lives[life]!r}; expected [RANK/]LOOP@EPOCH.BATCH[:INT|:GROUPINT]")
     who, loop, epoch, batch, how = m.groups()
     if (who is not None and int(who) != rank) or not desc.startswith(loop):
         return None

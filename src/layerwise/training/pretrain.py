@@ -27,6 +27,7 @@ from layerwise.reporting.reporter import Reporter
 from layerwise.stack import DeepBeliefNet
 from layerwise.data.streams import as_data, wait_for_activations
 from layerwise.units import DenoisingAutoencoder, Unit
+from layerwise._checks import InvalidInput
 
 
 
@@ -174,12 +175,12 @@ def pretrain(
 def _check_top_labels(data, labels: torch.Tensor | None, what: str) -> None:
     """Before any layer trains: a top RBM that learns the labels needs them, beside data in memory."""
     if data.streamed:
-        raise ValueError(f"[model] top_labels needs the {what} data in memory; it is streamed from disk here "
+        raise InvalidInput(f"[model] top_labels needs the {what} data in memory; it is streamed from disk here "
                          "(raise --max-memory, or leave top_labels off)")
     if labels is None:
-        raise ValueError(f"[model] top_labels: the top RBM learns the labels, and the {what} data came without them")
+        raise InvalidInput(f"[model] top_labels: the top RBM learns the labels, and the {what} data came without them")
     if len(labels) != len(data):
-        raise ValueError(f"[model] top_labels: {len(labels)} {what} labels for {len(data)} samples")
+        raise InvalidInput(f"[model] top_labels: {len(labels)} {what} labels for {len(data)} samples")
 
 
 def _joined(dbn: DeepBeliefNet, data, labels: torch.Tensor):

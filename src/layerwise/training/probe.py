@@ -35,6 +35,7 @@ from layerwise.training.guard import DivergenceError, dead_fraction, first_non_f
 from layerwise.training.pretrain import pretrain
 from layerwise.runtime import resolve_device
 from layerwise.stack import DeepBeliefNet
+from layerwise._checks import InvalidInput
 
 
 @dataclass
@@ -52,7 +53,7 @@ def _strict_guard(cfg: RunConfig):
 
 def geometric_grid(low: float, high: float, points: int) -> list[float]:
     if not (0 < low < high) or points < 2:
-        raise ValueError(f"the learning-rate grid needs 0 < low < high and at least 2 points; got {low}, {high}, {points}")
+        raise InvalidInput(f"the learning-rate grid needs 0 < low < high and at least 2 points; got {low}, {high}, {points}")
     return [float(f"{v:.3g}") for v in np.geomspace(low, high, points)]
 
 

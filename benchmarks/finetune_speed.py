@@ -161,7 +161,7 @@ def main() -> None:
         ap.error(f"--batch must be a positive number of images, got {args.batch}")
     B = args.batch
     runtime.apply(args.threads)
-    s = load_mnist(report=lambda m: None)
+    s = load_mnist()
     x = torch.cat([torch.from_numpy(s.train.x), torch.from_numpy(s.validation.x)])[: args.samples]
     y = torch.cat([torch.from_numpy(s.train.y), torch.from_numpy(s.validation.y)])[: args.samples]
     n_batches = len(x) // B

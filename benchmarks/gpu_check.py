@@ -119,7 +119,7 @@ def mnist_images(wheel: str | None, quick: bool) -> tuple[np.ndarray, str]:
         else:
             from layerwise.data.sources import load_mnist
 
-            x, source = load_mnist(report=lambda m: None).train.x, "MNIST"
+            x, source = load_mnist().train.x, "MNIST"
     except (RuntimeError, OSError, ValueError) as e:
         x = (np.random.default_rng(0).random((50000, V)) < 0.13).astype(np.float32)
         source = f"random binary images (no MNIST: {str(e)[:80]})"

@@ -53,7 +53,7 @@ def _time_guard_methods() -> dict:
 def run_one(what: str, guard: bool, threads: int) -> tuple[float, float]:
     runtime.apply(threads)
     spent = _time_guard_methods()
-    s = load_mnist(report=lambda m: None)
+    s = load_mnist()
     x, y = torch.from_numpy(s.train.x), torch.from_numpy(s.train.y)
     g = GuardConfig() if guard else None
     t = time.perf_counter()

@@ -103,7 +103,7 @@ CONTENDERS = ("layerwise", "scikit-learn", "learnergy", "torch.mm roofline", "la
 def run_one(name: str, threads: int) -> float | None:
     runtime.apply(threads)
     if V == 784:
-        xs = load_mnist(report=lambda m: None).train.x
+        xs = load_mnist().train.x
     else:
         xs = np.random.default_rng(0).random((50000, V), dtype=np.float32)
     x = torch.from_numpy(xs)

@@ -33,7 +33,7 @@ def run_one(name: str, threads: int, batch: int, iters: int, samples: int) -> di
     from layerwise.data.sources import load_mnist
 
     runtime.apply(threads)
-    s = load_mnist(report=lambda m: None)
+    s = load_mnist()
     x, xt = s.train.x[:samples], s.test.x
     if name == "layerwise":
         from layerwise.sklearn import BernoulliRBM

@@ -161,8 +161,14 @@ DIGITS_RECIPE = Path(__file__).parent.parent / "recipes" / "digits.toml"
 # -- processes ---------------------------------------------------------------------------
 def worker_env(threads: int = 1, **extra) -> dict:
     """The environment of a layerwise subprocess: one OpenMP thread (two processes on two
-    cores must not spin against each other), plus ``extra`` variables."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), **extra}
+    cores must not spin against each other), plus ``extra`` variables. With
+    ``LAYERWISE_TEST_KILL``, the loop loads the kill points of ``killpoints.py``."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), **extra}
+    if "LAYERWISE_TEST_KILL" in extra:
+        here = str(Path(__file__).parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+        env["LAYERWISE_BATCH_HOOK"] = "killpoints:after_batch"
+    return env
 
 
 def run_layerwise(*args, cwd=None, env=None, timeout=1200) -> subprocess.CompletedProcess:

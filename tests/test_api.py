@@ -22,6 +22,7 @@ def test_the_package_imports_nothing_heavy_until_a_name_is_used():
 
 
 def test_every_public_name_resolves_and_unknown_names_are_refused():
+    assert set(lw.__all__) == {"__version__", *lw._PUBLIC}
     for name in lw.__all__:
         assert getattr(lw, name) is not None, name
     assert lw.Recipe is lw.config.RunConfig

@@ -38,8 +38,6 @@ def _native(folder, x):
 @pytest.mark.parametrize("kind", ["finetuned", "pretrained"])
 def test_onnx_matches_the_native_net(models, kind, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from layerwise.export import onnx_metadata
-
     out = tmp_path / "m.onnx"
     assert main(["export", str(models / kind), "--format", "onnx", "--out", str(out)]) == 0
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -49,7 +47,7 @@ def test_onnx_matches_the_native_net(models, kind, tmp_path):
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
         assert got.shape == want.shape == (rows, 4 if kind == "finetuned" else 8)
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    meta = onnx_metadata(out)
+    meta = {p.key: p.value for p in pytest.importorskip("onnx").load(str(out)).metadata_props}
     assert meta["layerwise.weights_sha256"] == manifest["weights_sha256"] and meta["layerwise.kind"] == kind
     assert json.loads(meta["layerwise.architecture"]) == manifest["architecture"]
 

@@ -79,7 +79,7 @@ def test_csv_faults_are_named(tmp_path):
     (tmp_path / "nolabel.csv").write_text("p0,p1\n0,1\n")
     cfg = DataConfig(source="csv", train=str(tmp_path / "nolabel.csv"))
     with pytest.raises(ValueError, match="has no labels, which are required here"):
-        load_splits(cfg, report=lambda m: None)
+        load_splits(cfg)
 
 
 def _png(path, arr, mode="L"):
@@ -110,7 +110,7 @@ def test_image_folders_one_subfolder_per_label(tmp_path):
         open_data(tmp_path / "rgb", image_size=[4, 4])
     (tmp_path / "empty" / "a").mkdir(parents=True)
     with pytest.raises(ValueError, match="the label subfolder 'a' has no PNG or JPEG images"):
-        load_splits(DataConfig(source="images", train=str(tmp_path / "empty")), report=lambda m: None)
+        load_splits(DataConfig(source="images", train=str(tmp_path / "empty")))
 
 
 def test_npy_pairs_and_a_recipe_that_trains_on_them(tmp_path, capsys):

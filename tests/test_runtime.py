@@ -117,7 +117,7 @@ def test_resume_applies_the_flag_else_the_runs_recipe(tmp_path, npz_files, flag,
 
 
 def test_kill_points_of_the_tests_are_read_per_loop_rank_and_life(monkeypatch):
-    from layerwise.training.loop import kill_point
+    from killpoints import kill_point
 
     monkeypatch.setenv("LAYERWISE_TEST_KILL", "1/pretrain layer 1@12.30,finetune@3.30:INT")
     assert kill_point("pretrain layer 1/2 (36->48)", rank=1) == (12, 30, "KILL")

@@ -47,7 +47,11 @@ _PUBLIC = {
 _MODULES = {"advice", "api", "config", "data", "export", "jobs", "lab", "reporting", "runtime", "sklearn", "stack",
             "storage", "training", "units", "use"}
 
-__all__ = ["__version__", *_PUBLIC]
+__all__ = [
+    "__version__", "BernoulliRBM", "GaussianBernoulliRBM", "DenoisingAutoencoder", "Unit", "DeepBeliefNet",
+    "pretrain", "finetune", "evaluate", "load", "train", "resume", "Recipe", "Reporter", "LayerwiseError",
+    "DBNClassifier", "DBNTransformer",
+]
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from layerwise._checks import LayerwiseError

@@ -106,10 +106,3 @@ def _torchscript_bytes(net: nn.Module, example: torch.Tensor, manifest: dict) ->
         buf = io.BytesIO()
         torch.jit.save(scripted, buf, _extra_files={"layerwise_manifest.json": json.dumps(manifest)})
     return buf.getvalue()
-
-
-def onnx_metadata(path) -> dict[str, str]:
-    """The metadata of an exported ONNX file."""
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}

@@ -9,6 +9,14 @@ from conftest import digits_pixels
 from layerwise.units import BernoulliRBM, GaussianBernoulliRBM
 
 
+def update_from_samples(rbm, v_pos, v_neg, *, lr, momentum=0.0, weight_decay=0.0):
+    """The CD update of ``rbm.step`` for given positive and negative visible samples: its
+    own ``_apply_update``, fed the hidden means of both."""
+    with torch.no_grad():
+        rbm._apply_update(v_pos, rbm.mean_hiddens(v_pos), v_neg, rbm.mean_hiddens(v_neg),
+                          lr, momentum, weight_decay, None, 0.0)
+
+
 def _all_binary(n, dtype=torch.float64):
     return torch.tensor(list(itertools.product([0.0, 1.0], repeat=n)), dtype=dtype)
 
@@ -91,7 +99,7 @@ def test_cd_update_equals_autograd_of_free_energy_difference(cls):
     grads = torch.autograd.grad(loss, params)
     before = [p.detach().clone() for p in (rbm.weight, rbm.visible_bias, rbm.hidden_bias)]
     lr = 0.3
-    rbm.update_from_samples(v_pos, v_neg, lr=lr)
+    update_from_samples(rbm, v_pos, v_neg, lr=lr)
     after = (rbm.weight, rbm.visible_bias, rbm.hidden_bias)
     for name, b, a, gr in zip(("weight", "visible_bias", "hidden_bias"), before, after, grads):
         assert torch.allclose(a - b, -lr * gr, atol=1e-12), f"{name}: update {a - b} vs autograd {-lr * gr}"
@@ -106,7 +114,7 @@ def test_step_is_negative_phase_plus_update():
     rbm.step(v, lr=0.1)
     h_sample = twin.sample_hiddens(twin.mean_hiddens(v))
     v_neg = twin.negative_phase(h_sample, 1, sample_last_visible=False)
-    twin.update_from_samples(v, v_neg, lr=0.1)
+    update_from_samples(twin, v, v_neg, lr=0.1)
     assert torch.equal(rbm.weight, twin.weight)
     assert torch.equal(rbm.hidden_bias, twin.hidden_bias)
 
@@ -118,12 +126,12 @@ def test_momentum_and_weight_decay_follow_the_formula():
     lr, m, wd = 0.2, 0.9, 0.01
     w0 = rbm.weight.clone()
     grad = (rbm.mean_hiddens(v_pos).t() @ v_pos - rbm.mean_hiddens(v_neg).t() @ v_neg) / 6
-    rbm.update_from_samples(v_pos, v_neg, lr=lr, momentum=m, weight_decay=wd)
+    update_from_samples(rbm, v_pos, v_neg, lr=lr, momentum=m, weight_decay=wd)
     vel1 = lr * (grad - wd * w0)
     assert torch.allclose(rbm.weight, w0 + vel1, atol=1e-12)
     w1 = rbm.weight.clone()
     grad2 = (rbm.mean_hiddens(v_pos).t() @ v_pos - rbm.mean_hiddens(v_neg).t() @ v_neg) / 6
-    rbm.update_from_samples(v_pos, v_neg, lr=lr, momentum=m, weight_decay=wd)
+    update_from_samples(rbm, v_pos, v_neg, lr=lr, momentum=m, weight_decay=wd)
     assert torch.allclose(rbm.weight, w1 + m * vel1 + lr * (grad2 - wd * w1), atol=1e-12)
 
 
@@ -138,8 +146,8 @@ def test_float32_and_float64_agree(cls):
     for fn in ("free_energy", "mean_hiddens", "reconstruction_cross_entropy"):
         a, b = getattr(r64, fn)(v), getattr(r32, fn)(v.float())
         assert torch.allclose(a, b.double(), rtol=1e-4, atol=1e-4), (fn, a, b)
-    r64.update_from_samples(v, v_neg, lr=0.1, momentum=0.5, weight_decay=1e-3)
-    r32.update_from_samples(v.float(), v_neg.float(), lr=0.1, momentum=0.5, weight_decay=1e-3)
+    update_from_samples(r64, v, v_neg, lr=0.1, momentum=0.5, weight_decay=1e-3)
+    update_from_samples(r32, v.float(), v_neg.float(), lr=0.1, momentum=0.5, weight_decay=1e-3)
     assert torch.allclose(r64.weight, r32.weight.double(), atol=1e-5)
 
 

@@ -204,7 +204,7 @@ def data_facts(cfg) -> tuple[dict | None, str | None]:
         if cfg.source == "mnist":
             if not (cache_dir() / MNIST_NPZ).exists():
                 return None, "MNIST is not downloaded yet: `layerwise data fetch mnist`, or train, fetches it"
-            splits = load_mnist(report=lambda m: None)
+            splits = load_mnist()
         elif cfg.source == "digits":
             splits = load_digits()
         else:

@@ -231,16 +231,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _on_first_interrupt(signum, frame) -> None:
-    """First Ctrl-C: let the loop finish its batch and checkpoint; a second one stops at once."""
+def _stop_on_first_interrupt(control) -> object:
+    """A SIGINT handler: the first Ctrl-C asks the job's loops (``control``) to finish
+    their batch and checkpoint; a second one stops at once."""
     import signal
 
-    from layerwise.training.loop import request_stop
+    def handler(signum, frame) -> None:
+        control.request_stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nlayerwise: stopping after this batch and saving a checkpoint (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
 
-    request_stop()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    print("\nlayerwise: stopping after this batch and saving a checkpoint (Ctrl-C again to stop now)",
-          file=sys.stderr, flush=True)
+    return handler
 
 
 _LIBRARY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -277,11 +279,12 @@ def _run(args) -> int:
     import signal
     import threading
 
-    from layerwise.training.loop import clear_stop
+    from layerwise.training.loop import LoopControl
 
+    args.control = LoopControl()  # the job's: its stop request and batch hooks
     previous = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, _on_first_interrupt)
+        previous = signal.signal(signal.SIGINT, _stop_on_first_interrupt(args.control))
     try:
         return args.func(args)
     # ValueError: another library's word on bad input (a TOML parse); the two file errors
@@ -307,7 +310,6 @@ def _run(args) -> int:
               "the traceback above and the command you ran", file=sys.stderr)
         return 1
     finally:
-        clear_stop()
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 

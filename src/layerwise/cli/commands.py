@@ -49,7 +49,7 @@ def cmd_train(args) -> int:
         runtime.apply(args.threads, saved.threads, device=args.device or saved.device, precision=saved.precision)
         result = jobs.resume(args.resume, workers=args.workers, allow_resize=args.allow_resize,
                              max_restarts=args.max_restarts, threads=args.threads, device=args.device, progress=bars,
-                             echo=echo)
+                             echo=echo, control=args.control)
         if echo is None or result.workers == 1:  # a group's rank 0 printed its own summary through echo
             _print_result(result)
         return 0
@@ -63,7 +63,8 @@ def cmd_train(args) -> int:
         rt = runtime.apply(args.threads, cfg.threads, local_workers=runtime.local_workers(), device=cfg.device,
                            precision=cfg.precision)
         run_dir = Path(args.recipe).parent if args.in_run_folder else None  # the folder --workers claimed
-        run_worker(lambda: jobs.worker_main(cfg, args.runs_dir, echo=echo, run_dir=run_dir, device=args.device),
+        run_worker(lambda: jobs.worker_main(cfg, args.runs_dir, echo=echo, run_dir=run_dir, device=args.device,
+                                             control=args.control),
                    timeout_minutes=cfg.distributed.timeout_minutes, on_result=_print_result, device=rt.device)
     workers = args.workers or 1
     if not _advise_or_stop(cfg, args.strict, args.quiet, workers=workers):
@@ -71,12 +72,13 @@ def cmd_train(args) -> int:
     if cfg.log.tensorboard:  # a folder that cannot be made stops the run before its folder exists
         Path(cfg.log.tensorboard).mkdir(parents=True, exist_ok=True)
     if workers > 1:
-        result = jobs.train_workers(cfg, workers, runs_dir=args.runs_dir, max_restarts=args.max_restarts, echo=echo)
+        result = jobs.train_workers(cfg, workers, runs_dir=args.runs_dir, max_restarts=args.max_restarts, echo=echo,
+                                     control=args.control)
         if echo is not None:
             return 0  # rank 0's own summary came through echo
     else:
         runtime.apply(args.threads, cfg.threads, device=cfg.device, precision=cfg.precision)
-        result = jobs.train(cfg, runs_dir=args.runs_dir, progress=bars, echo=echo)
+        result = jobs.train(cfg, runs_dir=args.runs_dir, progress=bars, echo=echo, control=args.control)
     _print_result(result)
     return 0
 
@@ -165,7 +167,7 @@ def cmd_probe_lr(args) -> int:
     if args.workers > 1:
         jobs.probe_workers(args.recipe, args.workers, low=args.low, high=args.high, points=args.points,
                            subset=args.subset, epochs=args.epochs, out=args.out, threads=args.threads,
-                           quiet=args.quiet, echo=_say, device=args.device)
+                           quiet=args.quiet, echo=_say, device=args.device, control=args.control)
         return 0
     runtime.apply(args.threads, cfg.threads, device=cfg.device, precision=cfg.precision)
     _print_probe(jobs.probe(cfg, **trial, echo=echo), args)
@@ -243,7 +245,7 @@ def cmd_evaluate(args) -> int:
     if args.data:  # a .npz, or a .npy / folder of shards streamed from disk
         ds = open_data(args.data, require_labels=True)
     else:
-        ds = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed).test
+        ds = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=print).test
         if ds is None:
             return _err(f"the config of '{args.model}' names no test data; pass --data FILE.npz")
     ds = check(ds, visible=cfg.model.visible, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
@@ -293,7 +295,7 @@ def cmd_pretrain(args) -> int:
         saved = read_config(args.resume, "staged pretraining folder")
         runtime.apply(args.threads, saved.threads, device=args.device or saved.device, precision=saved.precision)
         res = jobs.pretrain_stage(args.resume, data=args.data, epochs=args.epochs, device=args.device,
-                                  max_memory=args.max_memory, progress=bars, echo=echo)
+                                  max_memory=args.max_memory, progress=bars, echo=echo, control=args.control)
         if res is None:
             print(f"nothing new to pretrain on: every shard of '{args.data}' was fed to an earlier stage")
             return 0
@@ -303,7 +305,8 @@ def cmd_pretrain(args) -> int:
         cfg = config.load(args.recipe, require_data=False)  # its data comes with --data
         _flags_into(cfg, args)
         runtime.apply(args.threads, cfg.threads, device=cfg.device, precision=cfg.precision)
-        res = jobs.pretrain_stage(args.out, cfg=cfg, data=args.data, epochs=args.epochs, progress=bars, echo=echo)
+        res = jobs.pretrain_stage(args.out, cfg=cfg, data=args.data, epochs=args.epochs, progress=bars, echo=echo,
+                                  control=args.control)
     print(f"stage {res.stage}: {res.seconds:.1f} s, {len(res.manifest['stages'])} stage(s) recorded")
     print(f"pretrained net: {res.artifact}")
     return 0
@@ -316,7 +319,7 @@ def cmd_finetune(args) -> int:
     _flags_into(cfg, args)
     runtime.apply(args.threads, cfg.threads, device=cfg.device, precision=cfg.precision)
     echo, bars = _progress(args)
-    res = jobs.finetune_pretrained(args.pretrained, cfg, args.out, progress=bars, echo=echo)
+    res = jobs.finetune_pretrained(args.pretrained, cfg, args.out, progress=bars, echo=echo, control=args.control)
     print(f"fine-tuning {res.seconds_finetune:.1f} s")
     if res.test_accuracy is not None:
         print(f"test accuracy: {100 * res.test_accuracy:.2f}%")
@@ -346,7 +349,7 @@ def cmd_data_fetch(args) -> int:
 
     if args.dataset != "mnist":
         return _err(f"unknown dataset {args.dataset!r}; 'mnist' is the one that is downloaded")
-    path = fetch_mnist()
+    path = fetch_mnist(report=print)
     print(f"mnist: {path}")
     return 0
 

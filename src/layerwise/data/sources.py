@@ -26,6 +26,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class Splits:
         return isinstance(self.train, StreamedDataset)
 
 
-def load_mnist(cache: Path | None = None, report=print) -> Splits:
+def load_mnist(cache: Path | None = None, report: Callable[[str], None] | None = None) -> Splits:
     path = fetch_mnist(cache, report)
     with np.load(path, allow_pickle=False) as z:
         parts = {k: z[k] for k in z.files}
@@ -274,7 +275,8 @@ def _rows(ds, a: int, b: int, suffix: str):
     return Dataset(ds.x[a:b], None if ds.y is None else ds.y[a:b], f"{ds.name}{suffix}")
 
 
-def load_splits(cfg, *, visible: str = "bernoulli", seed: int = 0, report=print) -> Splits:
+def load_splits(cfg, *, visible: str = "bernoulli", seed: int = 0,
+                report: Callable[[str], None] | None = None) -> Splits:
     """Load and validate the data a ``[data]`` config names. Labels are required for
     training data; ``n_labels`` is taken from the config or inferred from the training
     labels; without a validation source, ``validation_fraction`` of train is held out

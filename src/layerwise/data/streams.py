@@ -5,8 +5,8 @@ batches from any batch index on (a resumed epoch), and a head for monitoring; an
 ``map`` a layer over themselves for the next layer of greedy pretraining.
 
 **In memory**: the epoch's order is a permutation of the rows drawn from the loop's
-generator; the data is gathered once per epoch and cut into contiguous batches, so no
-batch is copied inside the loop. A worker of a group of N takes every N-th row of the
+generator; each batch gathers its own rows of the data (one ``index_select`` per batch:
+an epoch-wide gather cost more in page faults than all the batches' gathers). A worker of a group of N takes every N-th row of the
 shared permutation.
 
 **Streamed**: the rows are cut into blocks of about ``shards.BLOCK_BYTES`` (blocks never

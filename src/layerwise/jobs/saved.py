@@ -22,7 +22,7 @@ from layerwise.training.finetune import FinetuneState, finetune, make_optimizer
 from layerwise.jobs.common import (
     checkpoint_policy, final_metrics, finetuning_state, load_finetuning_state, other_device, silent,
 )
-from layerwise.training.loop import Checkpointer
+from layerwise.training.loop import Checkpointer, LoopControl
 from layerwise.reporting.reporter import Reporter
 from layerwise.data.budget import check_fits
 from layerwise.storage.runs import RunResult, partial_dir, run_lock
@@ -30,7 +30,7 @@ from layerwise._checks import InvalidInput
 
 
 def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str | Path, *, progress: bool = False,
-                        echo=None) -> RunResult:
+                        echo=None, control: LoopControl | None = None) -> RunResult:
     """Fine-tune a saved pretrained net with a recipe's data and [finetune] settings.
 
     Until ``out_dir`` is written, checkpoints (the recipe's [checkpoint] policy) go to
@@ -94,7 +94,7 @@ def finetune_pretrained(pretrained_dir: str | Path, cfg: RunConfig, out_dir: str
         val = loop_data(splits.validation, device)
         result = finetune(clf, train, None, val, None, ft, seed=cfg.seed, reporter=reporter,
                           optimizer=optimizer, state=fstate, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
-                          guard=cfg.guard, precision=cfg.precision)
+                          guard=cfg.guard, precision=cfg.precision, control=control)
         seconds += time.perf_counter() - t0
         metrics, val_acc, test_acc = final_metrics(clf, result, ft, seconds, splits)
         manifest = write_artifact(

@@ -23,7 +23,7 @@ from layerwise.data.sources import loop_data, open_data, validate
 from layerwise.jobs.common import (
     checkpoint_policy, load_pretraining_state, other_device, pretrain_metrics, pretraining_state, remove_scratch,
 )
-from layerwise.training.loop import Checkpointer, LoopPosition
+from layerwise.training.loop import Checkpointer, LoopControl, LoopPosition
 from layerwise.training.pretrain import PretrainProgress, pretrain
 from layerwise.data.budget import check_fits
 from layerwise.storage.runs import METRICS, continue_log, read_config, run_lock, write_config
@@ -44,7 +44,7 @@ class StageResult:
 
 def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: str | Path | None = None,
                    epochs: int | None = None, device: str | None = None, max_memory: str | None = None,
-                   progress: bool = False, echo=None) -> StageResult | None:
+                   progress: bool = False, echo=None, control: LoopControl | None = None) -> StageResult | None:
     """One stage of staged pretraining.
 
     With ``cfg`` (a recipe), start ``out_dir`` and run stage 1 on ``data``. Without it,
@@ -115,7 +115,7 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
         pretrain(dbn, data, None, dataclasses.replace(cfg.pretrain, epochs=stage["epochs_per_layer"]),
                  seed=cfg.seed, reporter=reporter, progress=prog, generator=generator, records=records,
                  checkpointer=Checkpointer(save, **checkpoint_policy(cfg)), guard=cfg.guard,
-                 scratch=out_dir / "activations")
+                 scratch=out_dir / "activations", control=control)
         remove_scratch(out_dir / "activations")
         seconds = time.perf_counter() - t0
         parent = read_artifact(out_dir / f"stage-{number - 1}")[1]["weights_sha256"] if number > 1 else None

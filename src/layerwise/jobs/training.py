@@ -29,7 +29,7 @@ from layerwise.jobs.common import (
     load_pretraining_state, loop_of, other_device, pretrain_local_keys, remove_scratch, pretrain_metrics, pretraining_state,
     silent, write_plots,
 )
-from layerwise.training.loop import Checkpointer
+from layerwise.training.loop import Checkpointer, LoopControl
 from layerwise.reporting.reporter import Reporter
 from layerwise.training.pretrain import PretrainProgress, pretrain
 from layerwise.storage.runs import METRICS, RunResult, claim_run_dir, continue_log, run_lock
@@ -38,20 +38,23 @@ from layerwise.stack import DeepBeliefNet
 from layerwise._checks import InvalidInput, Refused
 
 
-def train(cfg: RunConfig, *, runs_dir: str | Path = "runs", progress: bool = False, echo=None) -> RunResult:
-    """Run a whole recipe in a new run folder; returns where it went and what it reached."""
+def train(cfg: RunConfig, *, runs_dir: str | Path = "runs", progress: bool = False, echo=None,
+          control: LoopControl | None = None) -> RunResult:
+    """Run a whole recipe in a new run folder; returns where it went and what it reached.
+    ``control``: the job's stop request and batch hooks (the command's Ctrl-C sets it)."""
     # validate the data before creating anything on disk
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
     run_dir, resolved = claim_run_dir(cfg, runs_dir, splits)
     with run_lock(run_dir):
-        return train_in(run_dir, resolved, splits, None, progress=progress, echo=echo)
+        return train_in(run_dir, resolved, splits, None, progress=progress, echo=echo, control=control)
 
 
 def train_in(folder: Path, cfg: RunConfig, splits: Splits, ckpt: dict | None, *, progress: bool = False,
-             echo=None) -> RunResult | None:
+             echo=None, control: LoopControl | None = None) -> RunResult | None:
     """Train in a claimed and locked run folder from its checkpoint tree (None: from the
     start). Returns what rank 0 wrote; None on the other workers."""
     run = Run.open(folder, cfg, splits, ckpt, progress, echo)
+    run.control = control
     dbn = DeepBeliefNet(splits.n_inputs, run.cfg.model.hidden, unit=run.cfg.model.unit, visible=run.cfg.model.visible,
                         seed=run.cfg.seed, init_std=run.cfg.model.init_std, device=run.device,
                         precision=run.cfg.precision, top_labels=splits.n_labels if run.cfg.model.top_labels else 0)
@@ -80,6 +83,7 @@ class Run:
     data: dict = field(default_factory=dict)  # the training data's identity: checked on resume
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     streamed: bool | None = None  # the training loop's data: streamed from disk (None: not decided yet)
+    control: LoopControl | None = None  # the job's stop request and batch hooks
 
     @classmethod
     def open(cls, folder: Path, cfg: RunConfig, splits: Splits, ckpt: dict | None, progress: bool, echo) -> "Run":
@@ -196,7 +200,7 @@ def pretrain_phase(run: Run, dbn: DeepBeliefNet, ckpt: dict | None) -> dict | No
     pretrain(dbn, x_train, x_held, cfg.pretrain, seed=cfg.seed, reporter=run.reporter, progress=progress,
              generator=generator, records=records, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
              guard=cfg.guard, distributed=cfg.distributed if run.world > 1 else None,
-             scratch=run.folder / "activations", **_labels_for_the_top(cfg, run.splits))
+             scratch=run.folder / "activations", control=run.control, **_labels_for_the_top(cfg, run.splits))
     run.clock.stop()
     remove_scratch(run.folder / "activations")
     run.streamed = None  # fine-tuning decides its own
@@ -245,7 +249,8 @@ def finetune_phase(run: Run, dbn: DeepBeliefNet, pre_manifest: dict | None, ckpt
     run.streamed = train.streamed
     result = finetune(clf, train, None, val, None, ft, seed=cfg.seed, reporter=run.reporter, optimizer=optimizer,
                       state=fstate, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)), guard=cfg.guard,
-                      distributed=cfg.distributed if run.world > 1 else None, precision=cfg.precision)
+                      distributed=cfg.distributed if run.world > 1 else None, precision=cfg.precision,
+                      control=run.control)
     run.clock.stop()
     if not run.writer:
         return None

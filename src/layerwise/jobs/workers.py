@@ -14,13 +14,13 @@ from layerwise.data.sources import load_splits
 from layerwise.training.distributed import is_writer, launch_workers, rank_world, under_torchrun, workers_failed
 from layerwise.jobs.common import read_checkpoint, silent
 from layerwise.jobs.training import train_in
-from layerwise.training.loop import stop_requested
+from layerwise.training.loop import LoopControl
 from layerwise.storage.runs import CONFIG, RunResult, claim_run_dir, read_config, result_from_disk, run_lock
 from layerwise._checks import InvalidInput
 
 
 def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None, run_dir: str | Path | None = None,
-                device: str | None = None) -> RunResult | None:
+                device: str | None = None, control: LoopControl | None = None) -> RunResult | None:
     """One worker of a distributed run, inside a joined group. ``run_dir``: started by
     ``--workers`` (or a resume) for that claimed and locked folder, whose config.toml it
     trains. Otherwise (torchrun run by hand, on one node or many) rank 0
@@ -39,7 +39,8 @@ def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None, run_dir: str
         cfg = read_config(run_dir)
         cfg.name = run_dir.name
         cfg.device = device or cfg.device
-        return train_in(run_dir, cfg, splits, read_checkpoint(run_dir), echo=echo if is_writer() else None)
+        return train_in(run_dir, cfg, splits, read_checkpoint(run_dir), echo=echo if is_writer() else None,
+                        control=control)
 
 
 def _group_folder(cfg: RunConfig, runs_dir: Path, splits) -> Path:
@@ -62,18 +63,18 @@ def _group_folder(cfg: RunConfig, runs_dir: Path, splits) -> Path:
 
 
 def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs", max_restarts: int = 0,
-                  echo=None) -> RunResult:
+                  echo=None, control: LoopControl | None = None) -> RunResult:
     """``layerwise train RECIPE --workers N`` on one machine: claim a run folder, then
     start N workers on loopback; return what rank 0 wrote. ``echo`` gets rank 0's
     progress lines as they come, and its summary at the end."""
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
     run_dir, _ = claim_run_dir(cfg, runs_dir, splits)
     with run_lock(run_dir):
-        return _group_in(run_dir, workers, max_restarts, echo)
+        return _group_in(run_dir, workers, max_restarts, echo, control=control)
 
 
 def _group_in(run_dir: Path, workers: int, max_restarts: int, echo, threads: int | None = None,
-              device: str | None = None) -> RunResult:
+              device: str | None = None, control: LoopControl | None = None) -> RunResult:
     """Run the workers of a claimed, locked run folder (they resume from its checkpoint,
     if any). A Ctrl-C stops them all: the last epoch-end checkpoint stands."""
     flags = ["--quiet"] if echo is None else []  # rank 0 prints its progress (and the summary) unless quiet
@@ -82,7 +83,7 @@ def _group_in(run_dir: Path, workers: int, max_restarts: int, echo, threads: int
     proc = launch_workers(["train", str(run_dir / CONFIG), "--runs-dir", str(run_dir.parent), "--in-run-folder", *flags],
                           workers,
                           max_restarts=max_restarts, on_line=echo)
-    if stop_requested():  # the workers had the Ctrl-C too, and stopped
+    if control is not None and control.stop_requested:  # the workers had the Ctrl-C too, and stopped
         raise KeyboardInterrupt(f"continue with `layerwise train --resume {run_dir}`")
     if proc.returncode != 0:
         raise workers_failed(proc, workers, f"\ncontinue with `layerwise train --resume {run_dir}` once fixed")
@@ -90,7 +91,8 @@ def _group_in(run_dir: Path, workers: int, max_restarts: int, echo, threads: int
 
 
 def resume(run_dir: str | Path, *, workers: int | None = None, allow_resize: bool = False, max_restarts: int = 0,
-           threads: int | None = None, device: str | None = None, progress: bool = False, echo=None) -> RunResult:
+           threads: int | None = None, device: str | None = None, progress: bool = False, echo=None,
+           control: LoopControl | None = None) -> RunResult:
     """Continue an interrupted ``train`` run from its last checkpoint, with the group size
     that wrote it (``workers`` other than that only with ``allow_resize``: the result is
     then not bitwise the uninterrupted run's). A run that died before its first
@@ -113,8 +115,8 @@ def resume(run_dir: str | Path, *, workers: int | None = None, allow_resize: boo
                 f"(the default), or add --allow-resize to accept a result that is not bitwise the uninterrupted run's"
             )
         if n > 1:
-            return _group_in(run_dir, n, max_restarts, echo, threads, device)
-        return train_in(run_dir, cfg, splits, ckpt, progress=progress, echo=echo)
+            return _group_in(run_dir, n, max_restarts, echo, threads, device, control)
+        return train_in(run_dir, cfg, splits, ckpt, progress=progress, echo=echo, control=control)
 
 
 def probe(cfg: RunConfig, *, grid: list[float], subset: int, epochs: int, echo=None, in_group: bool = False) -> dict:
@@ -133,7 +135,7 @@ def probe(cfg: RunConfig, *, grid: list[float], subset: int, epochs: int, echo=N
 
 def probe_workers(recipe: str | Path, workers: int, *, low: float, high: float, points: int, subset: int, epochs: int,
                   out: str | Path, threads: int | None = None, quiet: bool = False, echo=None,
-                  device: str | None = None) -> None:
+                  device: str | None = None, control: LoopControl | None = None) -> None:
     """``layerwise probe-lr RECIPE --workers N``: check the data once (and fetch MNIST
     once, not in every worker), then run the probe as N workers on loopback; rank 0
     prints and writes the results, and ``echo`` gets its lines as they come."""
@@ -147,7 +149,7 @@ def probe_workers(recipe: str | Path, workers: int, *, low: float, high: float, 
     argv += ["--device", device] if device else []
     argv += ["--quiet"] if quiet else []
     proc = launch_workers(argv, workers, on_line=echo)
-    if stop_requested():
+    if control is not None and control.stop_requested:
         raise KeyboardInterrupt("the probe was stopped; run it again for its results")
     if proc.returncode != 0:
         raise workers_failed(proc, workers)

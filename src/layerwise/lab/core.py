@@ -85,7 +85,7 @@ def load(data: str | None = None, test: str | None = None, *, seed: int = 0) -> 
         if test is None:
             raise InvalidInput("--data needs --test: the lab measures accuracy on held-out test data")
         cfg = DataConfig(source="files", train=str(data), test=str(test))
-    s = load_splits(cfg, seed=seed, report=lambda m: None)
+    s = load_splits(cfg, seed=seed)
     t = lambda ds: (torch.from_numpy(ds.x), torch.from_numpy(ds.y))  # noqa: E731
     (x, y), (xv, yv), (xt, yt) = t(s.train), t(s.validation), t(s.test)
     fp = hashlib.sha256("".join(d.fingerprint for d in (s.train, s.validation, s.test)).encode()).hexdigest()

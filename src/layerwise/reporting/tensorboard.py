@@ -68,12 +68,3 @@ class Board:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def read_scalars(folder) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar of an event folder as TensorBoard's own reader sees it."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

@@ -7,6 +7,8 @@
 Each saves as a layerwise artifact (``est.save(path)``, ``Class.load(path)``).
 """
 
+from layerwise._checks import MissingExtra
+
 try:
     import sklearn  # noqa: F401
 except ImportError as e:  # pragma: no cover - the extra is missing
@@ -14,6 +16,5 @@ except ImportError as e:  # pragma: no cover - the extra is missing
 
 from layerwise.sklearn.dbn import DBNClassifier, DBNTransformer
 from layerwise.sklearn.rbm import EXPECTED_FAILED_CHECKS, BernoulliRBM
-from layerwise._checks import MissingExtra
 
 __all__ = ["BernoulliRBM", "DBNClassifier", "DBNTransformer", "EXPECTED_FAILED_CHECKS"]

@@ -53,9 +53,9 @@ def average_tensors(tensors: list[torch.Tensor], group=None, drift_floor: float 
     one flat all_reduce; return the replica drift before the round, max over ranks of
     ||local - mean|| / max(||mean||, drift_floor * sqrt(n)) on an evenly strided sample
     of at most DRIFT_SAMPLE entries (the same number on every rank; 0.0 without
-    ``drift``, which saves a second collective). Raises
-    FloatingPointError if the average is not finite: a diverged worker is caught at the
-    round, and nothing is copied back, so no finite replica takes the NaN."""
+    ``drift``, which saves a second collective). Returns NaN when the average is not
+    finite: a diverged worker is caught at the round, and nothing is copied back, so no
+    finite replica takes the NaN."""
     if not tensors:
         return 0.0
     world = dist.get_world_size(group)
@@ -75,10 +75,7 @@ def average_tensors(tensors: list[torch.Tensor], group=None, drift_floor: float 
     flat.div_(world)
     size = float(flat.norm())  # NaN or Inf anywhere in the average shows here (one pass)
     if not math.isfinite(size):
-        raise FloatingPointError(
-            "parameter averaging: the average holds NaN or Inf, so at least one worker diverged "
-            "(lower the learning rate; the guide's default is 0.01)"
-        )
+        return math.nan
     spread = 0.0
     if drift:
         # replica drift: how far the farthest worker had moved from the average, relative
@@ -171,27 +168,30 @@ class PeriodicAverager:
         if self.outer is not None:
             self.outer.reset(self.outer_fn())
 
-    def after_step(self) -> bool:
-        """Count a step; average when due. Returns True when it averaged."""
+    def after_step(self) -> str | None:
+        """Count a step; average when due. Returns what went wrong in the round (see
+        ``average_now``), None when no round was due or it went well."""
         self.step += 1
         if self.step % self.period:
-            return False
-        self.average_now()
-        return True
+            return None
+        return self.average_now()
 
-    def average_now(self) -> None:
-        """Average now. Raises FloatingPointError when the replicas had drifted past
-        ``max_drift`` (every rank raises: the drift is the same number everywhere)."""
-        self.last_drift = average_tensors(self.tensors_fn(), self.group, self.drift_floor,
-                                          drift=self.max_drift is not None)
+    def average_now(self) -> str | None:
+        """Average now. Returns what went wrong, the same on every rank (None: nothing):
+        an average holding NaN or Inf (nothing was copied back), or replicas that had
+        drifted past ``max_drift``."""
+        drift = average_tensors(self.tensors_fn(), self.group, self.drift_floor, drift=self.max_drift is not None)
+        if math.isnan(drift):
+            return ("parameter averaging: the average holds NaN or Inf, so at least one worker diverged "
+                    "(lower the learning rate; the guide's default is 0.01)")
+        self.last_drift = drift
         if self.outer is not None:
             self.outer.step(self.outer_fn())
         self.rounds += 1
         if self.max_drift is not None and self.last_drift > self.max_drift:
-            raise FloatingPointError(
-                f"replica drift {self.last_drift:.3g}: before averaging round {self.rounds} a worker's parameters "
-                f"were {self.last_drift:.3g}x the size of the average away from it (bound {self.max_drift:g})"
-            )
+            return (f"replica drift {self.last_drift:.3g}: before averaging round {self.rounds} a worker's parameters "
+                    f"were {self.last_drift:.3g}x the size of the average away from it (bound {self.max_drift:g})")
+        return None
 
 
 def make_averager(distributed, guard, module: nn.Module, optimizer: torch.optim.Optimizer | None = None,

@@ -24,7 +24,7 @@ from layerwise.training.distributed import collective_device
 from layerwise.training.fused import FusedClassifierStep
 from layerwise.config import DistributedConfig, FinetuneConfig, GuardConfig
 from layerwise.training.guard import DivergenceGuard, make_guard
-from layerwise.training.loop import Checkpointer, LoopPosition, run_loop
+from layerwise.training.loop import Checkpointer, LoopControl, LoopPosition, run_loop
 from layerwise.reporting.reporter import Reporter
 from layerwise.data.streams import as_data, concat
 
@@ -197,6 +197,7 @@ def finetune(
     guard: GuardConfig | None = None,
     distributed: DistributedConfig | None = None,
     precision: str = "fp32",
+    control: LoopControl | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` (modified in place) and return it with its history.
 
@@ -261,8 +262,10 @@ def finetune(
             "train_loss": st.loss_sum / max(st.count, 1), "seconds": round(seconds, 3),
         }
         st.loss_sum, st.count = 0.0, 0
-        if g is not None:  # may roll back: then this epoch runs again and is not logged
-            g.after_epoch(epoch, -1, rec["train_loss"])
+        if g is not None:
+            verdict = g.after_epoch(epoch, -1, rec["train_loss"])
+            if not verdict.ok:  # a rollback runs this epoch again: it is not logged
+                return verdict
         stop = False
         if has_val:
             val_loss, val_acc = evaluate(model, val)
@@ -302,7 +305,7 @@ def finetune(
         epochs_run = run_loop(
             data=train, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=st.generator,
             step=step, end_epoch=end_epoch, reporter=reporter, desc="finetune", position=st.position,
-            checkpointer=checkpointer, guard=g, averager=averager,
+            checkpointer=checkpointer, guard=g, averager=averager, control=control,
         )
     if st.best_state is not None:
         model.load_state_dict(st.best_state)

@@ -73,9 +73,26 @@ def dead_fraction(h_mean: torch.Tensor, min_std: float = 0.01, edge: float = 0.0
 # -- the stateful guard ---------------------------------------------------------------
 
 
-class Rollback(Exception):
-    """Raised inside a training loop: the guard restored the last good state and lowered
-    the learning rate; the loop restarts the epoch."""
+@dataclass(frozen=True)
+class Verdict:
+    """What the guard found, for the loop to act on: ``ok``; ``rollback`` (the last good
+    state is restored and the rate lowered: run the epoch again); ``stop`` (diverged more
+    often than allowed: ``diagnosis`` says what, where, and what to change)."""
+
+    action: str  # "ok" | "rollback" | "stop"
+    what: str = ""
+    diagnosis: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.action == "ok"
+
+    def error(self) -> "DivergenceError":
+        """The error a ``stop`` ends the run with."""
+        return DivergenceError(self.diagnosis, self.what)
+
+
+OK = Verdict("ok")
 
 
 class DivergenceError(LayerwiseError, RuntimeError):
@@ -117,7 +134,7 @@ class DivergenceGuard:
       many epochs is divergence.
     - on divergence: restore the weights (and optimizer state) of the best epoch so far,
       multiply the learning rate by ``lr_factor``, log the event, restart the epoch;
-      after ``max_rollbacks`` rollbacks, raise DivergenceError with a diagnosis.
+      after ``max_rollbacks`` rollbacks, a ``stop`` verdict with a diagnosis.
     """
 
     module: nn.Module
@@ -175,21 +192,19 @@ class DivergenceGuard:
         self._good_opt = None if self.optimizer is None else copy.deepcopy(self.optimizer.state_dict())
         self._good_history = list(self.history)
 
-    def diverge(self, what: str, epoch: int, batch: int):
-        """Act on a divergence: restore the best state, lower the rate, log and raise
-        Rollback; after ``max_rollbacks`` raise DivergenceError instead. ``batch`` < 0
-        means it was found at the end of the epoch."""
+    def diverge(self, what: str, epoch: int, batch: int) -> Verdict:
+        """Act on a divergence: restore the best state, lower the rate, log, and return a
+        ``rollback``; after ``max_rollbacks`` return a ``stop`` with the diagnosis instead.
+        ``batch`` < 0 means it was found at the end of the epoch."""
         before = self.current_lr
         if len(self.events) >= self.max_rollbacks:
             rates = " -> ".join(f"{self.lr * self.lr_factor ** i:g}" for i in range(len(self.events) + 1))
             when = f"at the end of epoch {epoch + 1}" if batch < 0 else f"at epoch {epoch + 1}, batch {batch}"
-            raise DivergenceError(
+            return Verdict("stop", what,
                 f"{self.where} diverged {when}: {what}, at learning rate {before:g} "
                 f"after {len(self.events)} rollbacks (rates tried: {rates}). Nothing diverged was saved. "
                 f"Fix: set {self.rate_key or 'the learning rate'} below {before:g} (the guide's default is 0.01), or "
-                "measure a stable rate with `layerwise probe-lr`",
-                what,
-            )
+                "measure a stable rate with `layerwise probe-lr`")
         self.module.load_state_dict(self._good)
         if self.optimizer is not None:
             # a copy: load_state_dict keeps the given tensors as the optimizer's own, and
@@ -202,39 +217,49 @@ class DivergenceGuard:
             self.log(event.to_dict())
         if self.on_rollback is not None:
             self.on_rollback()
-        raise Rollback(what)
+        return Verdict("rollback", what)
 
-    def after_batch(self, epoch: int, batch: int, loss: float | None = None) -> None:
+    def after_batch(self, epoch: int, batch: int, loss: float | None = None) -> Verdict:
         if loss is not None and not math.isfinite(loss):
-            self.diverge(f"loss is {loss}", epoch, batch)
+            return self.diverge(f"loss is {loss}", epoch, batch)
         self._batches += 1
         if self._batches % self.check_every == 0:
-            self.verify(epoch, batch)
+            return self.verify(epoch, batch)
+        return OK
 
-    def verify(self, epoch: int, batch: int) -> None:
+    def verify(self, epoch: int, batch: int) -> Verdict:
         """Full NaN/Inf check of the weights; rolls back if any (call before a checkpoint)."""
         bad = first_non_finite(self.module.named_parameters())
-        if bad is not None:
-            self.diverge(f"NaN or Inf in {bad}", epoch, batch)
+        return OK if bad is None else self.diverge(f"NaN or Inf in {bad}", epoch, batch)
 
-    def after_epoch(self, epoch: int, batch: int, monitored: float, dead: float | None = None) -> None:
+    def after_epoch(self, epoch: int, batch: int, monitored: float, dead: float | None = None) -> Verdict:
         """Epoch-end checks on the monitored loss and the weight norm; the best healthy
         epoch so far is the state a rollback returns to."""
-        self.verify(epoch, batch)
-        if not math.isfinite(monitored):
-            self.diverge(f"the monitored loss is {monitored}", epoch, batch)
-        norm = weight_norm(self.module.parameters())
-        if grew_past(norm, self.start_norm, self.max_growth):
-            self.diverge(f"weight norm {norm:.3g} grew past {self.max_growth:g}x its start ({self.start_norm:.3g})", epoch, batch)
-        if dead is not None and dead > self.max_dead:
-            self.diverge(f"{100 * dead:.0f}% of the hidden units are saturated (always on or off)", epoch, batch)
-        self.history.append(monitored)
-        if worse_than_best_for(self.history, self.rising_epochs):
-            self.diverge(f"the monitored loss stayed above its best ({min(self.history):.4g}) for "
-                           f"{self.rising_epochs} epochs ({', '.join(f'{h:.4g}' for h in self.history[-self.rising_epochs:])})",
-                           epoch, batch)
+        found = self._epoch_problem(monitored, dead)
+        if found is not None:
+            return self.diverge(found, epoch, batch)
         if monitored <= min(self.history):
             self.snapshot()  # the best state so far is the one to roll back to
+        return OK
+
+    def _epoch_problem(self, monitored: float, dead: float | None) -> str | None:
+        """What is wrong at the end of an epoch (None: nothing); a healthy epoch's loss
+        joins the history."""
+        bad = first_non_finite(self.module.named_parameters())
+        if bad is not None:
+            return f"NaN or Inf in {bad}"
+        if not math.isfinite(monitored):
+            return f"the monitored loss is {monitored}"
+        norm = weight_norm(self.module.parameters())
+        if grew_past(norm, self.start_norm, self.max_growth):
+            return f"weight norm {norm:.3g} grew past {self.max_growth:g}x its start ({self.start_norm:.3g})"
+        if dead is not None and dead > self.max_dead:
+            return f"{100 * dead:.0f}% of the hidden units are saturated (always on or off)"
+        self.history.append(monitored)
+        if worse_than_best_for(self.history, self.rising_epochs):
+            return (f"the monitored loss stayed above its best ({min(self.history):.4g}) for {self.rising_epochs} "
+                    f"epochs ({', '.join(f'{h:.4g}' for h in self.history[-self.rising_epochs:])})")
+        return None
 
 
 def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer, records: list, reporter,

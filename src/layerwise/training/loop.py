@@ -3,44 +3,59 @@
 ``run_loop`` knows no unit and no model: it shuffles the data once per epoch with its
 own generator, cuts minibatches (the last one may be short), calls ``step`` on each, and
 calls ``end_epoch`` to collect metrics and decide whether to stop. The data is in memory
-or streamed from disk (``streams``): the loop sees only its order and its batches. Progress and metrics
-go through a ``Reporter``; the library itself never prints.
+or streamed from disk (``streams``): the loop sees only its order and its batches.
+Progress and metrics go through a ``Reporter``; the library itself never prints.
+
+Every trick that acts during training hooks in here once, as a plain call that returns:
+the guard's ``Verdict`` (go on, roll back and run the epoch again, or stop with a
+diagnosis), the averager's round (a non-finite round comes back as a value), the
+checkpointer, and the ``LoopControl`` that the job owns (a Ctrl-C's stop request, and
+hooks that run after every batch).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-import re
-import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from layerwise._checks import InvalidInput
 from layerwise.data.streams import as_data
 from layerwise.reporting.reporter import Reporter
-from layerwise.training.guard import Rollback
-from layerwise._checks import InvalidInput
+from layerwise.training.guard import OK, DivergenceError, DivergenceGuard, Verdict
+
+BatchHook = Callable[[str, int, int, int], None]  # (loop description, rank, epoch from 1, batch from 1)
 
 
-_stop_requested = False
+def hooks_from_env() -> list[BatchHook]:
+    """The batch hook that ``LAYERWISE_BATCH_HOOK=module:function`` names, if any (as
+    ``PYTHONBREAKPOINT`` names a debugger): how a test injects a fault at a chosen batch
+    of a worker process it cannot reach otherwise."""
+    spec = os.environ.get("LAYERWISE_BATCH_HOOK")
+    if not spec:
+        return []
+    module, _, name = spec.partition(":")
+    try:
+        return [getattr(importlib.import_module(module), name)]
+    except (ImportError, AttributeError) as e:
+        raise InvalidInput(f"LAYERWISE_BATCH_HOOK={spec!r}: cannot load it ({e}); expected module:function") from None
 
 
-def request_stop() -> None:
-    """Ask every running loop to checkpoint at its next batch boundary and then raise
-    KeyboardInterrupt (the CLI calls this on the first Ctrl-C)."""
-    global _stop_requested
-    _stop_requested = True
+@dataclass
+class LoopControl:
+    """What steers running loops from outside, owned by the job that runs them: a stop
+    request (the command's first Ctrl-C: checkpoint at the next batch boundary, then
+    raise KeyboardInterrupt), and ``hooks`` called after every batch."""
 
+    hooks: list[BatchHook] = field(default_factory=hooks_from_env)
+    stop_requested: bool = False
 
-def stop_requested() -> bool:
-    return _stop_requested
-
-
-def clear_stop() -> None:
-    global _stop_requested
-    _stop_requested = False
+    def request_stop(self) -> None:
+        self.stop_requested = True
 
 
 @dataclass
@@ -89,45 +104,13 @@ class Checkpointer:
         return bool(self.every_epochs and (pos.epoch % self.every_epochs == 0 or pos.stopped))
 
 
-def kill_point(desc: str, rank: int = 0) -> tuple[int, int, str] | None:
-    """For tests that kill a run at a chosen batch, deterministically: the
-    ``LAYERWISE_TEST_KILL`` environment variable lists, comma-separated, one kill point
-    per life of the process (its restart count under torchrun, else 0), each
-    ``[RANK/]LOOP@EPOCH.BATCH[:INT|:GROUPINT]``: in the loop whose description starts
-    with LOOP ("pretrain layer 2", "finetune"), right after batch BATCH of epoch EPOCH
-    (both counted from 1), the process sends itself SIGKILL; SIGINT with ``:INT``, as a
-    Ctrl-C does; with ``:GROUPINT``, SIGINT to its parent's process group, as a Ctrl-C in
-    a terminal reaches a --workers run (the command and PyTorch's launcher, which stops
-    the workers: they run in sessions of their own). Returns (epoch, batch, how), or None."""
-    spec = os.environ.get("LAYERWISE_TEST_KILL")
-    if not spec:
-        return None
-    lives = spec.split(",")
-    life = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    if life >= len(lives) or not lives[life].strip():
-        return None
-    m = re.fullmatch(r"(?:(\d+)/)?(.+)@(\d+)\.(\d+)(?::(INT|GROUPINT))?", lives[life].strip())
-    if m is None:
-        raise InvalidInput(f"LAYERWISE_TEST_KILL: cannot read {lives[life]!r}; expected [RANK/]LOOP@EPOCH.BATCH[:INT|:GROUPINT]")
-    who, loop, epoch, batch, how = m.groups()
-    if (who is not None and int(who) != rank) or not desc.startswith(loop):
-        return None
-    return int(epoch), int(batch), how or "KILL"
-
-
-def _kill(how: str) -> None:
-    if how == "GROUPINT":
-        os.killpg(os.getpgid(os.getppid()), signal.SIGINT)
-    else:
-        os.kill(os.getpid(), signal.SIGINT if how == "INT" else signal.SIGKILL)
-
-
-def _checkpoint(checkpointer: Checkpointer, guard, pos: LoopPosition) -> None:
+def _checkpoint(checkpointer: Checkpointer, guard: DivergenceGuard | None, pos: LoopPosition) -> Verdict:
     """Nothing diverged is ever saved: the guard looks at the weights first (and rolls
-    back instead, raising Rollback, if they hold NaN or Inf)."""
-    if guard is not None:
-        guard.verify(pos.epoch, pos.batch)
-    checkpointer.save_now(pos)
+    back instead, if they hold NaN or Inf)."""
+    verdict = OK if guard is None else guard.verify(pos.epoch, pos.batch)
+    if verdict.ok:
+        checkpointer.save_now(pos)
+    return verdict
 
 
 def run_loop(
@@ -139,80 +122,104 @@ def run_loop(
     epochs: int,
     generator: torch.Generator,
     step: Callable[[torch.Tensor, torch.Tensor | None, int], float | None],
-    end_epoch: Callable[[int, float], bool],
+    end_epoch: Callable[[int, float], bool | Verdict],
     reporter: Reporter,
     desc: str,
     position: LoopPosition | None = None,
     checkpointer: Checkpointer | None = None,
-    guard=None,
+    guard: DivergenceGuard | None = None,
     averager=None,
+    control: LoopControl | None = None,
 ) -> int:
     """Train until ``epochs`` epochs are done; return the number of epochs run.
 
     The data is ``x`` and ``y`` (tensors), or ``data`` (``streams.TensorData`` or
     ``streams.ShardedData``). ``step(xb, yb, epoch)`` is called per minibatch;
-    ``end_epoch(epoch, seconds)`` after each epoch returns True to stop early. ``position`` (updated in place) resumes a loop
-    where a checkpoint left it: same epoch, same data order, next batch.
+    ``end_epoch(epoch, seconds)`` after each epoch returns True to stop early, or the
+    guard's verdict when it was not ``ok``. ``position`` (updated in place) resumes a
+    loop where a checkpoint left it: same epoch, same data order, next batch.
     """
-    
     data = as_data(x, y) if data is None else data
     pos = position if position is not None else LoopPosition()
+    control = control if control is not None else LoopControl()
     rank, world = (averager.rank, averager.world) if averager is not None else (0, 1)
     n_batches = (data.share(world) + batch_size - 1) // batch_size
-    kill = kill_point(desc, rank)
     while pos.epoch < epochs and not pos.stopped:
-        epoch = pos.epoch
-        t0 = time.perf_counter()
-        if pos.order is None:
-            pos.order, pos.batch = data.epoch_order(generator, rank, world), 0
-        batches = data.batches(pos.order, batch_size, pos.batch, rank, world)
-        bar = reporter.bar(n_batches, f"{desc} epoch {epoch + 1}/{epochs}")
-        bar.update(pos.batch)
-        if averager is not None:
-            # rounds fall every k batches of an epoch (and at its end), counted from the
-            # epoch start: the schedule follows the position, so a resumed group keeps it
-            averager.step = pos.batch
-        try:
-            while pos.batch < n_batches:
-                xb, yb = next(batches)
-                loss = step(xb, yb, epoch)
-                pos.batch += 1
-                bar.update()
-                if averager is not None:
-                    averager.after_step()
-                if guard is not None and world == 1:  # distributed: NaN shows at the averaging round
-                    guard.after_batch(epoch, pos.batch, loss)
-                if kill is not None and kill[:2] == (epoch + 1, pos.batch):
-                    _kill(kill[2])
-                if _stop_requested:
-                    if checkpointer is not None:
-                        _checkpoint(checkpointer, guard, pos)  # a consistent state: between two batches
-                    raise KeyboardInterrupt
-                if checkpointer is not None and pos.batch < n_batches and checkpointer.due_after_batch():
-                    _checkpoint(checkpointer, guard, pos)
-            if averager is not None:
-                averager.average_now()  # validation and early stopping see the averaged weights
-            stop = end_epoch(epoch, time.perf_counter() - t0)
-        except FloatingPointError as e:  # a worker diverged: every rank sees it at the same round
-            if guard is None:
-                raise
-            try:
-                guard.diverge(str(e), epoch, pos.batch)
-            except Rollback:
-                pos.batch = 0
-                if averager is not None:
-                    averager.restart()  # the restored weights are the outer optimizer's new anchor
-                continue
-        except Rollback:
+        verdict, stop = _epoch(data, pos, epochs, batch_size, n_batches, generator, step, end_epoch, reporter, desc,
+                               checkpointer, guard, averager, control, rank, world)
+        if verdict.action == "stop":
+            raise verdict.error()
+        if verdict.action == "rollback":
             # the guard restored the best weights so far and lowered the rate: run the
-            # epoch again, same data order
+            # epoch again, same data order; the restored weights anchor the outer optimizer
             pos.batch = 0
             if averager is not None:
                 averager.restart()
             continue
-        finally:
-            bar.close()
-        pos.epoch, pos.batch, pos.order, pos.stopped = epoch + 1, 0, None, bool(stop)
+        pos.epoch, pos.batch, pos.order, pos.stopped = pos.epoch + 1, 0, None, stop
         if checkpointer is not None and checkpointer.due_after_epoch(pos):
-            _checkpoint(checkpointer, guard, pos)
+            verdict = _checkpoint(checkpointer, guard, pos)
+            if verdict.action == "stop":
+                raise verdict.error()
     return pos.epoch
+
+
+def _epoch(data, pos: LoopPosition, epochs: int, batch_size: int, n_batches: int, generator, step, end_epoch,
+           reporter: Reporter, desc: str, checkpointer, guard, averager, control: LoopControl, rank: int,
+           world: int) -> tuple[Verdict, bool]:
+    """Run the rest of the epoch at ``pos``; return the first verdict that was not ``ok``
+    (the epoch cut short) or ``ok``, and whether ``end_epoch`` asked to stop."""
+    epoch = pos.epoch
+    t0 = time.perf_counter()
+    if pos.order is None:
+        pos.order, pos.batch = data.epoch_order(generator, rank, world), 0
+    batches = data.batches(pos.order, batch_size, pos.batch, rank, world)
+    if averager is not None:
+        # rounds fall every k batches of an epoch (and at its end), counted from the
+        # epoch start: the schedule follows the position, so a resumed group keeps it
+        averager.step = pos.batch
+    with reporter.bar(n_batches, f"{desc} epoch {epoch + 1}/{epochs}") as bar:
+        bar.update(pos.batch)
+        while pos.batch < n_batches:
+            xb, yb = next(batches)
+            loss = step(xb, yb, epoch)
+            pos.batch += 1
+            bar.update()
+            problem = None if averager is None else averager.after_step()
+            verdict = _judge(guard, problem, epoch, pos.batch, loss, world)
+            if not verdict.ok:
+                return verdict, False
+            for hook in control.hooks:
+                hook(desc, rank, epoch + 1, pos.batch)
+            if control.stop_requested:
+                if checkpointer is not None:  # a consistent state: between two batches
+                    verdict = _checkpoint(checkpointer, guard, pos)
+                    if not verdict.ok:
+                        return verdict, False
+                raise KeyboardInterrupt
+            if checkpointer is not None and pos.batch < n_batches and checkpointer.due_after_batch():
+                verdict = _checkpoint(checkpointer, guard, pos)
+                if not verdict.ok:
+                    return verdict, False
+        problem = None if averager is None else averager.average_now()  # validation sees the averaged weights
+        verdict = _judge(guard, problem, epoch, pos.batch, None, world, every_batch=False)
+        if not verdict.ok:
+            return verdict, False
+        outcome = end_epoch(epoch, time.perf_counter() - t0)
+    if isinstance(outcome, Verdict):
+        return outcome, False
+    return OK, bool(outcome)
+
+
+def _judge(guard: DivergenceGuard | None, problem: str | None, epoch: int, batch: int, loss: float | None,
+           world: int, every_batch: bool = True) -> Verdict:
+    """The guard's verdict after a batch: on an averaging round that went wrong (every
+    rank sees it at the same round), else on the batch's loss and weights (one process:
+    in a group, NaN shows at the averaging round)."""
+    if problem is not None:
+        if guard is None:
+            raise DivergenceError(problem, problem)
+        return guard.diverge(problem, epoch, batch)
+    if guard is not None and world == 1 and every_batch:
+        return guard.after_batch(epoch, batch, loss)
+    return OK

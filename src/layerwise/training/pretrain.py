@@ -22,7 +22,7 @@ from layerwise.training.averaging import from_rank0, make_averager
 from layerwise.config import DistributedConfig, GuardConfig, PretrainConfig
 from layerwise.training.distributed import barrier, rank_world
 from layerwise.training.guard import DivergenceGuard, dead_fraction, make_guard
-from layerwise.training.loop import Checkpointer, LoopPosition, run_loop
+from layerwise.training.loop import Checkpointer, LoopControl, LoopPosition, run_loop
 from layerwise.reporting.reporter import Reporter
 from layerwise.stack import DeepBeliefNet
 from layerwise.data.streams import as_data, wait_for_activations
@@ -94,6 +94,7 @@ def pretrain(
     scratch: Path | None = None,
     labels: torch.Tensor | None = None,
     heldout_labels: torch.Tensor | None = None,
+    control: LoopControl | None = None,
 ) -> list[dict]:
     """Pretrain every layer of ``dbn`` in turn for ``cfg.epochs`` epochs.
 
@@ -146,8 +147,10 @@ def pretrain(
             rec.update(layer_metrics(unit, mon_train, mon_held))
             if distributed is not None:  # the guard decides on rank 0's numbers on every worker
                 rec["recon_ce_train"], rec["dead_units"] = from_rank0([rec["recon_ce_train"], rec["dead_units"]])
-            if g is not None:  # may roll back: then this epoch runs again and is not logged
-                g.after_epoch(epoch, -1, rec["recon_ce_train"], rec["dead_units"])
+            if g is not None:
+                verdict = g.after_epoch(epoch, -1, rec["recon_ce_train"], rec["dead_units"])
+                if not verdict.ok:  # a rollback runs this epoch again: it is not logged
+                    return verdict
                 rec["lr"] = g.current_lr
             records.append(rec)
             reporter.log(rec)
@@ -159,7 +162,7 @@ def pretrain(
         run_loop(
             data=inp, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=generator,
             step=step, end_epoch=end_epoch, reporter=reporter, position=progress.position,
-            checkpointer=checkpointer, guard=g, averager=averager,
+            checkpointer=checkpointer, guard=g, averager=averager, control=control,
             desc=f"pretrain layer {i + 1}/{len(dbn.layers)} ({unit.n_visible}->{unit.n_hidden})",
         )
         if i + 1 < len(dbn.layers):

@@ -100,7 +100,3 @@ class DenoisingAutoencoder(UnitBase):
         if held_x is not None:
             m["recon_ce_heldout"] = float(self.reconstruction_cross_entropy(held_x))
         return m
-
-    def reset_training_state(self) -> None:
-        for name in ("weight_velocity", "visible_bias_velocity", "hidden_bias_velocity"):
-            getattr(self, name).zero_()

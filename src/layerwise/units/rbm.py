@@ -181,22 +181,6 @@ class _RBM(UnitBase):
             m["free_energy_gap"] = float(self.free_energy(held_x[:n]).mean() - self.free_energy(train_x[:n]).mean())
         return m
 
-    @torch.no_grad()
-    def update_from_samples(
-        self,
-        v_pos: torch.Tensor,
-        v_neg: torch.Tensor,
-        *,
-        lr: float,
-        momentum: float = 0.0,
-        weight_decay: float = 0.0,
-    ) -> None:
-        """The CD update for given positive and negative visible samples."""
-        self._apply_update(
-            v_pos, self.mean_hiddens(v_pos), v_neg, self.mean_hiddens(v_neg),
-            lr, momentum, weight_decay, None, 0.0,
-        )
-
     def _apply_update(
         self, v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target, sparsity_cost
     ) -> None:
@@ -231,12 +215,6 @@ class _RBM(UnitBase):
         self.weight.add_(vw)
         self.visible_bias.add_(vb)
         self.hidden_bias.add_(vc)
-
-    def reset_training_state(self) -> None:
-        """Forget momentum, sparsity statistics and persistent chains (weights are kept)."""
-        for name in ("weight_velocity", "visible_bias_velocity", "hidden_bias_velocity", "hidden_activity"):
-            getattr(self, name).zero_()
-        self.persistent_chains = self.persistent_chains[:0]
 
 
 class BernoulliRBM(_RBM):

@@ -39,8 +39,18 @@ def run_recipe(workers: int, runs: str, correction: str | None = None) -> tuple[
     correction = cfg.distributed.lr_correction
     recipe = Path(runs) / f"quick-mnist-{correction}.toml"
     recipe.write_text(config.to_toml(cfg))
-    cmd = [sys.executable, "-m", "layerwise", "train", str(recipe), "--quiet",
-           "--runs-dir", runs, "--name", f"w{workers}-{correction}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "layerwise",
+        "train",
+        str(recipe),
+        "--quiet",
+        "--runs-dir",
+        runs,
+        "--name",
+        f"w{workers}-{correction}",
+    ]
     if workers > 1:
         cmd += ["--workers", str(workers)]
     t = time.perf_counter()
@@ -55,8 +65,8 @@ def _round_worker(rank: int, world: int, store: str, queue) -> None:
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from layerwise.training.averaging import average_tensors, trained_tensors
     from layerwise.stack import DeepBeliefNet
+    from layerwise.training.averaging import average_tensors, trained_tensors
 
     runtime.apply(1)
     dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
@@ -108,18 +118,25 @@ def averaging_round() -> tuple[int, float, float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="worker counts to run")
-    ap.add_argument("--lr-correction", nargs="+", default=[None], choices=["none", "sqrt", "linear"],
-                    help="learning-rate corrections to run (default: the recipe's)")
+    ap.add_argument(
+        "--lr-correction",
+        nargs="+",
+        default=[None],
+        choices=["none", "sqrt", "linear"],
+        help="learning-rate corrections to run (default: the recipe's)",
+    )
     ap.add_argument("--skip-runs", action="store_true", help="skip the MNIST runs")
     ap.add_argument("--skip-rounds", action="store_true", help="skip the averaging-round timing")
     args = ap.parse_args()
     if not args.skip_rounds:
         n, per_round, bare, per_step = averaging_round()
         share = per_round / (5 * per_step + per_round)
-        print(f"averaging round, {n} parameters, 2 processes: {1000 * per_round:.1f} ms ({1000 * bare:.1f} ms without "
-              f"the replica-drift check); one fine-tuning step (batch 100, 1 thread): {1000 * per_step:.1f} ms; "
-              f"share of the time at averaging_frequency 5: {100 * share:.1f}%; drift check: "
-              f"{100 * (per_round - bare) / (5 * per_step + per_round):.1f}% of it")
+        print(
+            f"averaging round, {n} parameters, 2 processes: {1000 * per_round:.1f} ms ({1000 * bare:.1f} ms without "
+            f"the replica-drift check); one fine-tuning step (batch 100, 1 thread): {1000 * per_step:.1f} ms; "
+            f"share of the time at averaging_frequency 5: {100 * share:.1f}%; drift check: "
+            f"{100 * (per_round - bare) / (5 * per_step + per_round):.1f}% of it"
+        )
     if not args.skip_runs:
         with tempfile.TemporaryDirectory() as runs:
             base = None
@@ -129,8 +146,11 @@ def main() -> None:
                         continue  # a correction changes nothing for one worker
                     acc, wall = run_recipe(w, runs, corr)
                     base = acc if base is None else base
-                    print(f"quick-mnist, {w} worker(s), lr_correction {corr or 'as in the recipe'}: test accuracy {acc:.2f}% "
-                          f"({acc - base:+.2f} vs the first), wall {wall:.0f} s", flush=True)
+                    print(
+                        f"quick-mnist, {w} worker(s), lr_correction {corr or 'as in the recipe'}: test accuracy {acc:.2f}% "
+                        f"({acc - base:+.2f} vs the first), wall {wall:.0f} s",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

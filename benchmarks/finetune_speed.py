@@ -32,12 +32,13 @@ import torch.nn.functional as F  # noqa: E402
 
 from layerwise.config import FinetuneConfig  # noqa: E402
 from layerwise.data.sources import load_mnist  # noqa: E402
-from layerwise.training.finetune import finetune, make_optimizer  # noqa: E402
 from layerwise.stack import build_classifier  # noqa: E402
+from layerwise.training.finetune import finetune, make_optimizer  # noqa: E402
 
 SIZES, LABELS, B = [784, 500, 500, 2000], 10, 100
-CFG = FinetuneConfig(epochs=1, batch_size=B, learning_rate=0.1, momentum=0.9, dropout_input=0.1, dropout_hidden=0.25,
-                     patience=None)
+CFG = FinetuneConfig(
+    epochs=1, batch_size=B, learning_rate=0.1, momentum=0.9, dropout_input=0.1, dropout_hidden=0.25, patience=None
+)
 
 
 def net():
@@ -69,17 +70,19 @@ def fused_shares(x, y, batches: int = 30) -> dict[str, float]:
     opt = make_optimizer(model, CFG)
     step = FusedClassifierStep.make(model)
     for k in range(5):
-        step(x[k * B:(k + 1) * B], y[k * B:(k + 1) * B], opt)
+        step(x[k * B : (k + 1) * B], y[k * B : (k + 1) * B], opt)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for k in range(batches):
-            step(x[k * B:(k + 1) * B], y[k * B:(k + 1) * B], opt)
+            step(x[k * B : (k + 1) * B], y[k * B : (k + 1) * B], opt)
     ev = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
     total = sum(ev.values())
-    kinds = {"matrix products (addmm, addmv)": ("aten::addmm", "aten::addmm_", "aten::addmv_", "aten::mm"),
-             "dropout masks (random_, ge)": ("aten::random_", "aten::ge"),
-             "sigmoid and its derivative": ("aten::sigmoid_", "aten::sigmoid_backward"),
-             "mask products and parameter updates": ("aten::mul_", "aten::mul", "aten::add_"),
-             "loss (log_softmax, nll, exp)": ("aten::_log_softmax", "aten::nll_loss_forward", "aten::exp_")}
+    kinds = {
+        "matrix products (addmm, addmv)": ("aten::addmm", "aten::addmm_", "aten::addmv_", "aten::mm"),
+        "dropout masks (random_, ge)": ("aten::random_", "aten::ge"),
+        "sigmoid and its derivative": ("aten::sigmoid_", "aten::sigmoid_backward"),
+        "mask products and parameter updates": ("aten::mul_", "aten::mul", "aten::add_"),
+        "loss (log_softmax, nll, exp)": ("aten::_log_softmax", "aten::nll_loss_forward", "aten::exp_"),
+    }
     out = {k: sum(ev.get(n, 0) for n in names) / total for k, names in kinds.items()}
     out["everything else"] = 1 - sum(out.values())
     return out
@@ -91,7 +94,9 @@ def time_roofline(n_batches: int, dtype: torch.dtype = torch.float32) -> float:
     mats = []
     for i, (n_in, n_out) in enumerate(zip(dims[:-1], dims[1:])):
         a, w, d = (torch.rand(*shape, generator=g).to(dtype) for shape in ((B, n_in), (n_out, n_in), (B, n_out)))
-        mats.append((i, a, w, d, *(torch.empty(*shape, dtype=dtype) for shape in ((B, n_out), (n_out, n_in), (B, n_in)))))
+        mats.append(
+            (i, a, w, d, *(torch.empty(*shape, dtype=dtype) for shape in ((B, n_out), (n_out, n_in), (B, n_in))))
+        )
     t = time.perf_counter()
     for _ in range(n_batches):
         for i, a, w, d, out, gw, gi in mats:
@@ -113,13 +118,13 @@ def breakdown(x, y, batches: int) -> dict[str, float]:
     model = net().train()
     opt = make_optimizer(model, dataclasses.replace(CFG))
     for k in range(5):  # warm up
-        F.cross_entropy(model(x[k * B:(k + 1) * B]), y[k * B:(k + 1) * B]).backward()
+        F.cross_entropy(model(x[k * B : (k + 1) * B]), y[k * B : (k + 1) * B]).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     stages = {"forward": 0.0, "loss": 0.0, "zero_grad": 0.0, "backward": 0.0, "optimizer": 0.0}
     clock = time.perf_counter
     for k in range(batches):
-        xb, yb = x[k * B:(k + 1) * B], y[k * B:(k + 1) * B]
+        xb, yb = x[k * B : (k + 1) * B], y[k * B : (k + 1) * B]
         t0 = clock()
         logits = model(xb)
         t1 = clock()
@@ -136,13 +141,14 @@ def breakdown(x, y, batches: int) -> dict[str, float]:
     out = {k: v / batches for k, v in stages.items()}
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for k in range(min(batches, 30)):
-            F.cross_entropy(model(x[k * B:(k + 1) * B]), y[k * B:(k + 1) * B]).backward()
+            F.cross_entropy(model(x[k * B : (k + 1) * B]), y[k * B : (k + 1) * B]).backward()
             opt.zero_grad(set_to_none=True)
     ev = {e.key: e.self_cpu_time_total for e in prof.key_averages()}
     total = sum(ev.values())
     fwd_bwd = out["forward"] + out["loss"] + out["backward"]
-    out["of which dropout masks"] = fwd_bwd * sum(ev.get(k, 0) for k in ("aten::bernoulli_", "aten::uniform_",
-                                                                         "aten::native_dropout")) / total
+    out["of which dropout masks"] = (
+        fwd_bwd * sum(ev.get(k, 0) for k in ("aten::bernoulli_", "aten::uniform_", "aten::native_dropout")) / total
+    )
     out["of which matrix products"] = fwd_bwd * sum(ev.get(k, 0) for k in ("aten::addmm", "aten::mm")) / total
     return out
 
@@ -175,18 +181,23 @@ def main() -> None:
             roof16 = min(roof16, time_roofline(n_batches, torch.bfloat16))
             fused16 = min(fused16, time_epoch(x, y, fused=True, precision="bf16"))
     gflop = flops_per_batch() * n_batches / 1e9
-    print(f"fine-tuning epoch: {'-'.join(map(str, SIZES + [LABELS]))}, {len(x)} MNIST images, batch {B}, dropout "
-          f"{CFG.dropout_input}/{CFG.dropout_hidden}, SGD momentum {CFG.momentum}, {args.threads} threads, torch "
-          f"{torch.__version__}, {runtime.set_wait_policy()}, best of {args.repeats}")
+    print(
+        f"fine-tuning epoch: {'-'.join(map(str, SIZES + [LABELS]))}, {len(x)} MNIST images, batch {B}, dropout "
+        f"{CFG.dropout_input}/{CFG.dropout_hidden}, SGD momentum {CFG.momentum}, {args.threads} threads, torch "
+        f"{torch.__version__}, {runtime.set_wait_policy()}, best of {args.repeats}"
+    )
     print(f"roofline {roof:.2f} s ({gflop / roof:.1f} GFLOP/s)")
     for name, t in (("fused step (the default)", fused), ("autograd step (fused = false)", epoch)):
-        print(f"epoch, {name}: {t:.2f} s ({gflop / t:.1f} GFLOP/s), {100 * roof / t:.0f}% of the roofline "
-              "(target >= 70%)")
+        print(
+            f"epoch, {name}: {t:.2f} s ({gflop / t:.1f} GFLOP/s), {100 * roof / t:.0f}% of the roofline (target >= 70%)"
+        )
     if args.bf16:
         print(f"bf16 roofline {roof16:.2f} s ({gflop / roof16:.1f} GFLOP/s)")
-        print(f"epoch, fused step in bf16: {fused16:.2f} s ({gflop / fused16:.1f} GFLOP/s), {100 * roof / fused16:.0f}% "
-              f"of the fp32 roofline, {100 * roof16 / fused16:.0f}% of the bf16 roofline, "
-              f"{fused / fused16:.2f}x the fp32 fused step")
+        print(
+            f"epoch, fused step in bf16: {fused16:.2f} s ({gflop / fused16:.1f} GFLOP/s), {100 * roof / fused16:.0f}% "
+            f"of the fp32 roofline, {100 * roof16 / fused16:.0f}% of the bf16 roofline, "
+            f"{fused / fused16:.2f}x the fp32 fused step"
+        )
     print("fused step, shares of its operations (torch.profiler):")
     for k, v in fused_shares(x, y).items():
         print(f"  {k:<40}{100 * v:5.1f}%")
@@ -197,8 +208,10 @@ def main() -> None:
     print(f"per batch: {1e3 * per_batch:.2f} ms in the epoch")
     for k, v in parts.items():
         print(f"  {k:<40}{1e3 * v:8.3f} ms  {100 * v / per_batch:5.1f}%")
-    print(f"  {'loop overhead (epoch less the stages)':<40}{1e3 * (per_batch - staged):8.3f} ms  "
-          f"{100 * (per_batch - staged) / per_batch:5.1f}%")
+    print(
+        f"  {'loop overhead (epoch less the stages)':<40}{1e3 * (per_batch - staged):8.3f} ms  "
+        f"{100 * (per_batch - staged) / per_batch:5.1f}%"
+    )
 
 
 if __name__ == "__main__":

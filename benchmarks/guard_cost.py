@@ -12,7 +12,6 @@ epoch (precise). Target: under 2% of step time.
 
 from __future__ import annotations
 
-
 from layerwise import runtime  # noqa: E402
 
 runtime.set_wait_policy()  # the process policy, before torch loads (OpenMP reads it then)
@@ -26,9 +25,9 @@ import torch  # noqa: E402
 
 from layerwise.config import FinetuneConfig, GuardConfig, PretrainConfig  # noqa: E402
 from layerwise.data.sources import load_mnist  # noqa: E402
+from layerwise.stack import DeepBeliefNet  # noqa: E402
 from layerwise.training.finetune import finetune  # noqa: E402
 from layerwise.training.pretrain import pretrain  # noqa: E402
-from layerwise.stack import DeepBeliefNet  # noqa: E402
 
 
 def _time_guard_methods() -> dict:
@@ -80,16 +79,22 @@ def main() -> None:
     for _ in range(args.repeats):
         for what in ("pretrain", "finetune"):
             for g in ("off", "on"):
-                out = subprocess.run([sys.executable, __file__, "--one", what, g, "--threads", str(args.threads)],
-                                     capture_output=True, text=True, check=True).stdout.split()
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", what, g, "--threads", str(args.threads)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.split()
                 best[(what, g)] = min(best.get((what, g), float("inf")), float(out[0]))
                 if g == "on":
                     inside[what] = min(inside.get(what, float("inf")), float(out[1]) / float(out[0]))
     print(f"guard cost, {args.threads} thread(s), best of {args.repeats}, one epoch over 50k MNIST images")
     for what in ("pretrain", "finetune"):
         off, on = best[(what, "off")], best[(what, "on")]
-        print(f"{what:<9} guard off {off:7.2f} s   on {on:7.2f} s   difference {100 * (on - off) / off:+.1f}%   "
-              f"time inside the guard {100 * inside[what]:.2f}% of the epoch  (target < 2%)")
+        print(
+            f"{what:<9} guard off {off:7.2f} s   on {on:7.2f} s   difference {100 * (on - off) / off:+.1f}%   "
+            f"time inside the guard {100 * inside[what]:.2f}% of the epoch  (target < 2%)"
+        )
 
 
 if __name__ == "__main__":

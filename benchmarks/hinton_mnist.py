@@ -47,16 +47,20 @@ def main() -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("---")
     print(f"recipe: {args.recipe}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, {POLICY}, "
-          f"bfloat16 instructions: {'yes' if runtime.cpu_has_bf16() else 'no'}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, {POLICY}, "
+        f"bfloat16 instructions: {'yes' if runtime.cpu_has_bf16() else 'no'}"
+    )
     print(f"precision: {cfg.precision}")
     print(f"test accuracy: {100 * res.test_accuracy:.2f}%  (target >= 99.00%)")
     if res.validation_accuracy is not None:
         print(f"validation accuracy: {100 * res.validation_accuracy:.2f}%")
     else:
         print("validation accuracy: n/a (the validation split joined the fine-tuning data)")
-    print(f"wall time: {wall:.0f} s, target < 600 s (pretraining {res.seconds_pretrain:.0f} s, fine-tuning {res.seconds_finetune:.0f} s; "
-          f"rest: imports, data loading, saving, plots)")
+    print(
+        f"wall time: {wall:.0f} s, target < 600 s (pretraining {res.seconds_pretrain:.0f} s, fine-tuning {res.seconds_finetune:.0f} s; "
+        f"rest: imports, data loading, saving, plots)"
+    )
     print(f"peak memory (max RSS): {peak_mib:.0f} MiB")
     print(f"run folder: {res.run_dir}")
 

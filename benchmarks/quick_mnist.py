@@ -8,7 +8,6 @@ wall time on 2 cores. Both numbers are printed side by side.
 
 from __future__ import annotations
 
-
 from layerwise import runtime  # noqa: E402
 
 runtime.set_wait_policy()  # the process policy, before torch loads (OpenMP reads it then)
@@ -20,10 +19,10 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from layerwise import config  # noqa: E402
-from layerwise.training.finetune import evaluate, finetune  # noqa: E402
-from layerwise.data.sources import load_splits  # noqa: E402
+from layerwise.data.splits import load_splits  # noqa: E402
 from layerwise.jobs import train  # noqa: E402
 from layerwise.stack import build_classifier  # noqa: E402
+from layerwise.training.finetune import evaluate, finetune  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,8 +39,10 @@ def main() -> None:
     t0 = time.perf_counter()
     res = train(cfg, runs_dir=args.runs_dir)
     wall = time.perf_counter() - t0
-    print(f"pretrained + fine-tuned: test accuracy {100 * res.test_accuracy:.2f}%, wall {wall:.0f} s "
-          f"(pretraining {res.seconds_pretrain:.0f} s, fine-tuning {res.seconds_finetune:.0f} s)  [target >= 98.00%, < 180 s]")
+    print(
+        f"pretrained + fine-tuned: test accuracy {100 * res.test_accuracy:.2f}%, wall {wall:.0f} s "
+        f"(pretraining {res.seconds_pretrain:.0f} s, fine-tuning {res.seconds_finetune:.0f} s)  [target >= 98.00%, < 180 s]"
+    )
     if args.skip_random:
         return
     s = load_splits(cfg.data, seed=cfg.seed)
@@ -49,11 +50,15 @@ def main() -> None:
     (x, y), (xv, yv), (xt, yt) = t(s.train), t(s.validation), t(s.test)
     ft = cfg.finetune
     sizes = [s.n_inputs] + list(cfg.model.hidden)
-    clf = build_classifier(sizes, s.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden, seed=cfg.seed)
+    clf = build_classifier(
+        sizes, s.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden, seed=cfg.seed
+    )
     t1 = time.perf_counter()
     finetune(clf, x, y, xv, yv, ft, seed=cfg.seed)
     _, acc = evaluate(clf, xt, yt)
-    print(f"random init, same net and fine-tuning: test accuracy {100 * acc:.2f}%, fine-tuning {time.perf_counter() - t1:.0f} s")
+    print(
+        f"random init, same net and fine-tuning: test accuracy {100 * acc:.2f}%, fine-tuning {time.perf_counter() - t1:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from layerwise.data.sources import load_mnist  # noqa: E402
-from layerwise.training.loop import run_loop  # noqa: E402
 from layerwise.reporting.reporter import Reporter
+from layerwise.training.loop import run_loop  # noqa: E402
 from layerwise.units import BernoulliRBM  # noqa: E402
 
 B, V, H = 100, 784, 500  # V and H are set from --visible and --hidden
@@ -50,9 +50,17 @@ def time_layerwise(x: torch.Tensor, precision: str = "fp32") -> float:
     rbm = BernoulliRBM(V, H, seed=0).set_precision(precision)
     gen = torch.Generator().manual_seed(0)
     t = time.perf_counter()
-    run_loop(x=x, y=None, batch_size=B, epochs=1, generator=gen,
-             step=lambda xb, _y, _e: rbm.step(xb, lr=0.1, momentum=0.5, weight_decay=2e-4),
-             end_epoch=lambda e, s: False, reporter=Reporter(), desc="cd1")
+    run_loop(
+        x=x,
+        y=None,
+        batch_size=B,
+        epochs=1,
+        generator=gen,
+        step=lambda xb, _y, _e: rbm.step(xb, lr=0.1, momentum=0.5, weight_decay=2e-4),
+        end_epoch=lambda e, s: False,
+        reporter=Reporter(),
+        desc="cd1",
+    )
     return time.perf_counter() - t
 
 
@@ -122,9 +130,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1, help="threads for every contender (default 1)")
     ap.add_argument("--repeats", type=int, default=3, help="epochs timed per contender; the best counts")
-    ap.add_argument("--wait-policy", default="spin", choices=("spin", "PASSIVE", "ACTIVE"),
-                    help="OpenMP wait policy of the torch contenders: spin (layerwise's default, GOMP_SPINCOUNT=10000) "
-                         "or OMP_WAIT_POLICY=PASSIVE|ACTIVE")
+    ap.add_argument(
+        "--wait-policy",
+        default="spin",
+        choices=("spin", "PASSIVE", "ACTIVE"),
+        help="OpenMP wait policy of the torch contenders: spin (layerwise's default, GOMP_SPINCOUNT=10000) "
+        "or OMP_WAIT_POLICY=PASSIVE|ACTIVE",
+    )
     ap.add_argument("--visible", type=int, default=784, help="visible units (784: MNIST; else uniform rows)")
     ap.add_argument("--hidden", type=int, default=500, help="hidden units")
     ap.add_argument("--bf16", action="store_true", help="also time layerwise with precision bf16")
@@ -151,16 +163,33 @@ def main() -> None:
             if torch_made and args.wait_policy == "spin":
                 env.pop("OMP_WAIT_POLICY", None)
                 env["GOMP_SPINCOUNT"] = runtime.SPIN_COUNT
-            out = subprocess.run([sys.executable, __file__, "--one", name, "--threads", str(args.threads),
-                                  "--visible", str(V), "--hidden", str(H)],
-                                 env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    name,
+                    "--threads",
+                    str(args.threads),
+                    "--visible",
+                    str(V),
+                    "--hidden",
+                    str(H),
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()[-1]
             if out != "none":
                 results[name] = min(results.get(name, float("inf")), float(out))
     n = 50000
     print("(rows of uniform values standing for a layer's activations)" if V != 784 else "(MNIST pixels)")
     gflop = 5 * 2 * B * V * H * (n // B) / 1e9
-    print(f"one CD-1 epoch, {V}-{H} RBM, {n} MNIST images, batch {B}, {args.threads} thread(s), "
-          f"torch {torch.__version__}, wait policy {args.wait_policy} for torch, best of {args.repeats}")
+    print(
+        f"one CD-1 epoch, {V}-{H} RBM, {n} MNIST images, batch {B}, {args.threads} thread(s), "
+        f"torch {torch.__version__}, wait policy {args.wait_policy} for torch, best of {args.repeats}"
+    )
     print(f"{'contender':<20}{'seconds':>9}{'GFLOP/s':>9}")
     for name, t in results.items():
         print(f"{name:<20}{t:>9.2f}{gflop / t:>9.1f}")
@@ -169,11 +198,15 @@ def main() -> None:
         print(f"layerwise is {results['learnergy'] / ours:.2f}x faster than learnergy")
     if "scikit-learn" in results:
         print(f"layerwise is {results['scikit-learn'] / ours:.2f}x faster than scikit-learn (target >= 1.2x)")
-    print(f"layerwise reaches {100 * results['torch.mm roofline'] / ours:.0f}% of the roofline's GFLOP/s (target >= 65%)")
+    print(
+        f"layerwise reaches {100 * results['torch.mm roofline'] / ours:.0f}% of the roofline's GFLOP/s (target >= 65%)"
+    )
     if "layerwise bf16" in results:
         low = results["layerwise bf16"]
-        print(f"layerwise bf16 is {ours / low:.2f}x faster than layerwise fp32, "
-              f"{results.get('scikit-learn', float('nan')) / low:.2f}x faster than scikit-learn")
+        print(
+            f"layerwise bf16 is {ours / low:.2f}x faster than layerwise fp32, "
+            f"{results.get('scikit-learn', float('nan')) / low:.2f}x faster than scikit-learn"
+        )
 
 
 if __name__ == "__main__":

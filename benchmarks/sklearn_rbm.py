@@ -62,16 +62,34 @@ def main() -> None:
         return
     import torch
 
-    print(f"BernoulliRBM fit: 784-256, {args.samples} MNIST images (float32), {args.iters} iterations, PCD, lr 0.1, "
-          f"{args.threads} thread(s), torch {torch.__version__}, best of {args.repeats}")
+    print(
+        f"BernoulliRBM fit: 784-256, {args.samples} MNIST images (float32), {args.iters} iterations, PCD, lr 0.1, "
+        f"{args.threads} thread(s), torch {torch.__version__}, best of {args.repeats}"
+    )
     print(f"{'batch':>6}{'contender':>14}{'fit s':>9}{'pseudo-LL (test)':>18}")
     for batch in args.batches:
         best: dict[str, dict] = {}
         for _ in range(args.repeats):
             for name in CONTENDERS:
-                out = subprocess.run([sys.executable, __file__, "--one", name, str(batch), "--threads",
-                                      str(args.threads), "--iters", str(args.iters), "--samples", str(args.samples)],
-                                     env=dict(os.environ), capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        name,
+                        str(batch),
+                        "--threads",
+                        str(args.threads),
+                        "--iters",
+                        str(args.iters),
+                        "--samples",
+                        str(args.samples),
+                    ],
+                    env=dict(os.environ),
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 r = json.loads(out.stdout.splitlines()[-1])
                 if name not in best or r["seconds"] < best[name]["seconds"]:
                     best[name] = r
@@ -79,8 +97,10 @@ def main() -> None:
             print(f"{batch:>6}{name:>14}{best[name]['seconds']:>9.2f}{best[name]['pseudo_likelihood']:>18.2f}")
         ours, theirs = best["layerwise"], best["scikit-learn"]
         gap = (ours["pseudo_likelihood"] - theirs["pseudo_likelihood"]) / abs(theirs["pseudo_likelihood"])
-        print(f"{'':>6}layerwise is {theirs['seconds'] / ours['seconds']:.2f}x as fast as scikit-learn (target >= 1.3x); "
-              f"pseudo-likelihood {100 * gap:+.1f}% against scikit-learn's (higher is better)")
+        print(
+            f"{'':>6}layerwise is {theirs['seconds'] / ours['seconds']:.2f}x as fast as scikit-learn (target >= 1.3x); "
+            f"pseudo-likelihood {100 * gap:+.1f}% against scikit-learn's (higher is better)"
+        )
 
 
 if __name__ == "__main__":

@@ -64,9 +64,9 @@ def make_data(path: Path, rows: int) -> float:
 def in_memory_rates(path: Path, rows: int) -> dict:
     """Examples per second of one in-memory epoch of each layer, on the file's first rows."""
     from layerwise.config import PretrainConfig
+    from layerwise.reporting.reporter import Reporter
     from layerwise.training.loop import run_loop
     from layerwise.training.pretrain import step_options
-    from layerwise.reporting.reporter import Reporter
     from layerwise.units import BernoulliRBM
 
     x = torch.from_numpy(np.array(np.load(path, mmap_mode="r")[:rows]))
@@ -76,9 +76,17 @@ def in_memory_rates(path: Path, rows: int) -> dict:
         rbm = BernoulliRBM(a, b, seed=i)
         opts = step_options(rbm, cfg)
         t = time.perf_counter()
-        run_loop(x=x, y=None, batch_size=100, epochs=1, generator=torch.Generator().manual_seed(0),
-                 step=lambda xb, _y, _e, rbm=rbm: rbm.step(xb, lr=0.01, momentum=0.5, **opts),
-                 end_epoch=lambda e, s: False, reporter=Reporter(), desc="mem")
+        run_loop(
+            x=x,
+            y=None,
+            batch_size=100,
+            epochs=1,
+            generator=torch.Generator().manual_seed(0),
+            step=lambda xb, _y, _e, rbm=rbm: rbm.step(xb, lr=0.01, momentum=0.5, **opts),
+            end_epoch=lambda e, s: False,
+            reporter=Reporter(),
+            desc="mem",
+        )
         out[f"layer{i + 1}"] = rows / (time.perf_counter() - t)
         x = torch.cat([rbm.transform(x[s : s + 10000]) for s in range(0, len(x), 10000)])
     return out
@@ -107,8 +115,22 @@ def main() -> None:
     out = d / "pretrain"
     shutil.rmtree(out, ignore_errors=True)
     (d / "recipe.toml").write_text(RECIPE)
-    cmd = [sys.executable, "-m", "layerwise", "pretrain", str(d / "recipe.toml"), "--data", str(data), "--out", str(out),
-           "--threads", str(args.threads), "--device", "cpu", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "layerwise",
+        "pretrain",
+        str(d / "recipe.toml"),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--threads",
+        str(args.threads),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     print("$ " + " ".join(cmd), flush=True)
     t = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -122,8 +144,11 @@ def main() -> None:
     print(f"in-memory comparison on {args.in_memory_rows} rows ...", flush=True)
     memory = in_memory_rates(data, args.in_memory_rows)
     fig = {
-        "command": " ".join(cmd), "rows": args.rows, "file_gb": round(data.stat().st_size / 1e9, 2),
-        "peak_rss_gb": round(peak / 1e9, 3), "wall_seconds": round(wall, 1),
+        "command": " ".join(cmd),
+        "rows": args.rows,
+        "file_gb": round(data.stat().st_size / 1e9, 2),
+        "peak_rss_gb": round(peak / 1e9, 3),
+        "wall_seconds": round(wall, 1),
         "epoch_seconds": {f"layer{i + 1}": epochs[i]["seconds"] for i in (0, 1)},
         "streamed_examples_per_s": {k: round(v) for k, v in streamed.items()},
         "in_memory_examples_per_s": {k: round(v) for k, v in memory.items()},

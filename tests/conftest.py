@@ -174,8 +174,14 @@ def worker_env(threads: int = 1, **extra) -> dict:
 def run_layerwise(*args, cwd=None, env=None, timeout=1200) -> subprocess.CompletedProcess:
     """``python -m layerwise ARGS`` in a subprocess, as a user runs it (the timeout is a
     safety net against a hang, far above what any run here takes on a loaded machine)."""
-    return subprocess.run([sys.executable, "-m", "layerwise", *map(str, args)], cwd=cwd, env=env or worker_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "layerwise", *map(str, args)],
+        cwd=cwd,
+        env=env or worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def free_port() -> int:

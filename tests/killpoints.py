@@ -32,7 +32,9 @@ def kill_point(desc: str, rank: int = 0) -> tuple[int, int, str] | None:
         return None
     m = re.fullmatch(r"(?:(\d+)/)?(.+)@(\d+)\.(\d+)(?::(INT|GROUPINT))?", lives[life].strip())
     if m is None:
-        raise ValueError(f"LAYERWISE_TEST_KILL: cannot read {lives[life]!r}; expected [RANK/]LOOP@EPOCH.BATCH[:INT|:GROUPINT]")
+        raise ValueError(
+            f"LAYERWISE_TEST_KILL: cannot read {lives[life]!r}; expected [RANK/]LOOP@EPOCH.BATCH[:INT|:GROUPINT]"
+        )
     who, loop, epoch, batch, how = m.groups()
     if (who is not None and int(who) != rank) or not desc.startswith(loop):
         return None

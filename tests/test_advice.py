@@ -75,8 +75,11 @@ def test_hinton_recipe_gets_only_justified_notes():
     findings = check(cfg, n_inputs=784, n_labels_in_data=10, data_range=(0.0, 0.996), has_validation=True)
     # fine-tuning batches of 200 are outside the guide's 10-100: the warning stays, the recipe
     # keeps them (on the validation split they matched batch 100 and ran faster; RESULTS.md)
-    assert {(f.rule, f.severity) for f in findings} == {("hidden-not-smaller", "note"), ("no-validation", "note"),
-                                                        ("batch-size", "warning")}
+    assert {(f.rule, f.severity) for f in findings} == {
+        ("hidden-not-smaller", "note"),
+        ("no-validation", "note"),
+        ("batch-size", "warning"),
+    }
 
 
 def test_check_command_text_json_and_exit_status(tmp_path, capsys):
@@ -123,7 +126,9 @@ def test_advise_command(capsys):
 def test_lr_with_workers_judges_the_corrected_rate():
     low = {"pretrain": {"learning_rate": 0.01}, "finetune": {"learning_rate": 0.01}}
     assert not [f for f in check(_cfg(**low), workers=4) if f.rule == "lr-with-workers"]
-    hits = [f for f in check(_cfg(**low, distributed={"lr_correction": "linear"}), workers=4) if f.rule == "lr-with-workers"]
+    hits = [
+        f for f in check(_cfg(**low, distributed={"lr_correction": "linear"}), workers=4) if f.rule == "lr-with-workers"
+    ]
     assert len(hits) == 1 and "learning rate 0.04 with 4 workers (after lr_correction = 'linear')" in hits[0].found
     assert "probe-lr RECIPE --workers 4" in hits[0].fix
 

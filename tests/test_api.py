@@ -15,8 +15,10 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_the_package_imports_nothing_heavy_until_a_name_is_used():
-    code = ("import sys, layerwise as lw; heavy = {'torch', 'numpy'} & set(sys.modules); "
-            "print(sorted(heavy), lw.train.__module__, 'torch' in sys.modules)")
+    code = (
+        "import sys, layerwise as lw; heavy = {'torch', 'numpy'} & set(sys.modules); "
+        "print(sorted(heavy), lw.train.__module__, 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["[]", "layerwise.api", "True"], out
 
@@ -33,11 +35,15 @@ def test_every_public_name_resolves_and_unknown_names_are_refused():
 def test_settings_are_checked_as_a_recipe_is():
     digits = lw.data.load_digits()
     dbn = lw.DeepBeliefNet(64, [16], seed=0)
-    with pytest.raises(lw.LayerwiseError, match="unknown config key 'pretrain.learning_rat'; did you mean "
-                                                "'pretrain.learning_rate'"):
+    with pytest.raises(
+        lw.LayerwiseError, match="unknown config key 'pretrain.learning_rat'; did you mean 'pretrain.learning_rate'"
+    ):
         lw.pretrain(dbn, digits.train, learning_rat=0.1)
-    with pytest.raises(ValueError, match=r"'pretrain.batch_size' parameter of the recipe must be an int in the range "
-                                         r"\[1, inf\)\. Got 0 instead"):
+    with pytest.raises(
+        ValueError,
+        match=r"'pretrain.batch_size' parameter of the recipe must be an int in the range "
+        r"\[1, inf\)\. Got 0 instead",
+    ):
         lw.pretrain(dbn, digits.train, batch_size=0)
     with pytest.raises(ValueError, match="fine-tuning needs labels"):
         lw.finetune(dbn.to_classifier(10), digits.train.x)

@@ -5,13 +5,14 @@ import stat
 import pytest
 import torch
 
-from layerwise.storage.artifacts import MANIFEST, WEIGHTS, load_model, read_artifact, sha256_file, write_artifact
 from layerwise.stack import DeepBeliefNet
+from layerwise.storage.artifacts import MANIFEST, WEIGHTS, load_model, read_artifact, sha256_file, write_artifact
 
 
 def _save(path, dbn, **kw):
-    return write_artifact(path, dbn.model_state(), kind="pretrained", architecture=dbn.architecture(),
-                          config={"seed": 0}, **kw)
+    return write_artifact(
+        path, dbn.model_state(), kind="pretrained", architecture=dbn.architecture(), config={"seed": 0}, **kw
+    )
 
 
 def test_round_trip_is_exact(tmp_path):
@@ -52,7 +53,10 @@ def test_tampered_weights_are_refused(tmp_path):
     raw = bytearray(w.read_bytes())
     raw[-1] ^= 0xFF
     w.write_bytes(bytes(raw))
-    with pytest.raises(ValueError, match=r"weights.safetensors' does not match its manifest: sha256 is [0-9a-f]{64}, the manifest records"):
+    with pytest.raises(
+        ValueError,
+        match=r"weights.safetensors' does not match its manifest: sha256 is [0-9a-f]{64}, the manifest records",
+    ):
         read_artifact(tmp_path / "a")
 
 
@@ -85,7 +89,12 @@ def test_corrupt_or_missing_manifest(tmp_path):
 
 def test_weights_that_do_not_fit_the_architecture(tmp_path):
     dbn = DeepBeliefNet(6, [3])
-    write_artifact(tmp_path / "a", dbn.model_state(), kind="pretrained",
-                   architecture={**dbn.architecture(), "hidden": [4]}, config={})
+    write_artifact(
+        tmp_path / "a",
+        dbn.model_state(),
+        kind="pretrained",
+        architecture={**dbn.architecture(), "hidden": [4]},
+        config={},
+    )
     with pytest.raises(ValueError, match="does not fit the manifest's architecture.*wrong shape"):
         load_model(tmp_path / "a")

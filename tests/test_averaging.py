@@ -40,12 +40,17 @@ def _worker(rank, world, store_path, out_dir, poison):
         if poison and rank == 1:
             with torch.no_grad():
                 rbm.weight[0, 0] = float("nan")
-        tensors = trained_tensors(rbm, include_optimizer_state=True) + trained_tensors(mlp, opt, include_optimizer_state=True)
+        tensors = trained_tensors(rbm, include_optimizer_state=True) + trained_tensors(
+            mlp, opt, include_optimizer_state=True
+        )
         before = {f"t{i}": t.clone() for i, t in enumerate(tensors)}
         drift = average_tensors(tensors)  # NaN: the average was not finite
         after = {f"t{i}": t.clone() for i, t in enumerate(tensors)}
-        save_file({**{f"before.{k}": v for k, v in before.items()}, **{f"after.{k}": v for k, v in after.items()}},
-                  f"{out_dir}/rank{rank}.safetensors", metadata={"skipped": str(skipped), "drift": repr(drift)})
+        save_file(
+            {**{f"before.{k}": v for k, v in before.items()}, **{f"after.{k}": v for k, v in after.items()}},
+            f"{out_dir}/rank{rank}.safetensors",
+            metadata={"skipped": str(skipped), "drift": repr(drift)},
+        )
         # the policy: average after steps 3 and 6 of 7
         avg = PeriodicAverager(3, lambda: [torch.ones(1)])
         done = [avg.after_step() for _ in range(7)]  # None: no round, or a round that went well
@@ -87,7 +92,7 @@ def test_after_a_round_every_rank_holds_the_exact_mean(tmp_path):
     (r0, m0), (r1, m1) = _run(tmp_path)
     # PyTorch's helper would average nothing of an RBM: its parameters have no .grad
     assert m0["skipped"] == "0" and float(m0["drift"]) >= 0.0
-    names = sorted(k[len("after."):] for k in r0 if k.startswith("after."))
+    names = sorted(k[len("after.") :] for k in r0 if k.startswith("after."))
     # RBM: weight, two biases, three velocities; MLP: four parameters, four momentum buffers
     assert len(names) == 14
     for k in names:
@@ -101,7 +106,7 @@ def test_a_nan_on_one_worker_is_caught_at_the_round_and_not_spread(tmp_path):
     (r0, m0), (r1, m1) = _run(tmp_path, poison=True)
     assert m0["drift"] == m1["drift"] == "nan"
     for k in (k for k in r0 if k.startswith("after.")):
-        b = "before." + k[len("after."):]
+        b = "before." + k[len("after.") :]
         assert torch.equal(r0[k], r0[b])  # rank 0 keeps its finite weights
     assert all(torch.isfinite(v).all() for k, v in r0.items())
 
@@ -110,8 +115,13 @@ def _hang_worker(rank, world, store_path, out_dir):
     import datetime
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=2))
+    dist.init_process_group(
+        "gloo",
+        store=dist.FileStore(store_path, world),
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=2),
+    )
     message, code = "", 0
     done = f"{out_dir}/hang.txt"
     if rank == 1:

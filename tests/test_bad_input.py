@@ -7,9 +7,9 @@ The rows run in-process on copies of one small trained run folder (`world`)."""
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -18,10 +18,13 @@ from conftest import SMALL_RECIPE as RECIPE
 from conftest import make_patterns
 from layerwise.cli import main
 
-
-GAUSSIAN = RECIPE.replace('name = "r"', 'name = "g"').replace("[model]", '[model]\nvisible = "gaussian"').replace(
-    'train = "train.npz"', 'train = "std-train.npz"').replace('test = "test.npz"', 'test = "std-test.npz"').replace(
-    "learning_rate = 0.1", "learning_rate = 0.01")
+GAUSSIAN = (
+    RECIPE.replace('name = "r"', 'name = "g"')
+    .replace("[model]", '[model]\nvisible = "gaussian"')
+    .replace('train = "train.npz"', 'train = "std-train.npz"')
+    .replace('test = "test.npz"', 'test = "std-test.npz"')
+    .replace("learning_rate = 0.1", "learning_rate = 0.01")
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +62,7 @@ def world(template, tmp_path, monkeypatch):
 def _write(path: str, text: str | bytes):
     def setup(w: Path):
         (w / path).write_bytes(text if isinstance(text, bytes) else text.encode())
+
     return setup
 
 
@@ -72,6 +76,7 @@ def _edit_manifest(folder: str, edit):
         p.chmod(0o644)
         m = json.loads(p.read_text())
         p.write_text(json.dumps(edit(m)))
+
     return setup
 
 
@@ -128,113 +133,322 @@ def _truncated_npy(w: Path) -> None:
 
 CASES = [
     # 1: a net trained on standardized inputs is used on standardized inputs
-    Case("gaussian-evaluate", ["evaluate", "runs/g/finetuned", "--data", "std-test.npz"], 0, "test accuracy:", stream="out"),
+    Case(
+        "gaussian-evaluate",
+        ["evaluate", "runs/g/finetuned", "--data", "std-test.npz"],
+        0,
+        "test accuracy:",
+        stream="out",
+    ),
     Case("gaussian-evaluate-own-test", ["evaluate", "runs/g/finetuned"], 0, "test accuracy:", stream="out"),
-    Case("gaussian-predict", ["predict", "runs/g/finetuned", "std-test.npz"], 0, "index,label,probability", stream="out"),
-    Case("bernoulli-net-on-standardized-data", ["evaluate", "runs/r/finetuned", "--data", "std-test.npz"], 2,
-         "Bernoulli visible units need inputs in [0, 1]"),
+    Case(
+        "gaussian-predict", ["predict", "runs/g/finetuned", "std-test.npz"], 0, "index,label,probability", stream="out"
+    ),
+    Case(
+        "bernoulli-net-on-standardized-data",
+        ["evaluate", "runs/r/finetuned", "--data", "std-test.npz"],
+        2,
+        "Bernoulli visible units need inputs in [0, 1]",
+    ),
     # 2: the config a --workers run records is read back
-    Case("evaluate-after-workers", ["evaluate", "runs/r/finetuned"], 0, "test accuracy:", stream="out",
-         setup=_edit_manifest("runs/r/finetuned", _workers_config)),
+    Case(
+        "evaluate-after-workers",
+        ["evaluate", "runs/r/finetuned"],
+        0,
+        "test accuracy:",
+        stream="out",
+        setup=_edit_manifest("runs/r/finetuned", _workers_config),
+    ),
     # 8: a run name is one path component
-    Case("name-escapes-runs-dir", ["train", "r.toml", "--name", "../escape", "--quiet"], 2,
-         "The 'name' parameter of the recipe must be one path component", absent=("../escape", "escape")),
-    Case("absolute-name", ["train", "r.toml", "--name", "/tmp/layerwise-escape", "--quiet"], 2,
-         "must be one path component", absent=("/tmp/layerwise-escape",)),
-    Case("recipe-name-with-slash", ["train", "slash.toml", "--quiet"], 2, "must be one path component",
-         setup=_write("slash.toml", RECIPE.replace('name = "r"', 'name = "a/b"')), absent=("runs/a",)),
+    Case(
+        "name-escapes-runs-dir",
+        ["train", "r.toml", "--name", "../escape", "--quiet"],
+        2,
+        "The 'name' parameter of the recipe must be one path component",
+        absent=("../escape", "escape"),
+    ),
+    Case(
+        "absolute-name",
+        ["train", "r.toml", "--name", "/tmp/layerwise-escape", "--quiet"],
+        2,
+        "must be one path component",
+        absent=("/tmp/layerwise-escape",),
+    ),
+    Case(
+        "recipe-name-with-slash",
+        ["train", "slash.toml", "--quiet"],
+        2,
+        "must be one path component",
+        setup=_write("slash.toml", RECIPE.replace('name = "r"', 'name = "a/b"')),
+        absent=("runs/a",),
+    ),
     # 11: predict never overwrites, and a folder is not a file
-    Case("predict-out-exists", ["predict", "runs/r/finetuned", "test.npz", "--out", "old.npz"], 2,
-         "'old.npz' already exists; pass --force to replace it", setup=_write("old.npz", b"keep me"),
-         untouched=("old.npz",)),
-    Case("predict-out-exists-force", ["predict", "runs/r/finetuned", "test.npz", "--out", "old.npz", "--force"], 0,
-         "wrote labels and probabilities of 100 samples", setup=_write("old.npz", b"replace me"), stream="out"),
-    Case("predict-out-folder", ["predict", "runs/r/finetuned", "test.npz", "--out", "runs"], 2,
-         "--out 'runs' is a folder; name a .npz file"),
+    Case(
+        "predict-out-exists",
+        ["predict", "runs/r/finetuned", "test.npz", "--out", "old.npz"],
+        2,
+        "'old.npz' already exists; pass --force to replace it",
+        setup=_write("old.npz", b"keep me"),
+        untouched=("old.npz",),
+    ),
+    Case(
+        "predict-out-exists-force",
+        ["predict", "runs/r/finetuned", "test.npz", "--out", "old.npz", "--force"],
+        0,
+        "wrote labels and probabilities of 100 samples",
+        setup=_write("old.npz", b"replace me"),
+        stream="out",
+    ),
+    Case(
+        "predict-out-folder",
+        ["predict", "runs/r/finetuned", "test.npz", "--out", "runs"],
+        2,
+        "--out 'runs' is a folder; name a .npz file",
+    ),
     # 13: counts from the command line are checked like the recipe's
-    Case("pretrain-negative-epochs", ["pretrain", "r.toml", "--data", "train.npz", "--out", "p", "--epochs", "-2"], 2,
-         "--epochs: must be at least 0, got -2", absent=("p",)),
+    Case(
+        "pretrain-negative-epochs",
+        ["pretrain", "r.toml", "--data", "train.npz", "--out", "p", "--epochs", "-2"],
+        2,
+        "--epochs: must be at least 0, got -2",
+        absent=("p",),
+    ),
     Case("probe-zero-epochs", ["probe-lr", "r.toml", "--epochs", "0"], 2, "--epochs: must be at least 1, got 0"),
     Case("probe-zero-subset", ["probe-lr", "r.toml", "--subset", "0"], 2, "--subset: must be at least 1, got 0"),
     Case("probe-one-point", ["probe-lr", "r.toml", "--points", "1"], 2, "--points: must be at least 2, got 1"),
-    Case("negative-threads", ["train", "r.toml", "--threads", "0"], 2, "--threads: must be at least 1, got 0",
-         absent=("runs/r-2",)),
+    Case(
+        "negative-threads",
+        ["train", "r.toml", "--threads", "0"],
+        2,
+        "--threads: must be at least 1, got 0",
+        absent=("runs/r-2",),
+    ),
     # 14: a recipe says where its data is
-    Case("empty-recipe", ["train", "empty.toml", "--quiet"], 2, "recipe 'empty.toml' has no [data] section",
-         setup=_write("empty.toml", ""), absent=("runs/empty",)),
+    Case(
+        "empty-recipe",
+        ["train", "empty.toml", "--quiet"],
+        2,
+        "recipe 'empty.toml' has no [data] section",
+        setup=_write("empty.toml", ""),
+        absent=("runs/empty",),
+    ),
     Case("empty-recipe-check", ["check", "empty.toml"], 2, "has no [data] section", setup=_write("empty.toml", "")),
     # 17: messages that name the file and the problem
-    Case("string-labels", ["train", "s.toml", "--quiet"], 2, "s.npz: array 'y' must hold integer class labels; got dtype <U1",
-         setup=lambda w: (np.savez(w / "s.npz", x=np.zeros((20, 36), np.float32), y=np.array(list("ab") * 10)),
-                          (w / "s.toml").write_text(RECIPE.replace("train.npz", "s.npz"))), absent=("runs/r-2",)),
-    Case("no-features", ["train", "z.toml", "--quiet"], 2, "z.npz: array 'x' has no features (shape (20, 0))",
-         setup=lambda w: (np.savez(w / "z.npz", x=np.zeros((20, 0), np.float32), y=np.zeros(20, np.int64)),
-                          (w / "z.toml").write_text(RECIPE.replace("train.npz", "z.npz"))), absent=("runs/r-2",)),
-    Case("recipe-not-utf8", ["train", "latin.toml", "--quiet"], 2, "recipe 'latin.toml' is not UTF-8 text",
-         setup=_write("latin.toml", RECIPE.replace('"r"', '"caf\xe9"').encode("latin-1"))),
-    Case("manifest-a-number", ["evaluate", "runs/r/finetuned"], 2, "manifest.json' is corrupt: it holds 3, not a JSON object",
-         setup=_write("runs/r/finetuned/manifest.json", "3")),
-    Case("manifest-without-sizes", ["evaluate", "runs/r/finetuned"], 2,
-         "manifest.json' is corrupt: its architecture lacks 'sizes'",
-         setup=_edit_manifest("runs/r/finetuned", lambda m: {**m, "architecture": {"type": "Classifier"}})),
+    Case(
+        "string-labels",
+        ["train", "s.toml", "--quiet"],
+        2,
+        "s.npz: array 'y' must hold integer class labels; got dtype <U1",
+        setup=lambda w: (
+            np.savez(w / "s.npz", x=np.zeros((20, 36), np.float32), y=np.array(list("ab") * 10)),
+            (w / "s.toml").write_text(RECIPE.replace("train.npz", "s.npz")),
+        ),
+        absent=("runs/r-2",),
+    ),
+    Case(
+        "no-features",
+        ["train", "z.toml", "--quiet"],
+        2,
+        "z.npz: array 'x' has no features (shape (20, 0))",
+        setup=lambda w: (
+            np.savez(w / "z.npz", x=np.zeros((20, 0), np.float32), y=np.zeros(20, np.int64)),
+            (w / "z.toml").write_text(RECIPE.replace("train.npz", "z.npz")),
+        ),
+        absent=("runs/r-2",),
+    ),
+    Case(
+        "recipe-not-utf8",
+        ["train", "latin.toml", "--quiet"],
+        2,
+        "recipe 'latin.toml' is not UTF-8 text",
+        setup=_write("latin.toml", RECIPE.replace('"r"', '"caf\xe9"').encode("latin-1")),
+    ),
+    Case(
+        "manifest-a-number",
+        ["evaluate", "runs/r/finetuned"],
+        2,
+        "manifest.json' is corrupt: it holds 3, not a JSON object",
+        setup=_write("runs/r/finetuned/manifest.json", "3"),
+    ),
+    Case(
+        "manifest-without-sizes",
+        ["evaluate", "runs/r/finetuned"],
+        2,
+        "manifest.json' is corrupt: its architecture lacks 'sizes'",
+        setup=_edit_manifest("runs/r/finetuned", lambda m: {**m, "architecture": {"type": "Classifier"}}),
+    ),
     # 12: what cannot work is refused before anything is written
-    Case("hidden-too-wide", ["train", "wide.toml", "--quiet"], 2, "memory: the net 36-100000000-3 on 300 samples needs about",
-         setup=_write("wide.toml", RECIPE.replace("hidden = [24, 12]", "hidden = [100000000]").replace('"r"', '"wide"')),
-         absent=("runs/wide",)),
-    Case("label-2-to-the-40", ["train", "big.toml", "--quiet"], 2, "check the labels: the output has one unit per label (1099511627777)",
-         setup=lambda w: (np.savez(w / "big.npz", x=np.zeros((20, 36), np.float32), y=np.array([2**40] + [0] * 19)),
-                          (w / "big.toml").write_text(RECIPE.replace("train.npz", "big.npz").replace('test = "test.npz"\n', '')
-                                                      .replace('"r"', '"big"'))), absent=("runs/big",)),
-    Case("label-2-to-the-40-check", ["check", "big.toml"], 2, "memory: the net 36-24-12-1099511627777 on 20 samples",
-         stream="out",
-         setup=lambda w: (np.savez(w / "big.npz", x=np.zeros((20, 36), np.float32), y=np.array([2**40] + [0] * 19)),
-                          (w / "big.toml").write_text(RECIPE.replace("train.npz", "big.npz")))),
-    Case("zero-threads", ["check", "t0.toml"], 2,
-         "The 'threads' parameter of the recipe must be an int in the range [1, inf). Got 0 instead.",
-         setup=_write("t0.toml", RECIPE.replace("threads = 1", "threads = 0"))),
-    Case("seed-beyond-64-bits", ["check", "seed.toml"], 2,
-         "The 'seed' parameter of the recipe must be an int in the range [0, 9223372036854775807]. Got 18446744073709551616",
-         setup=_write("seed.toml", RECIPE.replace("seed = 1", f"seed = {2**64}"))),
-    *([Case("cuda-on-a-machine-without", ["train", "r.toml", "--device", "cuda", "--quiet"], 2,
-            "device 'cuda': this machine has no CUDA device that torch can use", absent=("runs/r-2",))]
-      if not __import__("torch").cuda.is_available() else []),
-    Case("first-stage-missing-data", ["pretrain", "r.toml", "--data", "nope.npz", "--out", "p"], 2,
-         "data file 'nope.npz' does not exist", absent=("p",)),
-    Case("first-stage-bad-data", ["pretrain", "r.toml", "--data", "nan.npz", "--out", "p"], 2, "nan.npz: array 'x' contains NaN",
-         setup=_npz("nan.npz", x=np.full((10, 36), np.nan, np.float32)), absent=("p",)),
+    Case(
+        "hidden-too-wide",
+        ["train", "wide.toml", "--quiet"],
+        2,
+        "memory: the net 36-100000000-3 on 300 samples needs about",
+        setup=_write("wide.toml", RECIPE.replace("hidden = [24, 12]", "hidden = [100000000]").replace('"r"', '"wide"')),
+        absent=("runs/wide",),
+    ),
+    Case(
+        "label-2-to-the-40",
+        ["train", "big.toml", "--quiet"],
+        2,
+        "check the labels: the output has one unit per label (1099511627777)",
+        setup=lambda w: (
+            np.savez(w / "big.npz", x=np.zeros((20, 36), np.float32), y=np.array([2**40] + [0] * 19)),
+            (w / "big.toml").write_text(
+                RECIPE.replace("train.npz", "big.npz").replace('test = "test.npz"\n', "").replace('"r"', '"big"')
+            ),
+        ),
+        absent=("runs/big",),
+    ),
+    Case(
+        "label-2-to-the-40-check",
+        ["check", "big.toml"],
+        2,
+        "memory: the net 36-24-12-1099511627777 on 20 samples",
+        stream="out",
+        setup=lambda w: (
+            np.savez(w / "big.npz", x=np.zeros((20, 36), np.float32), y=np.array([2**40] + [0] * 19)),
+            (w / "big.toml").write_text(RECIPE.replace("train.npz", "big.npz")),
+        ),
+    ),
+    Case(
+        "zero-threads",
+        ["check", "t0.toml"],
+        2,
+        "The 'threads' parameter of the recipe must be an int in the range [1, inf). Got 0 instead.",
+        setup=_write("t0.toml", RECIPE.replace("threads = 1", "threads = 0")),
+    ),
+    Case(
+        "seed-beyond-64-bits",
+        ["check", "seed.toml"],
+        2,
+        "The 'seed' parameter of the recipe must be an int in the range [0, 9223372036854775807]. Got 18446744073709551616",
+        setup=_write("seed.toml", RECIPE.replace("seed = 1", f"seed = {2**64}")),
+    ),
+    *(
+        [
+            Case(
+                "cuda-on-a-machine-without",
+                ["train", "r.toml", "--device", "cuda", "--quiet"],
+                2,
+                "device 'cuda': this machine has no CUDA device that torch can use",
+                absent=("runs/r-2",),
+            )
+        ]
+        if not __import__("torch").cuda.is_available()
+        else []
+    ),
+    Case(
+        "first-stage-missing-data",
+        ["pretrain", "r.toml", "--data", "nope.npz", "--out", "p"],
+        2,
+        "data file 'nope.npz' does not exist",
+        absent=("p",),
+    ),
+    Case(
+        "first-stage-bad-data",
+        ["pretrain", "r.toml", "--data", "nan.npz", "--out", "p"],
+        2,
+        "nan.npz: array 'x' contains NaN",
+        setup=_npz("nan.npz", x=np.full((10, 36), np.nan, np.float32)),
+        absent=("p",),
+    ),
     # 15: what the system refuses, or a file that lies about its size, is a message too
-    Case("runs-dir-under-a-file", ["train", "r.toml", "--runs-dir", "old.npz/runs", "--quiet"], 2,
-         "cannot write or read 'old.npz/runs': Not a directory", setup=_write("old.npz", b"a file"),
-         untouched=("old.npz",)),
-    Case("npz-header-claims-terabytes", ["train", "huge.toml", "--quiet"], 2,
-         "huge.npz': an array's header claims more data than fits in memory",
-         setup=lambda w: (_huge_npz(w / "huge.npz"), (w / "huge.toml").write_text(RECIPE.replace("train.npz", "huge.npz"))),
-         absent=("runs/r-2",)),
-    Case("npz-header-claims-terabytes-check", ["check", "huge.toml"], 0, "data was not inspected", stream="out",
-         setup=lambda w: (_huge_npz(w / "huge.npz"), (w / "huge.toml").write_text(RECIPE.replace("train.npz", "huge.npz")))),
+    Case(
+        "runs-dir-under-a-file",
+        ["train", "r.toml", "--runs-dir", "old.npz/runs", "--quiet"],
+        2,
+        "cannot write or read 'old.npz/runs': Not a directory",
+        setup=_write("old.npz", b"a file"),
+        untouched=("old.npz",),
+    ),
+    Case(
+        "npz-header-claims-terabytes",
+        ["train", "huge.toml", "--quiet"],
+        2,
+        "huge.npz': an array's header claims more data than fits in memory",
+        setup=lambda w: (
+            _huge_npz(w / "huge.npz"),
+            (w / "huge.toml").write_text(RECIPE.replace("train.npz", "huge.npz")),
+        ),
+        absent=("runs/r-2",),
+    ),
+    Case(
+        "npz-header-claims-terabytes-check",
+        ["check", "huge.toml"],
+        0,
+        "data was not inspected",
+        stream="out",
+        setup=lambda w: (
+            _huge_npz(w / "huge.npz"),
+            (w / "huge.toml").write_text(RECIPE.replace("train.npz", "huge.npz")),
+        ),
+    ),
     # 23: data rules skipped are said to be skipped, and why
-    Case("check-without-the-data", ["check", "gone.toml"], 0,
-         "the data was not inspected, so the rules on data (input range, labels, widths) were skipped: data file",
-         setup=_write("gone.toml", RECIPE.replace("train.npz", "gone.npz")), stream="out"),
-    Case("check-json-says-why", ["check", "gone.toml", "--format", "json"], 0, '"data_not_inspected": "data file',
-         setup=_write("gone.toml", RECIPE.replace("train.npz", "gone.npz")), stream="out"),
+    Case(
+        "check-without-the-data",
+        ["check", "gone.toml"],
+        0,
+        "the data was not inspected, so the rules on data (input range, labels, widths) were skipped: data file",
+        setup=_write("gone.toml", RECIPE.replace("train.npz", "gone.npz")),
+        stream="out",
+    ),
+    Case(
+        "check-json-says-why",
+        ["check", "gone.toml", "--format", "json"],
+        0,
+        '"data_not_inspected": "data file',
+        setup=_write("gone.toml", RECIPE.replace("train.npz", "gone.npz")),
+        stream="out",
+    ),
     # data on disk, devices
-    Case("shard-with-nan", ["train", "sh.toml", "--quiet"], 2, "b.npz:x: array 'x' contains NaN (first at row 5, column 0)",
-         setup=lambda w: _shards(w, nan_at=5), absent=("runs/sh",)),
-    Case("shard-without-labels", ["train", "sh.toml", "--quiet"], 2,
-         "a.npy: no array 'y' (labels), which is required here; a .npy shard holds inputs only",
-         setup=lambda w: _shards(w, npy=True), absent=("runs/sh",)),
-    Case("truncated-npy", ["pretrain", "r.toml", "--data", "t.npy", "--out", "p"], 2, "'t.npy' is truncated: its header promises",
-         setup=_truncated_npy, absent=("p",)),
-    Case("unknown-device", ["train", "r.toml", "--device", "gpu"], 2,
-         "--device: must be auto, cpu, cuda or cuda:N, got 'gpu'"),
-    Case("max-memory-on-resume", ["train", "--resume", "runs/r", "--max-memory", "1M"], 2,
-         "--max-memory applies to a new run"),
+    Case(
+        "shard-with-nan",
+        ["train", "sh.toml", "--quiet"],
+        2,
+        "b.npz:x: array 'x' contains NaN (first at row 5, column 0)",
+        setup=lambda w: _shards(w, nan_at=5),
+        absent=("runs/sh",),
+    ),
+    Case(
+        "shard-without-labels",
+        ["train", "sh.toml", "--quiet"],
+        2,
+        "a.npy: no array 'y' (labels), which is required here; a .npy shard holds inputs only",
+        setup=lambda w: _shards(w, npy=True),
+        absent=("runs/sh",),
+    ),
+    Case(
+        "truncated-npy",
+        ["pretrain", "r.toml", "--data", "t.npy", "--out", "p"],
+        2,
+        "'t.npy' is truncated: its header promises",
+        setup=_truncated_npy,
+        absent=("p",),
+    ),
+    Case(
+        "unknown-device",
+        ["train", "r.toml", "--device", "gpu"],
+        2,
+        "--device: must be auto, cpu, cuda or cuda:N, got 'gpu'",
+    ),
+    Case(
+        "max-memory-on-resume",
+        ["train", "--resume", "runs/r", "--max-memory", "1M"],
+        2,
+        "--max-memory applies to a new run",
+    ),
     Case("bad-max-memory", ["train", "r.toml", "--max-memory", "much"], 2, "cannot read the size 'much'"),
     # 22: "none" only where it means something
-    Case("none-where-it-means-nothing", ["check", "n.toml"], 2,
-         "The 'data.n_labels' parameter of the recipe must be an int in the range [2, inf). Got 'none' (str) instead.",
-         setup=_write("n.toml", RECIPE.replace("[model]", '[model]').replace('test = "test.npz"', 'test = "test.npz"\nn_labels = "none"'))),
+    Case(
+        "none-where-it-means-nothing",
+        ["check", "n.toml"],
+        2,
+        "The 'data.n_labels' parameter of the recipe must be an int in the range [2, inf). Got 'none' (str) instead.",
+        setup=_write(
+            "n.toml",
+            RECIPE.replace("[model]", "[model]").replace('test = "test.npz"', 'test = "test.npz"\nn_labels = "none"'),
+        ),
+    ),
 ]
 
 
@@ -263,10 +477,16 @@ def test_bad_input_is_refused_with_a_clear_message(case, world, capsys):
 def test_every_artifact_file_has_a_deliberate_mode(world):
     """Pretrained files are read-only for all (0444); finetuned ones readable by all who
     share the runs folder (0644), whatever the umask."""
-    modes = {str(p.relative_to(world / "runs/r")): oct(p.stat().st_mode & 0o777)
-             for p in sorted((world / "runs/r").glob("*ed/*"))}
-    assert modes == {"finetuned/manifest.json": "0o644", "finetuned/weights.safetensors": "0o644",
-                     "pretrained/manifest.json": "0o444", "pretrained/weights.safetensors": "0o444"}
+    modes = {
+        str(p.relative_to(world / "runs/r")): oct(p.stat().st_mode & 0o777)
+        for p in sorted((world / "runs/r").glob("*ed/*"))
+    }
+    assert modes == {
+        "finetuned/manifest.json": "0o644",
+        "finetuned/weights.safetensors": "0o644",
+        "pretrained/manifest.json": "0o444",
+        "pretrained/weights.safetensors": "0o444",
+    }
 
 
 def test_pretrain_epochs_0_is_honoured_not_replaced_by_the_recipe(world, capsys):
@@ -275,7 +495,9 @@ def test_pretrain_epochs_0_is_honoured_not_replaced_by_the_recipe(world, capsys)
     assert main(["pretrain", "r.toml", "--data", "train.npz", "--out", "p", "--epochs", "0", "--quiet"]) == 0
     _, manifest = read_artifact(world / "p/stage-1")
     assert manifest["stages"][0]["epochs_per_layer"] == 0
-    assert not [r for r in map(json.loads, (world / "p/metrics.jsonl").read_text().splitlines()) if r["phase"] == "pretrain"]
+    assert not [
+        r for r in map(json.loads, (world / "p/metrics.jsonl").read_text().splitlines()) if r["phase"] == "pretrain"
+    ]
 
 
 def test_init_std_applies_to_autoencoders_too():
@@ -287,7 +509,7 @@ def test_init_std_applies_to_autoencoders_too():
     given = DeepBeliefNet(36, [24], unit="autoencoder", init_std=0.5).layers[0].weight.detach()
     assert abs(float(given.std()) - 0.5) < 0.05, float(given.std())
     bound = 4.0 * (6.0 / 60) ** 0.5  # the Glorot-uniform range for sigmoid units
-    assert float(glorot.abs().max()) <= bound and abs(float(glorot.std()) - bound / 3 ** 0.5) < 0.1
+    assert float(glorot.abs().max()) <= bound and abs(float(glorot.std()) - bound / 3**0.5) < 0.1
     assert abs(float(DeepBeliefNet(36, [24]).layers[0].weight.std()) - 0.01) < 0.002  # RBMs: 0.01 as before
     assert not torch.equal(glorot, given)
 
@@ -305,8 +527,12 @@ def test_a_corrupt_checkpoint_is_refused_and_the_previous_one_offered(tmp_path):
     from layerwise.storage.checkpointing import PREVIOUS, load_checkpoint, save_checkpoint
 
     ck = tmp_path / "checkpoint"
-    save_checkpoint(ck, {"w": torch.arange(1000.0)}, {"phase": "finetune", "finetune": {"loop": {"epoch": 3, "batch": 0}}})
-    save_checkpoint(ck, {"w": torch.arange(1000.0) * 2}, {"phase": "finetune", "finetune": {"loop": {"epoch": 4, "batch": 0}}})
+    save_checkpoint(
+        ck, {"w": torch.arange(1000.0)}, {"phase": "finetune", "finetune": {"loop": {"epoch": 3, "batch": 0}}}
+    )
+    save_checkpoint(
+        ck, {"w": torch.arange(1000.0) * 2}, {"phase": "finetune", "finetune": {"loop": {"epoch": 4, "batch": 0}}}
+    )
     tensors, meta = load_checkpoint(ck)
     assert torch.equal(tensors["w"], torch.arange(1000.0) * 2)  # the newest
     _flip(ck / "state.safetensors", -100)  # a flipped byte in the tensor data: still parses
@@ -319,7 +545,10 @@ def test_a_corrupt_checkpoint_is_refused_and_the_previous_one_offered(tmp_path):
     tensors, meta = load_checkpoint(ck)
     assert torch.equal(tensors["w"], torch.arange(1000.0)) and meta["finetune"]["loop"]["epoch"] == 3
     _flip(ck / "state.safetensors", 60)  # in the header's JSON now, and no previous one is left
-    with pytest.raises(ValueError, match=r"checkpoint '.*state.safetensors' is (corrupt|unreadable).*; delete '.*checkpoint' to start over"):
+    with pytest.raises(
+        ValueError,
+        match=r"checkpoint '.*state.safetensors' is (corrupt|unreadable).*; delete '.*checkpoint' to start over",
+    ):
         load_checkpoint(ck)
 
 
@@ -356,8 +585,11 @@ def test_resume_refuses_data_that_changed_since_the_run_started(world, capsys, c
 
 
 def test_models_lists_an_unreadable_manifest_with_its_reason_and_goes_on(world, capsys):
-    for name, text in (("a-list", "[1, 2]"), ("no-keys", '{"kind": "pretrained", "architecture": {"type": "DeepBeliefNet"}}'),
-                       ("not-json", "{")):
+    for name, text in (
+        ("a-list", "[1, 2]"),
+        ("no-keys", '{"kind": "pretrained", "architecture": {"type": "DeepBeliefNet"}}'),
+        ("not-json", "{"),
+    ):
         (world / "runs" / name).mkdir()
         (world / "runs" / name / "manifest.json").write_text(text)
     assert main(["models", "runs"]) == 0
@@ -386,8 +618,9 @@ def test_learning_curves_leave_out_the_validation_panel_without_validation(tmp_p
 
 def test_doubtful_inputs_are_warned_about_in_one_line(world, capsys):
     np.savez(world / "one.npz", x=make_patterns(n=60)[0], y=np.zeros(60, np.int64))
-    (world / "one.toml").write_text(RECIPE.replace("train.npz", "one.npz").replace('test = "test.npz"\n', "")
-                                    .replace('"r"', '"one"'))
+    (world / "one.toml").write_text(
+        RECIPE.replace("train.npz", "one.npz").replace('test = "test.npz"\n', "").replace('"r"', '"one"')
+    )
     assert main(["train", "one.toml", "--quiet"]) == 0
     err = capsys.readouterr().err
     assert "layerwise: warning: " in err and "one.npz: every training label is 0; a classifier of one class" in err, err
@@ -399,7 +632,7 @@ def test_doubtful_inputs_are_warned_about_in_one_line(world, capsys):
 
 
 def test_a_staged_pretraining_recipe_needs_no_data_section(world, capsys):
-    (world / "stage.toml").write_text('seed = 1\n[model]\nhidden = [12]\n[pretrain]\nepochs = 1\nbatch_size = 20\n')
+    (world / "stage.toml").write_text("seed = 1\n[model]\nhidden = [12]\n[pretrain]\nepochs = 1\nbatch_size = 20\n")
     assert main(["pretrain", "stage.toml", "--data", "train.npz", "--out", "p", "--quiet"]) == 0
     assert (world / "p/stage-1/manifest.json").is_file()
 
@@ -427,8 +660,8 @@ def test_the_previous_checkpoint_is_kept_without_hard_links(tmp_path, monkeypatc
 
 def test_the_memory_rule_counts_the_samples_a_recipe_keeps(world, monkeypatch):
     from layerwise import config
-    from layerwise.data import budget
     from layerwise.advice.rules import recipe_findings
+    from layerwise.data import budget
 
     need = budget.memory_needed([36, 24, 12], 3, 300)
     monkeypatch.setattr(budget, "available_memory", lambda: need - 1)  # all 300 samples do not fit

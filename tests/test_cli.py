@@ -48,8 +48,14 @@ def test_train_writes_the_run_folder(tmp_path, npz_files, capsys, monkeypatch):
     acc_line = [l for l in out.splitlines() if l.startswith("test accuracy: ")][0]
     acc = float(acc_line.split(": ")[1].rstrip("%"))
     assert acc > 90.0, out  # three well separated classes
-    for f in ("config.toml", "metrics.jsonl", "pretrained/weights.safetensors", "pretrained/manifest.json",
-              "finetuned/weights.safetensors", "finetuned/manifest.json"):
+    for f in (
+        "config.toml",
+        "metrics.jsonl",
+        "pretrained/weights.safetensors",
+        "pretrained/manifest.json",
+        "finetuned/weights.safetensors",
+        "finetuned/manifest.json",
+    ):
         assert (run / f).is_file(), f
     pre = json.loads((run / "pretrained/manifest.json").read_text())
     fin = json.loads((run / "finetuned/manifest.json").read_text())
@@ -115,7 +121,9 @@ def test_nan_in_training_data_is_refused(tmp_path, npz_files, capsys, monkeypatc
     x[5, 3] = np.nan
     np.savez(train, x=x, y=y)
     assert main(["train", str(_recipe(tmp_path, npz_files)), "--quiet"]) == 2
-    assert "train.npz: array 'x' contains NaN (1 non-finite values; first at row 5, column 3)" in capsys.readouterr().err
+    assert (
+        "train.npz: array 'x' contains NaN (1 non-finite values; first at row 5, column 3)" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.slow
@@ -159,8 +167,14 @@ def test_in_a_terminal_every_log_line_starts_at_column_0(tmp_path):
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
-    proc = subprocess.Popen([sys.executable, "-m", "layerwise", "train", str(DIGITS_RECIPE), "--threads", "1"],
-                            cwd=tmp_path, stdin=slave, stdout=slave, stderr=slave, env=worker_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "layerwise", "train", str(DIGITS_RECIPE), "--threads", "1"],
+        cwd=tmp_path,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=worker_env(),
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -198,8 +212,15 @@ def _models_command_raising(monkeypatch, error):
     monkeypatch.setattr(cli, "build_parser", parser)
 
 
-@pytest.mark.parametrize("error", [TypeError("unsupported operand"), RuntimeError("CUDA went away"),
-                                   KeyError("weights"), AttributeError("no attribute 'x'")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        TypeError("unsupported operand"),
+        RuntimeError("CUDA went away"),
+        KeyError("weights"),
+        AttributeError("no attribute 'x'"),
+    ],
+)
 def test_a_bug_is_an_internal_error_with_its_traceback(monkeypatch, capsys, error):
     _models_command_raising(monkeypatch, error)
     assert main(["models"]) == 1

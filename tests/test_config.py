@@ -10,26 +10,74 @@ RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.toml"))
 @pytest.mark.parametrize(
     "d, message",
     [
-        ({"pretrain": {"learning_rat": 0.1}}, "unknown config key 'pretrain.learning_rat'; did you mean 'pretrain.learning_rate'?"),
+        (
+            {"pretrain": {"learning_rat": 0.1}},
+            "unknown config key 'pretrain.learning_rat'; did you mean 'pretrain.learning_rate'?",
+        ),
         ({"colour": "red"}, "unknown config key 'colour'"),
         # every value error reads as the units' and averaging's do (_checks)
-        ({"pretrain": {"epochs": "ten"}}, "The 'pretrain.epochs' parameter of the recipe must be an int in the range [0, inf). Got 'ten' (str) instead."),
-        ({"pretrain": {"epochs": 2.5}}, "The 'pretrain.epochs' parameter of the recipe must be an int in the range [0, inf). Got 2.5 (float) instead."),
-        ({"pretrain": {"persistent": 1}}, "The 'pretrain.persistent' parameter of the recipe must be true or false. Got 1 (int) instead."),
-        ({"pretrain": {"learning_rate": 0}}, "The 'pretrain.learning_rate' parameter of the recipe must be a float in the range (0, inf). Got 0 instead."),
-        ({"finetune": {"dropout_hidden": 1.0}}, "The 'finetune.dropout_hidden' parameter of the recipe must be a float in the range [0, 1). Got 1.0 instead."),
-        ({"finetune": {"max_norm": 0}}, "The 'finetune.max_norm' parameter of the recipe must be a float in the range (0, inf). Got 0 instead."),
-        ({"finetune": {"optimizer": "rmsprop"}}, "The 'finetune.optimizer' parameter of the recipe must be one of 'sgd', 'adam'. Got 'rmsprop' instead."),
-        ({"model": {"hidden": 500}}, "The 'model.hidden' parameter of the recipe must be a non-empty list of ints. Got 500 (int) instead."),
-        ({"model": {"hidden": [500, 0]}}, "The 'model.hidden[1]' parameter of the recipe must be an int in the range [1, inf). Got 0 instead."),
+        (
+            {"pretrain": {"epochs": "ten"}},
+            "The 'pretrain.epochs' parameter of the recipe must be an int in the range [0, inf). Got 'ten' (str) instead.",
+        ),
+        (
+            {"pretrain": {"epochs": 2.5}},
+            "The 'pretrain.epochs' parameter of the recipe must be an int in the range [0, inf). Got 2.5 (float) instead.",
+        ),
+        (
+            {"pretrain": {"persistent": 1}},
+            "The 'pretrain.persistent' parameter of the recipe must be true or false. Got 1 (int) instead.",
+        ),
+        (
+            {"pretrain": {"learning_rate": 0}},
+            "The 'pretrain.learning_rate' parameter of the recipe must be a float in the range (0, inf). Got 0 instead.",
+        ),
+        (
+            {"finetune": {"dropout_hidden": 1.0}},
+            "The 'finetune.dropout_hidden' parameter of the recipe must be a float in the range [0, 1). Got 1.0 instead.",
+        ),
+        (
+            {"finetune": {"max_norm": 0}},
+            "The 'finetune.max_norm' parameter of the recipe must be a float in the range (0, inf). Got 0 instead.",
+        ),
+        (
+            {"finetune": {"optimizer": "rmsprop"}},
+            "The 'finetune.optimizer' parameter of the recipe must be one of 'sgd', 'adam'. Got 'rmsprop' instead.",
+        ),
+        (
+            {"model": {"hidden": 500}},
+            "The 'model.hidden' parameter of the recipe must be a non-empty list of ints. Got 500 (int) instead.",
+        ),
+        (
+            {"model": {"hidden": [500, 0]}},
+            "The 'model.hidden[1]' parameter of the recipe must be an int in the range [1, inf). Got 0 instead.",
+        ),
         ({"model": "rbm"}, "The 'model' parameter of the recipe must be a table [model]. Got 'rbm' instead."),
-        ({"device": "gpu"}, "The 'device' parameter of the recipe must be one of 'auto', 'cpu', 'cuda' or 'cuda:N'. Got 'gpu'"),
+        (
+            {"device": "gpu"},
+            "The 'device' parameter of the recipe must be one of 'auto', 'cpu', 'cuda' or 'cuda:N'. Got 'gpu'",
+        ),
         ({"precision": "fp16"}, "The 'precision' parameter of the recipe must be one of"),
-        ({"data": {"max_memory": "lots"}}, "The 'data.max_memory' parameter of the recipe must be a size such as '600M'"),
-        ({"data": {"source": "npz"}}, "The 'data.train' parameter of the recipe must be the path of the training data when data.source = 'npz'"),
-        ({"data": {"train": "a.npz"}}, "The 'data.train' parameter of the recipe is only used with data.source = 'files'"),
-        ({"pretrain": {"sparsity_cost": 0.1}}, "The 'pretrain.sparsity_cost' parameter of the recipe is set but 'pretrain.sparsity_target' is not"),
-        ({"model": {"unit": "autoencoder", "visible": "gaussian"}}, "must be 'bernoulli' for model.unit = 'autoencoder'. Got 'gaussian' instead."),
+        (
+            {"data": {"max_memory": "lots"}},
+            "The 'data.max_memory' parameter of the recipe must be a size such as '600M'",
+        ),
+        (
+            {"data": {"source": "npz"}},
+            "The 'data.train' parameter of the recipe must be the path of the training data when data.source = 'npz'",
+        ),
+        (
+            {"data": {"train": "a.npz"}},
+            "The 'data.train' parameter of the recipe is only used with data.source = 'files'",
+        ),
+        (
+            {"pretrain": {"sparsity_cost": 0.1}},
+            "The 'pretrain.sparsity_cost' parameter of the recipe is set but 'pretrain.sparsity_target' is not",
+        ),
+        (
+            {"model": {"unit": "autoencoder", "visible": "gaussian"}},
+            "must be 'bernoulli' for model.unit = 'autoencoder'. Got 'gaussian' instead.",
+        ),
     ],
 )
 def test_bad_config_names_the_key(d, message):
@@ -65,7 +113,14 @@ def test_hinton_recipe_is_the_classic_net():
     assert cfg.model.hidden == [500, 500, 2000]
     p = cfg.pretrain
     assert (p.epochs, p.cd_k, p.learning_rate, p.momentum, p.final_momentum, p.weight_decay, p.batch_size) == (
-        30, 1, 0.1, 0.5, 0.9, 2e-4, 100)
+        30,
+        1,
+        0.1,
+        0.5,
+        0.9,
+        2e-4,
+        100,
+    )
     # its fp32 twin, for CPUs without bfloat16 instructions, differs in the precision only
     fp32 = config.load(Path(__file__).parent.parent / "recipes" / "hinton-mnist-fp32.toml")
     assert (cfg.precision, fp32.precision) == ("bf16", "fp32")

@@ -8,6 +8,7 @@ import pytest
 
 from layerwise.data import sources as D
 from layerwise.data.sources import Dataset, load_npz, validate
+from layerwise.data.splits import split_validation
 
 
 def _ds(x, y=None):
@@ -21,14 +22,44 @@ def _ds(x, y=None):
         (np.zeros((0, 4)), None, {}, "train.npz: array 'x' holds no samples"),
         (np.array([["a", "b"]]), None, {}, "train.npz: array 'x' must be numeric; got dtype <U1"),
         (np.zeros((3, 5)), None, {"n_inputs": 4}, "train.npz: array 'x' has 5 features per sample; the net expects 4"),
-        (np.array([[0.0, np.nan], [0.5, np.nan]]), None, {}, "train.npz: array 'x' contains NaN (2 non-finite values; first at row 0, column 1)"),
-        (np.array([[0.0, 0.1], [np.inf, 0.5]]), None, {}, "train.npz: array 'x' contains Inf (1 non-finite values; first at row 1, column 0)"),
-        (np.array([[0.0, 2.0]]), None, {}, "train.npz: array 'x' has values in [0, 2], but Bernoulli visible units need inputs in [0, 1]"),
+        (
+            np.array([[0.0, np.nan], [0.5, np.nan]]),
+            None,
+            {},
+            "train.npz: array 'x' contains NaN (2 non-finite values; first at row 0, column 1)",
+        ),
+        (
+            np.array([[0.0, 0.1], [np.inf, 0.5]]),
+            None,
+            {},
+            "train.npz: array 'x' contains Inf (1 non-finite values; first at row 1, column 0)",
+        ),
+        (
+            np.array([[0.0, 2.0]]),
+            None,
+            {},
+            "train.npz: array 'x' has values in [0, 2], but Bernoulli visible units need inputs in [0, 1]",
+        ),
         (np.zeros((3, 2)), [0, 1], {}, "train.npz: array 'y' must have shape (3,) to match 'x'; got (2,)"),
-        (np.zeros((3, 2)), [0, 1.5, 2], {}, "train.npz: array 'y' must hold integer class labels; got non-integer values"),
+        (
+            np.zeros((3, 2)),
+            [0, 1.5, 2],
+            {},
+            "train.npz: array 'y' must hold integer class labels; got non-integer values",
+        ),
         (np.zeros((3, 2)), ["a", "b", "c"], {}, "train.npz: array 'y' must hold integer class labels; got dtype <U1"),
-        (np.zeros((3, 2)), [0, 12, 3], {"n_labels": 10}, "train.npz: array 'y' must hold labels in [0, 10); found 12 at index 1 (1 out of range)"),
-        (np.zeros((3, 2)), [0, -1, 3], {"n_labels": 10}, "train.npz: array 'y' must hold labels in [0, 10); found -1 at index 1"),
+        (
+            np.zeros((3, 2)),
+            [0, 12, 3],
+            {"n_labels": 10},
+            "train.npz: array 'y' must hold labels in [0, 10); found 12 at index 1 (1 out of range)",
+        ),
+        (
+            np.zeros((3, 2)),
+            [0, -1, 3],
+            {"n_labels": 10},
+            "train.npz: array 'y' must hold labels in [0, 10); found -1 at index 1",
+        ),
     ],
 )
 def test_bad_input_is_named(x, y, kwargs, message):
@@ -38,9 +69,11 @@ def test_bad_input_is_named(x, y, kwargs, message):
 
 
 def test_gaussian_visibles_accept_real_values_and_validation_converts_dtypes():
-    ds = validate(_ds(np.array([[-3, 5], [1, 2]], dtype=np.int32), np.array([0.0, 1.0])), visible="gaussian", n_labels=2)
+    ds = validate(
+        _ds(np.array([[-3, 5], [1, 2]], dtype=np.int32), np.array([0.0, 1.0])), visible="gaussian", n_labels=2
+    )
     assert ds.x.dtype == np.float32 and ds.y.dtype == np.int64
-    with pytest.raises(ValueError, match="use visible = \"gaussian\""):
+    with pytest.raises(ValueError, match='use visible = "gaussian"'):
         validate(_ds(np.array([[-3.0, 5.0]])))
 
 
@@ -85,7 +118,9 @@ class _Evil:
 
 
 def test_restricted_unpickler_refuses_anything_but_numpy_arrays():
-    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle 'posix.system'|refusing to unpickle 'os.system'"):
+    with pytest.raises(
+        pickle.UnpicklingError, match="refusing to unpickle 'posix.system'|refusing to unpickle 'os.system'"
+    ):
         D.read_numpy_pickle(pickle.dumps(_Evil()), "evil.pkl")
     arrays = ((np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2])),)
     out = D.read_numpy_pickle(pickle.dumps(arrays, protocol=2), "ok.pkl")
@@ -140,8 +175,8 @@ def test_digits_split():
 
 def test_split_validation():
     ds = _ds(np.random.default_rng(0).random((10, 2)), np.arange(10))
-    tr, va = D.split_validation(ds, 0.2, seed=0)
+    tr, va = split_validation(ds, 0.2, seed=0)
     assert len(tr) == 8 and len(va) == 2
     assert sorted(np.concatenate([tr.y, va.y]).tolist()) == list(range(10))
     with pytest.raises(ValueError, match="validation_fraction=0.01 leaves 10 training and 0 validation"):
-        D.split_validation(ds, 0.01, seed=0)
+        split_validation(ds, 0.01, seed=0)

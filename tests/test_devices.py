@@ -9,12 +9,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from layerwise import _devices
-from layerwise.training.finetune import evaluate, make_optimizer, train_step
 from layerwise.config import FinetuneConfig
-from layerwise.training.loop import run_loop
+from layerwise.data.streams import TensorData
 from layerwise.reporting.reporter import Reporter
 from layerwise.stack import DeepBeliefNet
-from layerwise.data.streams import TensorData
+from layerwise.training.finetune import evaluate, make_optimizer, train_step
+from layerwise.training.loop import run_loop
 from layerwise.units import BernoulliRBM, DenoisingAutoencoder, GaussianBernoulliRBM
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -65,8 +65,16 @@ def test_the_loop_makes_every_tensor_on_the_datas_device():
     data = TensorData(torch.empty(95, 12, device="meta"))
     gen = _devices.device_generator("meta", 0)
     with DevicesMade() as mode:
-        run_loop(data=data, batch_size=10, epochs=2, generator=gen, desc="t", reporter=Reporter(),
-                 step=lambda xb, yb, e: unit.step(xb, lr=0.1), end_epoch=lambda e, s: False)
+        run_loop(
+            data=data,
+            batch_size=10,
+            epochs=2,
+            generator=gen,
+            desc="t",
+            reporter=Reporter(),
+            step=lambda xb, yb, e: unit.step(xb, lr=0.1),
+            end_epoch=lambda e, s: False,
+        )
     assert _off_device(mode.made) == []
     assert sum(op.startswith("aten.randperm") for op, _ in mode.made) == 2  # one order per epoch, on meta
 
@@ -158,17 +166,22 @@ def test_bf16_fine_tuning_learns_like_fp32(tmp_path):
 @GPU
 def test_a_net_trained_on_a_gpu_evaluates_on_the_cpu_and_back(tmp_path):  # pragma: no cover - needs a GPU
     from conftest import make_patterns
-
-    from layerwise.storage.artifacts import load_model, write_artifact
-    from layerwise.storage.artifacts import classifier_architecture
+    from layerwise.storage.artifacts import classifier_architecture, load_model, write_artifact
 
     x, y = (torch.from_numpy(a) for a in make_patterns(n=200))
     clf = DeepBeliefNet(36, [16], seed=0, device="cuda").to_classifier(3)
     opt = make_optimizer(clf, FinetuneConfig(learning_rate=0.5))
     for _ in range(10):
         train_step(clf, opt, x.cuda(), y.cuda())
-    write_artifact(tmp_path / "m", clf.state_dict(), kind="finetuned", architecture=classifier_architecture([36, 16], 3, 0, 0),
-                   config={}, stages=[], metrics={})
+    write_artifact(
+        tmp_path / "m",
+        clf.state_dict(),
+        kind="finetuned",
+        architecture=classifier_architecture([36, 16], 3, 0, 0),
+        config={},
+        stages=[],
+        metrics={},
+    )
     cpu, _ = load_model(tmp_path / "m")
     assert next(cpu.parameters()).device.type == "cpu"
     gpu_loss, cpu_loss = evaluate(clf, x, y)[0], evaluate(cpu, x, y)[0]
@@ -191,8 +204,13 @@ def test_a_checkpoint_from_another_device_resumes_with_a_note(tmp_path):
     write_patterns(tmp_path)
     (tmp_path / "r.toml").write_text(RESUME_RECIPE)
     cmd = [sys.executable, "-m", "layerwise", "train"]
-    killed = subprocess.run([*cmd, "r.toml", "--quiet"], cwd=tmp_path, env=worker_env(LAYERWISE_TEST_KILL="finetune@2.53"),
-                            capture_output=True, text=True)
+    killed = subprocess.run(
+        [*cmd, "r.toml", "--quiet"],
+        cwd=tmp_path,
+        env=worker_env(LAYERWISE_TEST_KILL="finetune@2.53"),
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     ck = tmp_path / "runs" / "r" / "checkpoint"
     tensors, meta = load_checkpoint(ck)
@@ -203,8 +221,9 @@ def test_a_checkpoint_from_another_device_resumes_with_a_note(tmp_path):
     for k in generators:
         tensors[k] = torch.arange(16, dtype=torch.uint8)  # what a CUDA (Philox) generator's state looks like
     save_checkpoint(ck, tensors, meta)
-    res = subprocess.run([*cmd, "--resume", "runs/r", "--quiet"], cwd=tmp_path, env=worker_env(),
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [*cmd, "--resume", "runs/r", "--quiet"], cwd=tmp_path, env=worker_env(), capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr
     assert "was checkpointed on cuda:0 and resumes on cpu" in res.stderr
     assert "will not be bitwise equal to an uninterrupted run" in res.stderr

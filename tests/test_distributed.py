@@ -19,8 +19,11 @@ def folder(tmp_path, monkeypatch):
     (tmp_path / "r.toml").write_text(RECIPE.format(pre=3, ft=6, unit="rbm"))
     (tmp_path / "dae.toml").write_text(RECIPE.format(pre=3, ft=6, unit="autoencoder"))
     # workers keep their own momentum (not averaged): a restart must bring back each one's
-    (tmp_path / "long.toml").write_text(RECIPE.format(pre=40, ft=30, unit="rbm")
-                                        .replace("average_optimizer_state = true", "average_optimizer_state = false"))
+    (tmp_path / "long.toml").write_text(
+        RECIPE.format(pre=40, ft=30, unit="rbm").replace(
+            "average_optimizer_state = true", "average_optimizer_state = false"
+        )
+    )
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -35,11 +38,22 @@ def test_two_workers_train_and_rank_0_alone_writes(folder, recipe):
     assert res.returncode == 0, res.stderr
     run = folder / "runs" / recipe
     pictures = ["plots/reconstructions.png"] + (["plots/samples.png"] if recipe == "r" else [])  # 6x6 images
-    assert _files(run) == sorted([
-        ".lock", "checkpoint/state.prev.safetensors", "checkpoint/state.safetensors", "config.toml", "finetuned/manifest.json",
-        "finetuned/weights.safetensors", "metrics.jsonl", "plots/filters.png", "plots/learning_curves.png",
-        "pretrained/manifest.json", "pretrained/weights.safetensors", *pictures,
-    ])
+    assert _files(run) == sorted(
+        [
+            ".lock",
+            "checkpoint/state.prev.safetensors",
+            "checkpoint/state.safetensors",
+            "config.toml",
+            "finetuned/manifest.json",
+            "finetuned/weights.safetensors",
+            "metrics.jsonl",
+            "plots/filters.png",
+            "plots/learning_curves.png",
+            "pretrained/manifest.json",
+            "pretrained/weights.safetensors",
+            *pictures,
+        ]
+    )
     records = read_metrics(run)
     epochs = [(r["phase"], r.get("layer"), r["epoch"]) for r in records if r["phase"] in ("pretrain", "finetune")]
     assert len(epochs) == len(set(epochs)) == 3 + 3 + 6  # one writer: every epoch logged once
@@ -61,9 +75,27 @@ def test_one_worker_under_torchrun_equals_the_single_process_run(folder):
     single = run_layerwise("train", "r.toml", "--name", "single", "--quiet")
     assert single.returncode == 0, single.stderr
     (folder / "one.toml").write_text((folder / "r.toml").read_text().replace("seed = 3", 'seed = 3\nname = "one"'))
-    one = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "1",
-                          "--standalone", "-m", "layerwise", "train", "one.toml", "--quiet"],
-                         env=worker_env(), capture_output=True, text=True, timeout=1200)
+    one = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "1",
+            "--nproc-per-node",
+            "1",
+            "--standalone",
+            "-m",
+            "layerwise",
+            "train",
+            "one.toml",
+            "--quiet",
+        ],
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert one.returncode == 0, one.stderr
     for artifact in ("pretrained", "finetuned"):
         assert_same_weights(folder / "runs" / "single" / artifact, folder / "runs" / "one" / artifact)
@@ -71,11 +103,35 @@ def test_one_worker_under_torchrun_equals_the_single_process_run(folder):
 
 def test_two_nodes_on_loopback(folder):
     port = str(free_port())
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                               "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", port,
-                               "-m", "layerwise", "train", "r.toml", "--quiet"],
-                              env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(rank),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                port,
+                "-m",
+                "layerwise",
+                "train",
+                "r.toml",
+                "--quiet",
+            ],
+            env=worker_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     outs = [n.communicate(timeout=1200) for n in nodes]
     assert [n.returncode for n in nodes] == [0, 0], [o[1][-2000:] for o in outs]
     assert "test accuracy:" in outs[0][0]
@@ -99,13 +155,23 @@ def test_a_killed_worker_is_restarted_and_the_run_finishes_as_if_uninterrupted(f
     # worker 1 kills itself halfway through an epoch (60 batches each) of the first layer,
     # then, restarted, halfway through the third epoch of fine-tuning
     kills = f"1/pretrain layer 1@{rollbacks[0] - 1}.30,1/finetune@3.30"
-    res = run_layerwise("train", "long.toml", "--workers", "2", "--max-restarts", "3", "--quiet",
-                        env=worker_env(LAYERWISE_TEST_KILL=kills))
+    res = run_layerwise(
+        "train",
+        "long.toml",
+        "--workers",
+        "2",
+        "--max-restarts",
+        "3",
+        "--quiet",
+        env=worker_env(LAYERWISE_TEST_KILL=kills),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     records = read_metrics(folder / "runs/long")
     resumed = [r for r in records if r["phase"] == "resume"]
-    assert [(r["from"], r["layer"], r["epoch"]) for r in resumed] == [("pretrain", 0, rollbacks[0] - 2),
-                                                                     ("finetune", None, 2)], resumed
+    assert [(r["from"], r["layer"], r["epoch"]) for r in resumed] == [
+        ("pretrain", 0, rollbacks[0] - 2),
+        ("finetune", None, 2),
+    ], resumed
     assert records[-1]["phase"] == "test"
     model, manifest = load_model(folder / "runs/long/finetuned")
     assert manifest["metrics"]["test_accuracy"] > 0.9
@@ -121,7 +187,9 @@ def test_replica_drift_fires_at_an_absurd_learning_rate(folder):
     # absurd pretraining rates RBM replicas blow up together, and the growth check fires)
     recipe = RECIPE.format(pre=3, ft=2, unit="rbm")
     at = recipe.index("[finetune]")
-    (folder / "absurd.toml").write_text(recipe[:at] + recipe[at:].replace("learning_rate = 0.1", "learning_rate = 1000.0", 1))
+    (folder / "absurd.toml").write_text(
+        recipe[:at] + recipe[at:].replace("learning_rate = 0.1", "learning_rate = 1000.0", 1)
+    )
     res = run_layerwise("train", "absurd.toml", "--workers", "2", "--quiet")
     events = read_metrics(folder / "runs/absurd")
     drift = [e for e in events if e["phase"] == "guard" and e["what"].startswith("replica drift")]
@@ -135,8 +203,11 @@ def test_replica_drift_fires_at_an_absurd_learning_rate(folder):
     # a healthy run at a sane rate never trips it, not even at the start of its second
     # layer, where the fresh weights (~0.01) are small next to a few updates (measured
     # relative to the bare weights, the drift there was 0.56)
-    (folder / "steady.toml").write_text(RECIPE.format(pre=40, ft=2, unit="rbm")
-                                        .replace("average_optimizer_state = true", "average_optimizer_state = false"))
+    (folder / "steady.toml").write_text(
+        RECIPE.format(pre=40, ft=2, unit="rbm").replace(
+            "average_optimizer_state = true", "average_optimizer_state = false"
+        )
+    )
     ok = run_layerwise("train", "steady.toml", "--workers", "2", "--quiet")
     assert ok.returncode == 0, ok.stderr
     healthy = read_metrics(folder / "runs/steady")
@@ -150,9 +221,14 @@ def test_ctrl_c_stops_a_group_and_resume_goes_on_in_the_same_group_size(folder):
     ref = run_layerwise("train", "r.toml", "--workers", "2", "--name", "ref", "--quiet")
     assert ref.returncode == 0, ref.stderr
     # rank 0 sends SIGINT to the whole process group mid-epoch, as a terminal does
-    cut = subprocess.run([sys.executable, "-m", "layerwise", "train", "r.toml", "--workers", "2", "--name", "cut",
-                          "--quiet"], env=worker_env(LAYERWISE_TEST_KILL="0/finetune@3.30:GROUPINT"),
-                         capture_output=True, text=True, timeout=1200, start_new_session=True)
+    cut = subprocess.run(
+        [sys.executable, "-m", "layerwise", "train", "r.toml", "--workers", "2", "--name", "cut", "--quiet"],
+        env=worker_env(LAYERWISE_TEST_KILL="0/finetune@3.30:GROUPINT"),
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        start_new_session=True,
+    )
     assert cut.returncode == 130, cut.stderr[-3000:]
     assert "layerwise: interrupted; continue with `layerwise train --resume runs/cut`" in cut.stderr, cut.stderr
     assert "workers failed" not in cut.stderr and not (folder / "runs/cut/finetuned").exists()
@@ -161,7 +237,9 @@ def test_ctrl_c_stops_a_group_and_resume_goes_on_in_the_same_group_size(folder):
     _, meta = load_checkpoint(folder / "runs/cut/checkpoint")
     assert meta["phase"] == "finetune" and meta["workers"] == 2 and meta["finetune"]["loop"]["epoch"] == 2
     other = run_layerwise("train", "--resume", "runs/cut", "--workers", "1", "--quiet")
-    assert other.returncode == 2 and "'runs/cut' was checkpointed by 2 workers; resume it with --workers 2" in other.stderr
+    assert (
+        other.returncode == 2 and "'runs/cut' was checkpointed by 2 workers; resume it with --workers 2" in other.stderr
+    )
     res = run_layerwise("train", "--resume", "runs/cut", "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]
     for artifact in ("pretrained", "finetuned"):
@@ -173,14 +251,30 @@ def test_ctrl_c_stops_a_group_and_resume_goes_on_in_the_same_group_size(folder):
 def test_torchrun_by_hand_twice_makes_two_runs(folder):
     """A group started by hand claims a new folder each time, as --workers does: a second
     launch trains again instead of returning the first one's result."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", "--standalone",
-           "-m", "layerwise", "train", "r.toml", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "2",
+        "--standalone",
+        "-m",
+        "layerwise",
+        "train",
+        "r.toml",
+        "--quiet",
+    ]
     first = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stderr[-3000:]
     (folder / "r.toml").write_text((folder / "r.toml").read_text().replace("seed = 3", "seed = 4"))
     second = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=1200)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "run folder: runs/r\n" in first.stdout and "run folder: runs/r-2\n" in second.stdout, (first.stdout, second.stdout)
+    assert "run folder: runs/r\n" in first.stdout and "run folder: runs/r-2\n" in second.stdout, (
+        first.stdout,
+        second.stdout,
+    )
     assert read_metrics(folder / "runs/r-2")[0]["workers"] == 2
     _, a = read_artifact(folder / "runs/r/finetuned")
     _, b = read_artifact(folder / "runs/r-2/finetuned")
@@ -188,7 +282,9 @@ def test_torchrun_by_hand_twice_makes_two_runs(folder):
 
 
 def test_the_outer_optimizer_at_rate_1_without_momentum_is_plain_averaging(folder):
-    outer = RECIPE.format(pre=2, ft=3, unit="rbm") + 'outer_optimizer = "nesterov"\nouter_lr = 1.0\nouter_momentum = 0.0\n'
+    outer = (
+        RECIPE.format(pre=2, ft=3, unit="rbm") + 'outer_optimizer = "nesterov"\nouter_lr = 1.0\nouter_momentum = 0.0\n'
+    )
     (folder / "plain.toml").write_text(RECIPE.format(pre=2, ft=3, unit="rbm"))
     (folder / "outer.toml").write_text(outer)
     for name in ("plain", "outer"):
@@ -205,8 +301,16 @@ def test_a_group_with_the_outer_optimizer_restarts_to_the_uninterrupted_result(f
     (folder / "dl.toml").write_text(recipe)
     ref = run_layerwise("train", "dl.toml", "--workers", "2", "--name", "ref", "--quiet")
     assert ref.returncode == 0, ref.stderr
-    res = run_layerwise("train", "dl.toml", "--workers", "2", "--max-restarts", "2", "--quiet",
-                        env=worker_env(LAYERWISE_TEST_KILL="1/pretrain layer 2@2.30,1/finetune@3.30"))
+    res = run_layerwise(
+        "train",
+        "dl.toml",
+        "--workers",
+        "2",
+        "--max-restarts",
+        "2",
+        "--quiet",
+        env=worker_env(LAYERWISE_TEST_KILL="1/pretrain layer 2@2.30,1/finetune@3.30"),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert [r["from"] for r in read_metrics(folder / "runs/dl") if r["phase"] == "resume"] == ["pretrain", "finetune"]
     for artifact in ("pretrained", "finetuned"):

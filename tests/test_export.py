@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from layerwise.storage.artifacts import load_model, write_artifact
 from layerwise.cli import main
 from layerwise.stack import DeepBeliefNet
+from layerwise.storage.artifacts import load_model, write_artifact
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,13 @@ def models(tmp_path_factory):
     clf = dbn.to_classifier(4, dropout_hidden=0.3, seed=3)
     from layerwise.storage.artifacts import classifier_architecture
 
-    write_artifact(d / "finetuned", clf.state_dict(), kind="finetuned",
-                   architecture=classifier_architecture([20, 12, 8], 4, 0.0, 0.3), config={})
+    write_artifact(
+        d / "finetuned",
+        clf.state_dict(),
+        kind="finetuned",
+        architecture=classifier_architecture([20, 12, 8], 4, 0.0, 0.3),
+        config={},
+    )
     return d
 
 

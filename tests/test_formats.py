@@ -9,7 +9,8 @@ import pytest
 
 from layerwise.cli import main
 from layerwise.config import DataConfig
-from layerwise.data.sources import load_splits, open_data
+from layerwise.data.sources import open_data
+from layerwise.data.splits import load_splits
 
 
 def _idx(path, arr, code=0x08, gz=False):
@@ -36,8 +37,11 @@ def test_idx_faults_are_named(tmp_path):
     images = np.zeros((10, 3, 3), dtype=np.uint8)
     path = _idx(tmp_path / "t-images-idx3-ubyte", images)
     path.write_bytes(path.read_bytes()[:-5])
-    with pytest.raises(ValueError, match=r"t-images-idx3-ubyte' is truncated: dimensions 10 x 3 x 3 of uint8 need 106 "
-                                         r"bytes, the file has 101"):
+    with pytest.raises(
+        ValueError,
+        match=r"t-images-idx3-ubyte' is truncated: dimensions 10 x 3 x 3 of uint8 need 106 "
+        r"bytes, the file has 101",
+    ):
         open_data(path)
     (tmp_path / "bad-images-idx3-ubyte").write_bytes(b"PK\x03\x04junk")
     with pytest.raises(ValueError, match="is not an IDX file: its first bytes are 504b0304"):
@@ -100,8 +104,11 @@ def test_image_folders_one_subfolder_per_label(tmp_path):
     np.testing.assert_allclose(ds.x[3], grey["dog/0.png"].reshape(-1) / 255.0, atol=1e-6)
     _png(tmp_path / "rgb" / "a" / "0.png", rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), "RGB")
     _png(tmp_path / "rgb" / "b" / "0.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB")
-    with pytest.raises(ValueError, match=r"'.*b/0.png' is 8x8 with 3 channels, but '.*a/0.png' is 4x4 with 3 "
-                                         r"channels; declare one size"):
+    with pytest.raises(
+        ValueError,
+        match=r"'.*b/0.png' is 8x8 with 3 channels, but '.*a/0.png' is 4x4 with 3 "
+        r"channels; declare one size",
+    ):
         open_data(tmp_path / "rgb")
     ds = open_data(tmp_path / "rgb", image_size=[4, 4])
     assert ds.x.shape == (2, 48) and 0 <= ds.x.min() <= ds.x.max() <= 1
@@ -124,7 +131,9 @@ def test_npy_pairs_and_a_recipe_that_trains_on_them(tmp_path, capsys):
     assert (ds.x == x).all() and (ds.y == y).all()
     with pytest.raises(ValueError, match="need 400 labels, one per row"):
         open_data(f"{tmp_path / 'x.npy'},{tmp_path / 'short.npy'}")
-    (tmp_path / "r.toml").write_text('[data]\nsource = "npy"\ntrain = "x.npy,y.npy"\n[model]\nhidden = [8]\n'
-                                     '[pretrain]\nepochs = 1\n[finetune]\nepochs = 1\n')
+    (tmp_path / "r.toml").write_text(
+        '[data]\nsource = "npy"\ntrain = "x.npy,y.npy"\n[model]\nhidden = [8]\n'
+        "[pretrain]\nepochs = 1\n[finetune]\nepochs = 1\n"
+    )
     assert main(["train", str(tmp_path / "r.toml"), "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 0
     assert (tmp_path / "runs" / "r" / "finetuned" / "manifest.json").is_file()

@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import digits_splits
 from layerwise.config import FinetuneConfig
+from layerwise.stack import build_classifier
 from layerwise.training.finetune import evaluate, finetune
 from layerwise.training.fused import FusedClassifierStep
-from layerwise.stack import build_classifier
-
-from conftest import digits_splits
 
 SIZES, P_IN, P_HID = [30, 20, 20, 40], 0.1, 0.25
 
@@ -35,12 +34,16 @@ def _reference_step(model, opt, x, y, masks):
     return loss.detach()
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
-    lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3),
-    lambda ps: torch.optim.SGD(ps, lr=0.3),
-    lambda ps: torch.optim.Adam(ps, lr=1e-3),  # not plain SGD: .grad, then the optimizer's own step
-], ids=["sgd-momentum", "sgd-weight-decay", "sgd-plain", "adam"])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3),
+        lambda ps: torch.optim.SGD(ps, lr=0.3),
+        lambda ps: torch.optim.Adam(ps, lr=1e-3),  # not plain SGD: .grad, then the optimizer's own step
+    ],
+    ids=["sgd-momentum", "sgd-weight-decay", "sgd-plain", "adam"],
+)
 def test_the_fused_step_is_autograds_step_on_the_same_masks(make_opt):
     gen = torch.Generator().manual_seed(0)
     fused_net = build_classifier(SIZES, 5, dropout_input=P_IN, dropout_hidden=P_HID, seed=0).train()
@@ -50,8 +53,7 @@ def test_the_fused_step_is_autograds_step_on_the_same_masks(make_opt):
     opt_f, opt_r = make_opt(fused_net.parameters()), make_opt(ref_net.parameters())
     for _ in range(4):
         x, y = torch.rand(16, 30, generator=gen), torch.randint(0, 5, (16,), generator=gen)
-        masks = [(torch.rand(16, n, generator=gen) > (P_IN if k == 0 else P_HID)).float()
-                 for k, n in enumerate(SIZES)]
+        masks = [(torch.rand(16, n, generator=gen) > (P_IN if k == 0 else P_HID)).float() for k, n in enumerate(SIZES)]
         x_before = x.clone()
         loss_f = step(x, y, opt_f, masks=masks)
         loss_r = _reference_step(ref_net, opt_r, x, y, masks)
@@ -102,8 +104,9 @@ def test_nets_it_does_not_know_go_to_autograd():
 
 def test_fine_tuning_with_and_without_it_learns_alike_and_each_is_deterministic():
     (x, y), (xv, yv), (xt, yt) = digits_splits()
-    cfg = FinetuneConfig(epochs=20, batch_size=20, learning_rate=0.5, momentum=0.9, dropout_input=0.1,
-                         dropout_hidden=0.25, patience=None)
+    cfg = FinetuneConfig(
+        epochs=20, batch_size=20, learning_rate=0.5, momentum=0.9, dropout_input=0.1, dropout_hidden=0.25, patience=None
+    )
     results = {}
     for fused in (True, False, True):
         net = build_classifier([64, 48, 32], 10, dropout_input=0.1, dropout_hidden=0.25, seed=0)
@@ -150,8 +153,9 @@ def test_the_masks_it_draws_itself_are_the_ones_its_backward_pass_uses():
         torch.manual_seed(100 + i)
         step(x, y, opt_f)
         torch.manual_seed(100 + i)  # the same draws, in the same order, by the twin
-        masks = [twin._kept(torch.Size((16, n)), P_IN if k == 0 else P_HID, x.device, k).clone()
-                 for k, n in enumerate(SIZES)]
+        masks = [
+            twin._kept(torch.Size((16, n)), P_IN if k == 0 else P_HID, x.device, k).clone() for k, n in enumerate(SIZES)
+        ]
         _reference_step(ref_net, opt_r, x, y, masks)
         for a, b in zip(fused_net.parameters(), ref_net.parameters()):
             assert torch.allclose(a, b, atol=1e-6, rtol=0), float((a - b).abs().max())
@@ -167,8 +171,7 @@ def test_in_bf16_its_products_round_as_bf16_and_the_step_stays_within_that_round
     opts = {prec: torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9) for prec, net in nets.items()}
     for _ in range(4):
         x, y = torch.rand(16, 30, generator=gen), torch.randint(0, 5, (16,), generator=gen)
-        masks = [(torch.rand(16, n, generator=gen) > (P_IN if k == 0 else P_HID)).float()
-                 for k, n in enumerate(SIZES)]
+        masks = [(torch.rand(16, n, generator=gen) > (P_IN if k == 0 else P_HID)).float() for k, n in enumerate(SIZES)]
         losses = {prec: float(steps[prec](x, y, opts[prec], masks=masks)) for prec in nets}
         assert abs(losses["bf16"] - losses["fp32"]) < 2e-2 * losses["fp32"], losses
     for p0, p32, p16 in zip(start.parameters(), nets["fp32"].parameters(), nets["bf16"].parameters()):
@@ -182,8 +185,9 @@ def test_in_bf16_its_products_round_as_bf16_and_the_step_stays_within_that_round
 
 def test_fine_tuning_in_bf16_learns_as_fp32_does_and_is_deterministic():
     (x, y), _, (xt, yt) = digits_splits()
-    cfg = FinetuneConfig(epochs=20, batch_size=20, learning_rate=0.5, momentum=0.9, dropout_input=0.1,
-                         dropout_hidden=0.25, patience=None)
+    cfg = FinetuneConfig(
+        epochs=20, batch_size=20, learning_rate=0.5, momentum=0.9, dropout_input=0.1, dropout_hidden=0.25, patience=None
+    )
     results = []
     for prec in ("bf16", "fp32", "bf16"):
         net = build_classifier([64, 48, 32], 10, dropout_input=0.1, dropout_hidden=0.25, seed=0)

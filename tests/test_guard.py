@@ -1,10 +1,11 @@
-
 import pytest
 import torch
 
 from conftest import digits_splits
 from layerwise import config
 from layerwise.config import FinetuneConfig, GuardConfig, PretrainConfig
+from layerwise.jobs import train
+from layerwise.stack import DeepBeliefNet
 from layerwise.training.finetune import finetune
 from layerwise.training.guard import (
     DivergenceError,
@@ -15,10 +16,7 @@ from layerwise.training.guard import (
     grew_past,
     worse_than_best_for,
 )
-from layerwise.jobs import train
 from layerwise.training.pretrain import pretrain
-from layerwise.stack import DeepBeliefNet
-
 
 
 def test_pure_checks():
@@ -75,8 +73,14 @@ def test_injected_nan_mid_epoch_is_caught_and_training_finishes_finite():
                 unit.weight[3, 5] = float("nan")
 
     unit.step = poisoned_step
-    records = pretrain(dbn, x, xv, PretrainConfig(epochs=4, batch_size=20, learning_rate=0.05), seed=0,
-                       guard=GuardConfig(check_every=5))
+    records = pretrain(
+        dbn,
+        x,
+        xv,
+        PretrainConfig(epochs=4, batch_size=20, learning_rate=0.05),
+        seed=0,
+        guard=GuardConfig(check_every=5),
+    )
     events = [r for r in records if r["phase"] == "guard"]
     assert len(events) == 1 and events[0]["what"] == "NaN or Inf in weight" and events[0]["epoch"] == 2
     assert events[0]["batch"] == 15  # found by the next check (every 5 batches: the 75th)
@@ -98,8 +102,15 @@ def test_nan_loss_in_finetuning_is_rolled_back():
         return out * float("nan") if calls["n"] == 40 else out
 
     clf.forward = forward
-    res = finetune(clf, x, y, xv, yv, FinetuneConfig(epochs=3, batch_size=50, learning_rate=0.1, patience=None),
-                   guard=GuardConfig())
+    res = finetune(
+        clf,
+        x,
+        y,
+        xv,
+        yv,
+        FinetuneConfig(epochs=3, batch_size=50, learning_rate=0.1, patience=None),
+        guard=GuardConfig(),
+    )
     events = [r for r in res.records if r["phase"] == "guard"]
     assert len(events) == 1 and events[0]["what"] == "loss is nan" and events[0]["where"] == "fine-tuning"
     assert all(torch.isfinite(p).all() for p in clf.parameters())
@@ -109,11 +120,16 @@ def test_nan_loss_in_finetuning_is_rolled_back():
 def test_rbm_at_learning_rate_10_stops_with_a_diagnosis_and_never_saves_nan(tmp_path):
     """Seeded, lr 10 saturates the first layer at every rate the guard tries (measured on
     1 and 2 threads: 88% of the hidden units at 1.25): the run stops with a diagnosis."""
-    cfg = config.from_dict({
-        "name": "lr10", "threads": 1, "data": {"source": "digits"}, "model": {"hidden": [48, 32]},
-        "pretrain": {"epochs": 10, "batch_size": 20, "learning_rate": 10.0},
-        "finetune": {"epochs": 5, "batch_size": 20, "learning_rate": 0.1},
-    })
+    cfg = config.from_dict(
+        {
+            "name": "lr10",
+            "threads": 1,
+            "data": {"source": "digits"},
+            "model": {"hidden": [48, 32]},
+            "pretrain": {"epochs": 10, "batch_size": 20, "learning_rate": 10.0},
+            "finetune": {"epochs": 5, "batch_size": 20, "learning_rate": 0.1},
+        }
+    )
     run = tmp_path / "runs" / "lr10"
     with pytest.raises(DivergenceError) as e:
         train(cfg, runs_dir=tmp_path / "runs")
@@ -128,7 +144,9 @@ def test_rbm_at_learning_rate_10_stops_with_a_diagnosis_and_never_saves_nan(tmp_
 def test_guard_is_silent_on_a_healthy_run():
     (x, y), (xv, yv), _ = digits_splits()
     dbn = DeepBeliefNet(64, [32, 16], seed=0)
-    recs = pretrain(dbn, x, xv, PretrainConfig(epochs=10, batch_size=20, learning_rate=0.05), seed=0, guard=GuardConfig())
+    recs = pretrain(
+        dbn, x, xv, PretrainConfig(epochs=10, batch_size=20, learning_rate=0.05), seed=0, guard=GuardConfig()
+    )
     assert not [r for r in recs if r["phase"] == "guard"]
     assert max(r["dead_units"] for r in recs if r["phase"] == "pretrain") == 0.0
 

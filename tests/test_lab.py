@@ -45,8 +45,10 @@ def test_every_experiment_writes_its_numbers_plot_and_section(done):
         assert len(res["records"]) == len(module.cells(lab.core.BUDGETS["tiny"])) > 0
         for rec in res["records"]:
             assert set(rec) == {"settings", "result", "seconds", "ran"} and set(rec["ran"]) == {"commit", "date"}
-            assert all(isinstance(v, (int, float)) or (isinstance(v, list) and all(isinstance(e, (int, float)) for e in v))
-                       for v in rec["result"].values()), rec
+            assert all(
+                isinstance(v, (int, float)) or (isinstance(v, list) and all(isinstance(e, (int, float)) for e in v))
+                for v in rec["result"].values()
+            ), rec
         v = res["verdict"]
         assert v["verdict"] in VERDICTS and v["why"] and v["recommend"] and v["table"].startswith("| ")
         assert (out / f"{name}.png").stat().st_size > 1000
@@ -61,8 +63,10 @@ def _numbers_match(folder, page_text: str, names) -> None:
         res = json.loads((folder / f"{name}.json").read_text())
         table, records = res["verdict"]["table"], res["records"]
         for r in records:  # a curve's points are numbers too
-            r["result"] = {**r["result"], **{f"{k}[{i}]": e for k, v in r["result"].items() if isinstance(v, list)
-                                             for i, e in enumerate(v)}}
+            r["result"] = {
+                **r["result"],
+                **{f"{k}[{i}]": e for k, v in r["result"].items() if isinstance(v, list) for i, e in enumerate(v)},
+            }
         values = {f"{100 * v:.4g}" for r in records for v in r["result"].values() if isinstance(v, float)}
         values |= {f"{v:.4g}" for r in records for v in r["result"].values() if isinstance(v, float)}
         values |= {str(v) for r in records for v in [*r["result"].values(), *r["settings"].values()]}
@@ -116,11 +120,30 @@ def test_a_killed_lab_goes_on_where_it_stopped(pair, tmp_path, monkeypatch):
 
 
 def test_the_command(pair, tmp_path, capsys):
-    assert main(["lab", "passes", "--budget", "tiny", "--data", str(pair[0]), "--test", str(pair[1]),
-                 "--out", str(tmp_path), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "lab",
+                "passes",
+                "--budget",
+                "tiny",
+                "--data",
+                str(pair[0]),
+                "--test",
+                str(pair[1]),
+                "--out",
+                str(tmp_path),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert re.search(r"the page: .*TRICKS.md", capsys.readouterr().out)
     assert main(["lab", "nonsense", "--data", str(pair[0]), "--test", str(pair[1]), "--out", str(tmp_path)]) == 2
-    assert "unknown experiment 'nonsense'; the lab has averaging, rounds, widths, bottleneck, depth, pretraining, blend, stages, passes, batch" in capsys.readouterr().err
+    assert (
+        "unknown experiment 'nonsense'; the lab has averaging, rounds, widths, bottleneck, depth, pretraining, blend, stages, passes, batch"
+        in capsys.readouterr().err
+    )
     assert main(["lab", "--data", str(pair[0]), "--out", str(tmp_path)]) == 2
     assert "--data needs --test" in capsys.readouterr().err
 
@@ -131,8 +154,15 @@ def test_the_averaging_experiment_runs_real_worker_groups(pair, tmp_path):
     page = lab.run_lab(["averaging"], budget="tiny", data=str(pair[0]), test=str(pair[1]), out=tmp_path)
     res = json.loads((tmp_path / "averaging.json").read_text())
     cells = [r["settings"] for r in res["records"]]
-    assert {c["workers"] for c in cells} == {1, 2} and {c["remedy"] for c in cells} == {"none", "nesterov", "sqrt", "linear"}
-    assert all(0 <= r["result"]["test_accuracy"] <= 1 and "error" not in r["result"] for r in res["records"]), res["records"]
+    assert {c["workers"] for c in cells} == {1, 2} and {c["remedy"] for c in cells} == {
+        "none",
+        "nesterov",
+        "sqrt",
+        "linear",
+    }
+    assert all(0 <= r["result"]["test_accuracy"] <= 1 and "error" not in r["result"] for r in res["records"]), res[
+        "records"
+    ]
     assert res["verdict"]["verdict"] in VERDICTS and "## Averaging and the learning rate" in page.read_text()
 
 

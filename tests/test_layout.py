@@ -46,8 +46,12 @@ def test_no_module_is_over_400_lines():
 # a top-level module or a subpackage; "layerwise" is the public face (lazy re-exports of
 # everything) and "__main__" the command's entry point, both above all.
 BELOW = {
-    "_checks": set(), "_devices": set(), "_version": set(), "_files": {"_checks"},
-    "config": {"_checks"},
+    "_checks": set(),
+    "_devices": set(),
+    "_version": set(),
+    "_files": {"_checks"},
+    "recipe_rules": set(),
+    "config": {"_checks", "recipe_rules"},
     "runtime": {"_checks"},
     "units": {"_checks", "_devices"},
     "stack": {"_checks", "_devices", "units"},
@@ -86,29 +90,39 @@ def test_dependencies_point_down():
     assert [m for m, deps in graph.items() if "layerwise.cli" in deps] == ["layerwise.__main__"]
     parts = {_part(m) for m in graph} - {"layerwise", "__main__"}
     assert parts == set(BELOW), f"parts without a floor in BELOW: {parts ^ set(BELOW)}"
-    crossed = {m: sorted(d for d in deps if _part(d) != _part(m) and _part(d) not in BELOW[_part(m)])
-               for m, deps in graph.items() if _part(m) in BELOW}
+    crossed = {
+        m: sorted(d for d in deps if _part(d) != _part(m) and _part(d) not in BELOW[_part(m)])
+        for m, deps in graph.items()
+        if _part(m) in BELOW
+    }
     assert not {m: d for m, d in crossed.items() if d}, {m: d for m, d in crossed.items() if d}
 
 
 def test_units_know_nothing_of_recipes():
     """A unit is built from plain arguments: no recipe field name reaches units/."""
     recipe = {"cfg.", "RunConfig", "PretrainConfig", "FinetuneConfig", "GuardConfig"}
-    users = {str(p.relative_to(PACKAGE)): sorted(w for w in recipe if w in p.read_text())
-             for p in (PACKAGE / "units").glob("*.py")}
+    users = {
+        str(p.relative_to(PACKAGE)): sorted(w for w in recipe if w in p.read_text())
+        for p in (PACKAGE / "units").glob("*.py")
+    }
     assert not {k: v for k, v in users.items() if v}, users
 
 
 @pytest.mark.parametrize("call", ["set_num_threads", "set_num_interop_threads", "putenv"])
 def test_only_the_runtime_policy_sets_threads_or_the_environment(call):
-    users = sorted(str(p.relative_to(PACKAGE)) for p in _modules().values()
-                   if f"{call}(" in p.read_text().replace("``torch.set_num_threads``", ""))
+    users = sorted(
+        str(p.relative_to(PACKAGE))
+        for p in _modules().values()
+        if f"{call}(" in p.read_text().replace("``torch.set_num_threads``", "")
+    )
     assert users == (["runtime.py"] if call == "set_num_threads" else []), users
 
 
 def test_importing_the_package_and_the_command_changes_no_environment_variable():
-    code = ("import os, torch; before = dict(os.environ); import layerwise, layerwise.cli, layerwise.jobs; "
-            "print(sorted(set(os.environ.items()) ^ set(before.items())))")
+    code = (
+        "import os, torch; before = dict(os.environ); import layerwise, layerwise.cli, layerwise.jobs; "
+        "print(sorted(set(os.environ.items()) ^ set(before.items())))"
+    )
     env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

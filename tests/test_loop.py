@@ -27,8 +27,18 @@ def _linear_run(epochs=3, **kw):
         return float(loss.detach())
 
     ends = kw.pop("end_epoch", lambda e, s: False)
-    n = run_loop(x=x, y=y, batch_size=10, epochs=epochs, generator=torch.Generator().manual_seed(1), step=step,
-                 end_epoch=ends, reporter=Reporter(), desc="fit", **kw)
+    n = run_loop(
+        x=x,
+        y=y,
+        batch_size=10,
+        epochs=epochs,
+        generator=torch.Generator().manual_seed(1),
+        step=step,
+        end_epoch=ends,
+        reporter=Reporter(),
+        desc="fit",
+        **kw,
+    )
     return n, model, seen
 
 
@@ -43,8 +53,11 @@ def test_hooks_see_every_batch_and_a_stop_request_checkpoints_between_two_batche
     control.hooks.append(hook)
     pos = LoopPosition()
     with pytest.raises(KeyboardInterrupt):
-        _linear_run(control=control, position=pos,
-                    checkpointer=Checkpointer(lambda p: saved.append((p.epoch, p.batch)), every_epochs=None))
+        _linear_run(
+            control=control,
+            position=pos,
+            checkpointer=Checkpointer(lambda p: saved.append((p.epoch, p.batch)), every_epochs=None),
+        )
     assert calls == [("fit", 0, e, b) for e in (1, 2) for b in range(1, 5)][:7], calls
     assert saved == [(1, 3)] and (pos.epoch, pos.batch) == (1, 3)  # epoch 2 counted from 0 in the position
 
@@ -64,10 +77,22 @@ def test_a_guard_rollback_reruns_the_epoch_and_a_stop_raises_the_diagnosis():
     g = DivergenceGuard(model, "the fit", 0.1, max_rollbacks=2, log=events.append)
     model_holder.update(m=model, g=g)
     steps = []
-    with pytest.raises(DivergenceError, match=r"the fit diverged at the end of epoch 1: NaN or Inf in weight, at "
-                                              r"learning rate 0.025 after 2 rollbacks"):
-        run_loop(x=x, batch_size=10, epochs=2, generator=torch.Generator().manual_seed(0),
-                 step=lambda xb, yb, e: steps.append(e), end_epoch=poisoned, reporter=Reporter(), desc="fit", guard=g)
+    with pytest.raises(
+        DivergenceError,
+        match=r"the fit diverged at the end of epoch 1: NaN or Inf in weight, at "
+        r"learning rate 0.025 after 2 rollbacks",
+    ):
+        run_loop(
+            x=x,
+            batch_size=10,
+            epochs=2,
+            generator=torch.Generator().manual_seed(0),
+            step=lambda xb, yb, e: steps.append(e),
+            end_epoch=poisoned,
+            reporter=Reporter(),
+            desc="fit",
+            guard=g,
+        )
     assert steps == [0, 0] * 3 and [e["lr_after"] for e in events] == [0.05, 0.025]  # the epoch ran three times
 
 
@@ -104,8 +129,11 @@ def test_the_batch_hook_of_the_environment_is_loaded_by_name(monkeypatch):
 
     assert hooks_from_env() == [killpoints.after_batch] and LoopControl().hooks == [killpoints.after_batch]
     monkeypatch.setenv("LAYERWISE_BATCH_HOOK", "killpoints:nothing")
-    with pytest.raises(ValueError, match=r"LAYERWISE_BATCH_HOOK='killpoints:nothing': cannot load it .* "
-                                         r"expected module:function"):
+    with pytest.raises(
+        ValueError,
+        match=r"LAYERWISE_BATCH_HOOK='killpoints:nothing': cannot load it .* "
+        r"expected module:function",
+    ):
         hooks_from_env()
     monkeypatch.delenv("LAYERWISE_BATCH_HOOK")
     assert LoopControl().hooks == []

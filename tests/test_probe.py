@@ -32,7 +32,12 @@ def _brute_force_stable(epochs: int) -> dict:
         end = float(rbm.reconstruction_cross_entropy(xv))
         h = rbm.mean_hiddens(xv)
         varying = float((h.std(0) > 0.01).float().mean())
-        out[lr] = all(torch.isfinite(p).all() for p in rbm.parameters()) and math.isfinite(end) and end < start and varying > 0.5
+        out[lr] = (
+            all(torch.isfinite(p).all() for p in rbm.parameters())
+            and math.isfinite(end)
+            and end < start
+            and varying > 0.5
+        )
     return out
 
 
@@ -56,8 +61,12 @@ def test_probe_recommends_a_rate_inside_the_brute_force_stable_region():
 
 
 def test_recommend_keeps_a_margin_below_the_edge():
-    pts = [ProbePoint(0.01, 3.0, True, ""), ProbePoint(0.1, 2.0, True, ""), ProbePoint(1.0, 1.0, True, ""),
-           ProbePoint(10.0, math.nan, False, "NaN")]
+    pts = [
+        ProbePoint(0.01, 3.0, True, ""),
+        ProbePoint(0.1, 2.0, True, ""),
+        ProbePoint(1.0, 1.0, True, ""),
+        ProbePoint(10.0, math.nan, False, "NaN"),
+    ]
     assert recommend(pts) == (1.0, 0.1)
     assert recommend([ProbePoint(1.0, math.nan, False, "NaN")]) == (None, None)
     with pytest.raises(ValueError, match="needs 0 < low < high"):
@@ -66,8 +75,28 @@ def test_recommend_keeps_a_margin_below_the_edge():
 
 def test_probe_command_writes_plot_and_json(tmp_path, capsys):
     recipe = DIGITS_RECIPE
-    assert main(["probe-lr", str(recipe), "--low", "0.01", "--high", "10", "--points", "4", "--epochs", "2",
-                 "--out", str(tmp_path / "p"), "--quiet", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "probe-lr",
+                str(recipe),
+                "--low",
+                "0.01",
+                "--high",
+                "10",
+                "--points",
+                "4",
+                "--epochs",
+                "2",
+                "--out",
+                str(tmp_path / "p"),
+                "--quiet",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "pretrain: largest stable rate" in out and "finetune: largest stable rate" in out
     assert (tmp_path / "p.json").is_file() and (tmp_path / "p.png").stat().st_size > 1000
@@ -86,7 +115,7 @@ def _brute_force_stable_averaged(grid, epochs: int, workers: int = 2, period: in
         g = torch.Generator().manual_seed(1)
         steps = 0
 
-        def average():
+        def average(reps=reps):
             with torch.no_grad():
                 for ps in zip(*(r.parameters() for r in reps)):
                     mean = torch.stack(ps).mean(0)
@@ -107,7 +136,12 @@ def _brute_force_stable_averaged(grid, epochs: int, workers: int = 2, period: in
         with np.errstate(all="ignore"):
             end = float(rbm.reconstruction_cross_entropy(xv))
             varying = float((rbm.mean_hiddens(xv).std(0) > 0.01).float().mean())
-        out[lr] = all(torch.isfinite(p).all() for p in rbm.parameters()) and math.isfinite(end) and end < start and varying > 0.5
+        out[lr] = (
+            all(torch.isfinite(p).all() for p in rbm.parameters())
+            and math.isfinite(end)
+            and end < start
+            and varying > 0.5
+        )
     return out
 
 
@@ -117,8 +151,29 @@ def test_probe_with_two_workers_recommends_a_rate_the_averaged_replicas_survive(
     import json
 
     recipe = DIGITS_RECIPE
-    assert main(["probe-lr", str(recipe), "--low", "0.001", "--high", "1000", "--points", "7", "--epochs", "2",
-                 "--subset", "2000", "--workers", "2", "--out", str(tmp_path / "p")]) == 0
+    assert (
+        main(
+            [
+                "probe-lr",
+                str(recipe),
+                "--low",
+                "0.001",
+                "--high",
+                "1000",
+                "--points",
+                "7",
+                "--epochs",
+                "2",
+                "--subset",
+                "2000",
+                "--workers",
+                "2",
+                "--out",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "2 workers, averaging every 5 batches" in out and "pretrain: largest stable rate" in out
     assert sum(line.startswith(("pretrain lr=", "finetune lr=")) for line in out.splitlines()) == 14  # progress, once
@@ -152,12 +207,34 @@ def test_a_diverging_starting_stack_is_reported_and_the_pretraining_sweep_kept(t
     import json
 
     recipe = tmp_path / "hot.toml"
-    recipe.write_text(DIGITS_RECIPE.read_text()
-                      .replace("learning_rate = 0.05", "learning_rate = 1000.0"))
-    assert main(["probe-lr", str(recipe), "--low", "100", "--high", "1000", "--points", "2", "--epochs", "2",
-                 "--out", str(tmp_path / "p"), "--quiet", "--threads", "1"]) == 0
+    recipe.write_text(DIGITS_RECIPE.read_text().replace("learning_rate = 0.05", "learning_rate = 1000.0"))
+    assert (
+        main(
+            [
+                "probe-lr",
+                str(recipe),
+                "--low",
+                "100",
+                "--high",
+                "1000",
+                "--points",
+                "2",
+                "--epochs",
+                "2",
+                "--out",
+                str(tmp_path / "p"),
+                "--quiet",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "finetune: not probed: the stack to fine-tune, pretrained at the recipe's pretraining rate 1000, diverged" in out
+    assert (
+        "finetune: not probed: the stack to fine-tune, pretrained at the recipe's pretraining rate 1000, diverged"
+        in out
+    )
     res = json.loads((tmp_path / "p.json").read_text())
     assert [p["stable"] for p in res["pretrain"]["points"]] == [False, False]  # the finished sweep is kept
     assert res["finetune"]["points"] == [] and res["finetune"]["recommended"] is None

@@ -19,33 +19,48 @@ def arrays(draw):
     n = draw(st.integers(0, 40))
     shape = draw(st.sampled_from([(n, 6)] * 6 + [(n,), (n, 0), (n, 3, 2)]))  # mostly well-formed, so some train
     dtype = draw(st.sampled_from([np.float32] * 4 + DTYPES))
-    x = np.asarray(draw(st.lists(st.floats(-2, 3, allow_nan=False, width=32), min_size=1, max_size=1))[0] +
-                   np.random.default_rng(draw(st.integers(0, 9))).random(shape)).astype(dtype)
+    x = np.asarray(
+        draw(st.lists(st.floats(-2, 3, allow_nan=False, width=32), min_size=1, max_size=1))[0]
+        + np.random.default_rng(draw(st.integers(0, 9))).random(shape)
+    ).astype(dtype)
     if x.size and x.dtype.kind == "f" and draw(st.integers(0, 3)) == 0:
         x.flat[draw(st.integers(0, x.size - 1))] = draw(st.sampled_from([np.nan, np.inf, -np.inf]))
     labels = draw(st.sampled_from(["good"] * 6 + ["none", "negative", "float", "short", "huge", "strings"]))
-    y = {"good": lambda: np.arange(n) % 3, "none": lambda: None, "negative": lambda: -np.ones(n, np.int64),
-         "float": lambda: np.arange(n) / 2.0, "short": lambda: np.zeros(max(n - 1, 0), np.int64),
-         "huge": lambda: np.full(n, 2**40), "strings": lambda: np.array(["a"] * n)}[labels]()
+    y = {
+        "good": lambda: np.arange(n) % 3,
+        "none": lambda: None,
+        "negative": lambda: -np.ones(n, np.int64),
+        "float": lambda: np.arange(n) / 2.0,
+        "short": lambda: np.zeros(max(n - 1, 0), np.int64),
+        "huge": lambda: np.full(n, 2**40),
+        "strings": lambda: np.array(["a"] * n),
+    }[labels]()
     return x, y
 
 
 # each key is left out, set well (most often), or set badly
-RECIPE_KEYS = st.fixed_dictionaries({}, optional={
-    "pretrain.learning_rate": st.sampled_from([0.1, 0.5, 0.01, 0, -1, "x", 1e9]),
-    "pretrain.batch_size": st.sampled_from([5, 7, 20, 0, 2.5]),
-    "finetune.epochs": st.sampled_from([1, 2, 0, -1, "none"]),
-    "model.hidden": st.sampled_from(["[4]", "[5, 3]", "[2]", "[0]", "4", "[]"]),
-    "model.visible": st.sampled_from(['"bernoulli"', '"bernoulli"', '"gaussian"', '"other"']),
-    "data.n_labels": st.sampled_from([3, 4, 1, "none"]),
-    "data.validation_fraction": st.sampled_from([0.25, 0.5, 0.0, 1.5]),
-}).filter(lambda keys: len(keys) <= 3)
+RECIPE_KEYS = st.fixed_dictionaries(
+    {},
+    optional={
+        "pretrain.learning_rate": st.sampled_from([0.1, 0.5, 0.01, 0, -1, "x", 1e9]),
+        "pretrain.batch_size": st.sampled_from([5, 7, 20, 0, 2.5]),
+        "finetune.epochs": st.sampled_from([1, 2, 0, -1, "none"]),
+        "model.hidden": st.sampled_from(["[4]", "[5, 3]", "[2]", "[0]", "4", "[]"]),
+        "model.visible": st.sampled_from(['"bernoulli"', '"bernoulli"', '"gaussian"', '"other"']),
+        "data.n_labels": st.sampled_from([3, 4, 1, "none"]),
+        "data.validation_fraction": st.sampled_from([0.25, 0.5, 0.0, 1.5]),
+    },
+).filter(lambda keys: len(keys) <= 3)
 
 
 def _recipe(keys: dict) -> str:
-    sections = {"data": {"source": '"npz"', "train": '"d.npz"'}, "model": {"hidden": "[4]"},
-                "pretrain": {"epochs": "1", "batch_size": "10", "learning_rate": "0.1"},
-                "finetune": {"epochs": "1", "batch_size": "10"}, "checkpoint": {"every_minutes": '"none"'}}
+    sections = {
+        "data": {"source": '"npz"', "train": '"d.npz"'},
+        "model": {"hidden": "[4]"},
+        "pretrain": {"epochs": "1", "batch_size": "10", "learning_rate": "0.1"},
+        "finetune": {"epochs": "1", "batch_size": "10"},
+        "checkpoint": {"every_minutes": '"none"'},
+    }
     for k, v in keys.items():
         section, key = k.split(".")
         sections[section][key] = v if isinstance(v, str) and v[:1] in '["' else (f'"{v}"' if isinstance(v, str) else v)

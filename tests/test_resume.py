@@ -37,15 +37,22 @@ def _phases(run: Path):
 
 # 1080 training samples in batches of 10: 108 batches an epoch; checkpoints every 7
 # batches and at epoch ends, so each kill point falls between two checkpoints
-@pytest.mark.parametrize("where, kill", [("pretrain", "pretrain layer 2@2.41"), ("finetune", "finetune@2.53"),
-                                         ("finetune", "finetune@3.20:INT")])
+@pytest.mark.parametrize(
+    "where, kill",
+    [("pretrain", "pretrain layer 2@2.41"), ("finetune", "finetune@2.53"), ("finetune", "finetune@3.20:INT")],
+)
 def test_a_killed_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, where, kill):
     ref = subprocess.run(_cmd(recipe, "--name", "ref"), cwd=tmp_path, env=worker_env(), capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "runs" / "killed"
     # the process kills itself right after the named batch (SIGKILL, or SIGINT as a Ctrl-C)
-    killed = subprocess.run(_cmd(recipe, "--name", "killed"), cwd=tmp_path, env=worker_env(LAYERWISE_TEST_KILL=kill),
-                            capture_output=True, text=True)
+    killed = subprocess.run(
+        _cmd(recipe, "--name", "killed"),
+        cwd=tmp_path,
+        env=worker_env(LAYERWISE_TEST_KILL=kill),
+        capture_output=True,
+        text=True,
+    )
     if kill.endswith(":INT"):  # Ctrl-C: the loop checkpoints at the batch boundary and exits with 130
         assert killed.returncode == 130, killed.stderr
         assert "stopping after this batch and saving a checkpoint" in killed.stderr
@@ -63,8 +70,11 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, wher
     for artifact in ("pretrained", "finetuned"):
         assert_same_weights(ref_dir / artifact, run / artifact)
     # the metrics log reads as one run: same epochs, no duplicates
-    strip = lambda d: [(r["phase"], r.get("layer"), r.get("epoch")) for r in read_metrics(d)  # noqa: E731
-                       if r["phase"] in ("pretrain", "finetune")]
+    strip = lambda d: [
+        (r["phase"], r.get("layer"), r.get("epoch"))
+        for r in read_metrics(d)  # noqa: E731
+        if r["phase"] in ("pretrain", "finetune")
+    ]
     assert strip(run) == strip(ref_dir)
     assert res.stdout.splitlines()[-2] == ref.stdout.splitlines()[-2]  # "test accuracy: NN.NN%"
 
@@ -78,8 +88,14 @@ def test_a_completed_run_is_not_resumed(recipe, tmp_path):
 
 def test_second_writer_to_a_run_folder_is_refused(recipe, tmp_path):
     run = tmp_path / "runs" / "busy"
-    first = subprocess.Popen(_cmd(recipe, "--name", "busy"), cwd=tmp_path, env=worker_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        _cmd(recipe, "--name", "busy"),
+        cwd=tmp_path,
+        env=worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     while "pretrain" not in _phases(run):  # training, so it holds the lock
         assert first.poll() is None, first.communicate()
         time.sleep(0.01)  # a poll interval, not a kill: the freeze below is what makes it certain
@@ -111,8 +127,9 @@ save_checkpoint(sys.argv[1], {"w": torch.full((1000,), 2.0)}, {"step": 2})
 
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path):
     save_checkpoint(tmp_path / "ck", {"w": torch.full((1000,), 1.0)}, {"step": 1})
-    proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path / "ck")],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path / "ck")], stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "writing"
     proc.kill()
     proc.wait()
@@ -133,13 +150,24 @@ def test_finetune_of_a_saved_net_resumes_after_sigkill(recipe, tmp_path):
     uninterrupted fine-tune, and OUT.partial/ is gone."""
     subprocess.run(_cmd(recipe, "--name", "base"), cwd=tmp_path, env=worker_env(), check=True, capture_output=True)
     pre = tmp_path / "runs" / "base" / "pretrained"
-    ft = lambda out, r=recipe: [sys.executable, "-m", "layerwise", "finetune", str(pre), "--recipe", str(r),  # noqa: E731
-                                "--out", out, "--quiet"]
+    ft = lambda out, r=recipe: [
+        sys.executable,
+        "-m",
+        "layerwise",
+        "finetune",
+        str(pre),
+        "--recipe",
+        str(r),  # noqa: E731
+        "--out",
+        out,
+        "--quiet",
+    ]
     ref = subprocess.run(ft("ref"), cwd=tmp_path, env=worker_env(), capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr
     assert not (tmp_path / "ref.partial").exists()
-    killed = subprocess.run(ft("killed"), cwd=tmp_path, env=worker_env(LAYERWISE_TEST_KILL="finetune@3.20"),
-                            capture_output=True, text=True)
+    killed = subprocess.run(
+        ft("killed"), cwd=tmp_path, env=worker_env(LAYERWISE_TEST_KILL="finetune@3.20"), capture_output=True, text=True
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (tmp_path / "killed").exists()
     _, meta = load_checkpoint(tmp_path / "killed.partial" / "checkpoint")
@@ -148,7 +176,10 @@ def test_finetune_of_a_saved_net_resumes_after_sigkill(recipe, tmp_path):
     other = tmp_path / "other.toml"
     other.write_text(RECIPE.replace("learning_rate = 0.2", "learning_rate = 0.1"))
     bad = subprocess.run(ft("killed", other), cwd=tmp_path, env=worker_env(), capture_output=True, text=True)
-    assert bad.returncode == 2 and "holds an interrupted fine-tuning of another pretrained net, recipe or data" in bad.stderr
+    assert (
+        bad.returncode == 2
+        and "holds an interrupted fine-tuning of another pretrained net, recipe or data" in bad.stderr
+    )
     res = subprocess.run(ft("killed"), cwd=tmp_path, env=worker_env(), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert_same_weights(tmp_path / "ref", tmp_path / "killed")
@@ -163,8 +194,11 @@ def test_resume_is_exact_across_a_later_guard_rollback(recipe, tmp_path, monkeyp
     from layerwise.jobs import resume, train
 
     monkeypatch.chdir(tmp_path)
-    recipe.write_text(RECIPE.replace("learning_rate = 0.2", "learning_rate = 2.0").replace("patience = 4", "patience = 20")
-                      .replace("epochs = 8", "epochs = 12"))
+    recipe.write_text(
+        RECIPE.replace("learning_rate = 0.2", "learning_rate = 2.0")
+        .replace("patience = 4", "patience = 20")
+        .replace("epochs = 8", "epochs = 12")
+    )
     cfg = config.load(recipe)
     cfg.name = "ref"
     ref = train(cfg, runs_dir="runs")
@@ -180,7 +214,9 @@ def test_resume_is_exact_across_a_later_guard_rollback(recipe, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         train(cfg, runs_dir="runs", echo=stop_in_epoch_2)
     _, meta = load_checkpoint(tmp_path / "runs/stopped/checkpoint")
-    assert meta["phase"] == "finetune" and meta["finetune"]["loop"]["epoch"] <= 2 and meta["finetune"]["guard"]["history"]
+    assert (
+        meta["phase"] == "finetune" and meta["finetune"]["loop"]["epoch"] <= 2 and meta["finetune"]["guard"]["history"]
+    )
     res = resume(tmp_path / "runs/stopped")
     assert_same_weights(tmp_path / "runs/ref/finetuned", tmp_path / "runs/stopped/finetuned")
     again = read_metrics(tmp_path / "runs/stopped")
@@ -192,7 +228,10 @@ def test_a_checkpoint_of_another_format_is_refused_with_a_way_out(tmp_path):
     from safetensors.torch import save_file
 
     (tmp_path / "ck").mkdir()
-    save_file({"dbn.layers.0.weight": torch.zeros(2, 3)}, str(tmp_path / "ck" / "state.safetensors"),
-              metadata={"layerwise": json.dumps({"phase": "pretrain", "epoch": 1})})  # the unversioned layout
+    save_file(
+        {"dbn.layers.0.weight": torch.zeros(2, 3)},
+        str(tmp_path / "ck" / "state.safetensors"),
+        metadata={"layerwise": json.dumps({"phase": "pretrain", "epoch": 1})},
+    )  # the unversioned layout
     with pytest.raises(ValueError, match="is in checkpoint format 1; this layerwise reads format 3. Resume it with"):
         load_checkpoint(tmp_path / "ck")

@@ -10,8 +10,13 @@ from layerwise import config, runtime
 from layerwise.cli import main
 from layerwise.jobs import train
 
+
 def _recipe(npz_files) -> str:
-    return SMALL_RECIPE.replace("train.npz", str(npz_files[0])).replace("test.npz", str(npz_files[1])).replace('"r"', '"t"')
+    return (
+        SMALL_RECIPE.replace("train.npz", str(npz_files[0]))
+        .replace("test.npz", str(npz_files[1]))
+        .replace('"r"', '"t"')
+    )
 
 
 def test_threads_precedence_and_defaults():
@@ -24,8 +29,10 @@ def test_threads_precedence_and_defaults():
         runtime.resolve_threads(None, 0)
     r = runtime.apply(threads=2, device="cpu")
     assert (r.threads, r.device, torch.get_num_threads()) == (2, torch.device("cpu"), 2)
-    assert r.wait_policy in (f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
-                             f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}")
+    assert r.wait_policy in (
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
+        f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}",
+    )
 
 
 def test_the_wait_policy_spins_briefly_on_idle_cores_unless_the_environment_sets_one(monkeypatch):
@@ -52,8 +59,11 @@ def test_busy_cores_reads_the_machine():
 
 
 def test_device_specs_resolve_or_fail_with_the_reason(monkeypatch):
-    with pytest.raises(ValueError, match="The 'device' parameter of the runtime policy must be one of 'auto', 'cpu', "
-                                         "'cuda' or 'cuda:N'. Got 'gpu' instead"):
+    with pytest.raises(
+        ValueError,
+        match="The 'device' parameter of the runtime policy must be one of 'auto', 'cpu', "
+        "'cuda' or 'cuda:N'. Got 'gpu' instead",
+    ):
         runtime.resolve_device("gpu")
     assert runtime.resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
@@ -129,7 +139,9 @@ def test_kill_points_of_the_tests_are_read_per_loop_rank_and_life(monkeypatch):
     assert kill_point("finetune", rank=0) is None
     monkeypatch.setenv("LAYERWISE_TEST_KILL", "finetune-3")
     monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT")
-    with pytest.raises(ValueError, match=r"LAYERWISE_TEST_KILL: cannot read 'finetune-3'; expected \[RANK/\]LOOP@EPOCH.BATCH"):
+    with pytest.raises(
+        ValueError, match=r"LAYERWISE_TEST_KILL: cannot read 'finetune-3'; expected \[RANK/\]LOOP@EPOCH.BATCH"
+    ):
         kill_point("finetune")
 
 

@@ -28,9 +28,14 @@ def digits():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("est", [DBNTransformer(hidden=[8, 6], pretrain_epochs=2, batch_size=10, random_state=0),
-                                 DBNClassifier(hidden=[8, 6], pretrain_epochs=2, finetune_epochs=30, batch_size=10,
-                                               random_state=0)], ids=["transformer", "classifier"])
+@pytest.mark.parametrize(
+    "est",
+    [
+        DBNTransformer(hidden=[8, 6], pretrain_epochs=2, batch_size=10, random_state=0),
+        DBNClassifier(hidden=[8, 6], pretrain_epochs=2, finetune_epochs=30, batch_size=10, random_state=0),
+    ],
+    ids=["transformer", "classifier"],
+)
 def test_scikit_learns_estimator_checks_pass(est):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the checks' data lie outside [0, 1]: each fit warns
@@ -60,8 +65,9 @@ def test_the_classifier_learns_the_digits_with_any_labels(digits):
 @pytest.mark.slow
 def test_the_transformer_feeds_a_pipeline_and_a_grid_search(digits):
     x, y, xt, yt = digits
-    pipe = Pipeline([("dbn", DBNTransformer(**{**SMALL, "pretrain_epochs": 10})),
-                     ("clf", LogisticRegression(max_iter=500))])
+    pipe = Pipeline(
+        [("dbn", DBNTransformer(**{**SMALL, "pretrain_epochs": 10})), ("clf", LogisticRegression(max_iter=500))]
+    )
     search = GridSearchCV(pipe, {"dbn__hidden": [[4, 4], [48, 32]]}, cv=2).fit(x, y)
     assert search.best_params_ == {"dbn__hidden": [48, 32]} and search.score(xt, yt) > 0.8
     f = DBNTransformer(**SMALL).fit(x).transform(xt)

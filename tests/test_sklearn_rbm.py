@@ -25,8 +25,9 @@ def digits():
 
 
 def test_scikit_learns_estimator_checks_pass():
-    results = check_estimator(BernoulliRBM(n_components=8, n_iter=5), expected_failed_checks=EXPECTED_FAILED_CHECKS,
-                              on_fail=None)
+    results = check_estimator(
+        BernoulliRBM(n_components=8, n_iter=5), expected_failed_checks=EXPECTED_FAILED_CHECKS, on_fail=None
+    )
     failed = [(r["check_name"], repr(r["exception"])[:300]) for r in results if r["status"] == "failed"]
     assert not failed
     assert sum(r["status"] == "passed" for r in results) >= 40
@@ -71,7 +72,7 @@ def test_partial_fit_from_scratch_learns(digits):
     rbm.partial_fit(x[:10])
     start = rbm.score_samples(x).mean()
     for i in range(0, 1790, 10):
-        rbm.partial_fit(x[i:i + 10])
+        rbm.partial_fit(x[i : i + 10])
     assert rbm.score_samples(x).mean() > start + 5
 
 
@@ -80,8 +81,9 @@ def test_it_works_in_pipelines_grid_search_and_clone(digits):
     x, y = digits
     best = {}
     for cls in (BernoulliRBM, SklearnRBM):
-        pipe = Pipeline([("rbm", cls(n_iter=5, random_state=0, learning_rate=0.06)),
-                         ("clf", LogisticRegression(max_iter=300))])
+        pipe = Pipeline(
+            [("rbm", cls(n_iter=5, random_state=0, learning_rate=0.06)), ("clf", LogisticRegression(max_iter=300))]
+        )
         search = GridSearchCV(pipe, {"rbm__n_components": [16, 64]}, cv=2).fit(x, y)
         best[cls] = (search.best_params_, search.best_score_)
     assert best[BernoulliRBM][0] == best[SklearnRBM][0] == {"rbm__n_components": 64}
@@ -90,8 +92,10 @@ def test_it_works_in_pipelines_grid_search_and_clone(digits):
     assert c.get_params()["method"] == "cd" and c.get_params()["k"] == 2 and not hasattr(c, "components_")
 
 
-@pytest.mark.parametrize("options", [{"method": "cd", "k": 2}, {"momentum": 0.5, "weight_decay": 1e-4},
-                                     {"visible": "gaussian", "learning_rate": 0.01}])
+@pytest.mark.parametrize(
+    "options",
+    [{"method": "cd", "k": 2}, {"momentum": 0.5, "weight_decay": 1e-4}, {"visible": "gaussian", "learning_rate": 0.01}],
+)
 def test_the_extra_parameters_train(digits, options):
     x, _ = digits
     if options.get("visible") == "gaussian":

@@ -5,11 +5,10 @@ from torch import nn
 
 from conftest import digits_splits
 from layerwise.config import FinetuneConfig, PretrainConfig
+from layerwise.stack import DeepBeliefNet
 from layerwise.training.finetune import evaluate, finetune
 from layerwise.training.pretrain import pretrain
-from layerwise.stack import DeepBeliefNet
 from layerwise.units import BernoulliRBM, DenoisingAutoencoder, GaussianBernoulliRBM
-
 
 
 @pytest.mark.parametrize("unit, visible", [("rbm", "bernoulli"), ("rbm", "gaussian"), ("autoencoder", "bernoulli")])
@@ -23,8 +22,19 @@ def test_to_classifier_matches_the_upward_pass(unit, visible):
     assert torch.allclose(features, dbn.transform(x), atol=1e-6)
     assert clf(x).shape == (15, 4)
     kinds = [type(m).__name__ for m in clf]
-    assert kinds == ["Dropout", "Linear", "Sigmoid", "Dropout", "Linear", "Sigmoid", "Dropout",
-                     "Linear", "Sigmoid", "Dropout", "Linear"]
+    assert kinds == [
+        "Dropout",
+        "Linear",
+        "Sigmoid",
+        "Dropout",
+        "Linear",
+        "Sigmoid",
+        "Dropout",
+        "Linear",
+        "Sigmoid",
+        "Dropout",
+        "Linear",
+    ]
 
 
 def test_layer_types():
@@ -52,7 +62,7 @@ def test_greedy_pretraining_trains_each_layer_on_the_mean_activations_below():
     torch.randperm(len(x), generator=gen), torch.randperm(len(x), generator=gen)
     h = dbn.layers[0].transform(x)
     top = ref.layers[1]
-    for epoch in range(2):
+    for _epoch in range(2):
         hs = h[torch.randperm(len(h), generator=gen)]
         for s in range(0, len(hs), 50):
             top.step(hs[s : s + 50], lr=0.05, momentum=0.5, weight_decay=cfg.weight_decay)
@@ -105,7 +115,9 @@ def test_every_layer_of_a_stack_learns(unit):
     (x, _), (xv, _), _ = digits_splits()
     dbn = DeepBeliefNet(64, [32, 16], unit=unit, seed=0)
     untrained = DeepBeliefNet(64, [32, 16], unit=unit, seed=0)
-    cfg = PretrainConfig(epochs=6, batch_size=20, learning_rate=0.05 if unit == "rbm" else 0.01, persistent=unit == "rbm")
+    cfg = PretrainConfig(
+        epochs=6, batch_size=20, learning_rate=0.05 if unit == "rbm" else 0.01, persistent=unit == "rbm"
+    )
     recs = pretrain(dbn, x, xv, cfg, seed=0)
     for layer in (0, 1):
         inputs = dbn.transform(xv, upto=layer)  # what this layer was trained on (held-out part)

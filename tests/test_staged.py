@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import make_patterns, run_layerwise, worker_env
-from layerwise.storage.artifacts import read_artifact
 from layerwise.cli import main
+from layerwise.storage.artifacts import read_artifact
 
 RECIPE = """
 seed = 2
@@ -78,7 +78,8 @@ def test_two_stages_are_recorded_and_a_wrong_width_stage_changes_nothing(folder,
     # a staged folder is not a train run: the error names the command that goes on with it
     assert main(["train", "--resume", "p", "--quiet"]) == 2
     assert "belongs to a 'stage' job, not to 'train': continue it with `layerwise pretrain --resume FOLDER`" in (
-        capsys.readouterr().err)
+        capsys.readouterr().err
+    )
 
 
 def test_staged_pretraining_continues_exactly(folder):
@@ -89,8 +90,17 @@ def test_staged_pretraining_continues_exactly(folder):
     assert main(["pretrain", "--resume", "a", "--data", "part2.npz", "--epochs", "4", "--quiet"]) == 0
     # 400 samples in batches of 10: 40 batches an epoch, a checkpoint every 5; the
     # process kills itself in the third epoch of stage 2's first layer
-    killed = run_layerwise("pretrain", "--resume", "b", "--data", "part2.npz", "--epochs", "4", "--quiet",
-                           env=worker_env(LAYERWISE_TEST_KILL="pretrain layer 1@3.17"))
+    killed = run_layerwise(
+        "pretrain",
+        "--resume",
+        "b",
+        "--data",
+        "part2.npz",
+        "--epochs",
+        "4",
+        "--quiet",
+        env=worker_env(LAYERWISE_TEST_KILL="pretrain layer 1@3.17"),
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (folder / "b/stage-2").exists()
     assert main(["pretrain", "--resume", "b", "--data", "part1.npz", "--quiet"]) == 2  # finish the stage first

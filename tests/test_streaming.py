@@ -16,11 +16,10 @@ import pytest
 import torch
 
 from conftest import make_patterns, read_metrics, weights, worker_env
-from layerwise.data import shards
-from layerwise.data import streams
 from layerwise.config import PretrainConfig
-from layerwise.training.pretrain import pretrain
+from layerwise.data import shards, streams
 from layerwise.stack import DeepBeliefNet
+from layerwise.training.pretrain import pretrain
 
 
 def _rows(n=1000, d=6, seed=0):
@@ -65,10 +64,16 @@ def test_the_fingerprints_match_the_in_memory_ones_and_name_each_shard(folder, t
     assert shards.scan(shards.open_source(d)).shards[0].fingerprint != src.shards[0].fingerprint
 
 
-@pytest.mark.parametrize("bad, message", [
-    (lambda x: x.__setitem__((150, 2), np.nan), "b.npy: array 'x' contains NaN (first at row 150, column 2)"),
-    (lambda x: x.__setitem__((7, 4), 3.0), "b.npy: array 'x' has values in [{lo:g}, 3] (first outside [0, 1] at row 7, column 4)"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda x: x.__setitem__((150, 2), np.nan), "b.npy: array 'x' contains NaN (first at row 150, column 2)"),
+        (
+            lambda x: x.__setitem__((7, 4), 3.0),
+            "b.npy: array 'x' has values in [{lo:g}, 3] (first outside [0, 1] at row 7, column 4)",
+        ),
+    ],
+)
 def test_a_bad_value_is_named_by_shard_and_row(tmp_path, bad, message):
     x = _rows(400)
     np.save(tmp_path / "a.npy", x[:200])
@@ -168,10 +173,14 @@ def test_streamed_pretraining_learns_and_writes_each_layers_activations_once(tmp
 
     monkeypatch.setattr(streams.ShardedData, "map", spy)
     data = streams.ShardedData(shards.scan(shards.open_source(d)))
-    records = pretrain(dbn, data, None, PretrainConfig(epochs=3, batch_size=20, learning_rate=0.1), scratch=tmp_path / "act")
+    records = pretrain(
+        dbn, data, None, PretrainConfig(epochs=3, batch_size=20, learning_rate=0.1), scratch=tmp_path / "act"
+    )
     # layers 2 and 3 trained on the shards of the layer below, written once each
-    assert made == [("train-layer-1", ["meta.json", "shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]),
-                    ("train-layer-2", ["meta.json", "shard-00000.npy", "shard-00001.npy", "shard-00002.npy"])]
+    assert made == [
+        ("train-layer-1", ["meta.json", "shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]),
+        ("train-layer-2", ["meta.json", "shard-00000.npy", "shard-00001.npy", "shard-00002.npy"]),
+    ]
     assert not any((tmp_path / "act").iterdir())  # removed once the next layer had its own
     for layer in range(3):
         ce = [r["recon_ce_train"] for r in records if r["layer"] == layer]
@@ -211,8 +220,13 @@ def _stream_files(tmp_path):
 
 
 def _train(tmp_path, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "layerwise", "train", *args, "--quiet"], cwd=tmp_path,
-                          env=env or worker_env(), capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "layerwise", "train", *args, "--quiet"],
+        cwd=tmp_path,
+        env=env or worker_env(),
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -237,8 +251,11 @@ def test_a_streamed_run_killed_and_resumed_is_bitwise_the_uninterrupted_one(tmp_
 def test_inputs_above_max_memory_are_streamed(tmp_path):
     x, y = make_patterns(n=400)
     np.savez(tmp_path / "train.npz", x=x, y=y)
-    (tmp_path / "r.toml").write_text(STREAM_RECIPE.replace('"train"', '"train.npz"').replace('test = "test.npz"\n', "")
-                                     .replace("epochs = 3", "epochs = 1"))
+    (tmp_path / "r.toml").write_text(
+        STREAM_RECIPE.replace('"train"', '"train.npz"')
+        .replace('test = "test.npz"\n', "")
+        .replace("epochs = 3", "epochs = 1")
+    )
     small = _train(tmp_path, "r.toml", "--name", "mem")
     big = _train(tmp_path, "r.toml", "--name", "disk", "--max-memory", "20k")  # 400 x 36 x 4 = 56 kB
     assert small.returncode == 0 and big.returncode == 0, small.stderr + big.stderr
@@ -259,14 +276,22 @@ def test_inputs_above_max_memory_are_streamed(tmp_path):
         assert main(["evaluate", str(tmp_path / "runs" / "mem" / "finetuned"), "--data", str(tmp_path / data)]) == 0
     for data in ("train.npz", "x.npy"):
         out = tmp_path / f"p-{data}.npz"
-        assert main(["predict", str(tmp_path / "runs" / "mem" / "finetuned"), str(tmp_path / data), "--out", str(out)]) == 0
+        assert (
+            main(["predict", str(tmp_path / "runs" / "mem" / "finetuned"), str(tmp_path / data), "--out", str(out)])
+            == 0
+        )
         outs.append(np.load(out)["probabilities"])
     assert np.allclose(outs[0], outs[1], atol=1e-6)
 
 
 def _pretrain(tmp_path, *args):
-    return subprocess.run([sys.executable, "-m", "layerwise", "pretrain", *args, "--quiet"], cwd=tmp_path,
-                          env=worker_env(), capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "layerwise", "pretrain", *args, "--quiet"],
+        cwd=tmp_path,
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -358,7 +383,7 @@ def test_blocks_are_of_nearly_equal_size(tmp_path, monkeypatch):
 
 def test_streamed_labels_and_rows_are_checked_with_file_positions(tmp_path):
     from layerwise.config import DataConfig
-    from layerwise.data.sources import load_splits
+    from layerwise.data.splits import load_splits
 
     x, y = make_patterns(n=1000)
     d = tmp_path / "sh"
@@ -387,7 +412,8 @@ def test_streamed_labels_and_rows_are_checked_with_file_positions(tmp_path):
 
 
 def test_a_loop_resumes_over_data_of_the_kind_its_order_was_drawn_for(tmp_path):
-    from layerwise.data.sources import Dataset, loop_data
+    from layerwise.data.sources import Dataset
+    from layerwise.data.splits import loop_data
 
     x, y = make_patterns(n=100)
     mem = Dataset(x, y, "m")
@@ -407,8 +433,14 @@ def test_train_on_validation_joins_streamed_and_in_memory_data(tmp_path):
     train = streams.ShardedData(shards.open_source(tmp_path / "a.npz"), labels=True)
     val = streams.TensorData(torch.from_numpy(x[200:]), torch.from_numpy(y[200:]))
     clf = DeepBeliefNet(36, [16], seed=0).to_classifier(3)
-    res = finetune(clf, train, None, val, None, FinetuneConfig(epochs=2, batch_size=20, learning_rate=0.5,
-                                                               train_on_validation=True))
+    res = finetune(
+        clf,
+        train,
+        None,
+        val,
+        None,
+        FinetuneConfig(epochs=2, batch_size=20, learning_rate=0.5, train_on_validation=True),
+    )
     assert res.epochs_run == 2
 
 
@@ -424,8 +456,9 @@ def test_a_later_stage_reads_only_the_new_shards(tmp_path, monkeypatch):
     cfg = from_dict({"model": {"hidden": [8]}, "pretrain": {"epochs": 1, "batch_size": 20}})
     scanned = []
     real = stages.scan
-    monkeypatch.setattr(stages, "scan", lambda src, **kw: (scanned.append([s.path.name for s in src.shards]),
-                                                           real(src, **kw))[1])
+    monkeypatch.setattr(
+        stages, "scan", lambda src, **kw: (scanned.append([s.path.name for s in src.shards]), real(src, **kw))[1]
+    )
     assert stages.pretrain_stage(tmp_path / "p", cfg=cfg, data=d).stage == 1
     assert scanned == [["p0.npy"], ["p1.npy"]]
     np.save(d / "p2.npy", x[400:])

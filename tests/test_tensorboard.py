@@ -23,16 +23,32 @@ def read_scalars(folder) -> dict[str, list[tuple[int, float]]]:
 @pytest.mark.slow
 def test_a_run_writes_what_its_metrics_log_says(tmp_path):
     write_patterns(tmp_path)
-    (tmp_path / "r.toml").write_text('[data]\nsource = "files"\ntrain = "train.npz"\ntest = "test.npz"\n'
-                                     '[model]\nhidden = [16, 8]\n[pretrain]\nepochs = 2\n[finetune]\nepochs = 3\n'
-                                     'patience = "none"\n')
+    (tmp_path / "r.toml").write_text(
+        '[data]\nsource = "files"\ntrain = "train.npz"\ntest = "test.npz"\n'
+        "[model]\nhidden = [16, 8]\n[pretrain]\nepochs = 2\n[finetune]\nepochs = 3\n"
+        'patience = "none"\n'
+    )
     board = tmp_path / "tb"
-    assert main(["train", str(tmp_path / "r.toml"), "--runs-dir", str(tmp_path / "runs"), "--quiet",
-                 "--tensorboard", str(board)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(tmp_path / "r.toml"),
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--quiet",
+                "--tensorboard",
+                str(board),
+            ]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()]
     scalars = read_scalars(board)
     for layer in (1, 2):
-        logged = [(r["epoch"], r["recon_ce_train"]) for r in records if r["phase"] == "pretrain" and r["layer"] == layer - 1]
+        logged = [
+            (r["epoch"], r["recon_ce_train"]) for r in records if r["phase"] == "pretrain" and r["layer"] == layer - 1
+        ]
         got = scalars[f"pretrain/layer{layer}/recon_ce_train"]
         assert [s for s, _ in got] == [e for e, _ in logged] == [1, 2]
         assert [v for _, v in got] == pytest.approx([v for _, v in logged], rel=1e-6)
@@ -55,8 +71,10 @@ def test_a_run_writes_what_its_metrics_log_says(tmp_path):
 def test_a_recipe_can_ask_for_it_and_a_bad_folder_is_an_error(tmp_path, capsys):
     write_patterns(tmp_path)
     (tmp_path / "file").write_text("")
-    (tmp_path / "r.toml").write_text('[data]\nsource = "files"\ntrain = "train.npz"\n[model]\nhidden = [8]\n'
-                                     '[pretrain]\nepochs = 1\n[finetune]\nepochs = 1\n[log]\n'
-                                     f'tensorboard = "{tmp_path / "file" / "tb"}"\n')
+    (tmp_path / "r.toml").write_text(
+        '[data]\nsource = "files"\ntrain = "train.npz"\n[model]\nhidden = [8]\n'
+        "[pretrain]\nepochs = 1\n[finetune]\nepochs = 1\n[log]\n"
+        f'tensorboard = "{tmp_path / "file" / "tb"}"\n'
+    )
     assert main(["train", str(tmp_path / "r.toml"), "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 2
     assert "cannot write or read" in capsys.readouterr().err and not (tmp_path / "runs" / "r").exists()

@@ -44,13 +44,42 @@ _PUBLIC = {
 }
 
 # subpackages and modules reachable as attributes (``lw.data.load_digits()``)
-_MODULES = {"advice", "api", "config", "data", "export", "jobs", "lab", "reporting", "runtime", "sklearn", "stack",
-            "storage", "training", "units", "use"}
+_MODULES = {
+    "advice",
+    "api",
+    "config",
+    "data",
+    "export",
+    "jobs",
+    "lab",
+    "reporting",
+    "runtime",
+    "sklearn",
+    "stack",
+    "storage",
+    "training",
+    "units",
+    "use",
+}
 
 __all__ = [
-    "__version__", "BernoulliRBM", "GaussianBernoulliRBM", "DenoisingAutoencoder", "Unit", "DeepBeliefNet",
-    "pretrain", "finetune", "evaluate", "load", "train", "resume", "Recipe", "Reporter", "LayerwiseError",
-    "DBNClassifier", "DBNTransformer",
+    "__version__",
+    "BernoulliRBM",
+    "GaussianBernoulliRBM",
+    "DenoisingAutoencoder",
+    "Unit",
+    "DeepBeliefNet",
+    "pretrain",
+    "finetune",
+    "evaluate",
+    "load",
+    "train",
+    "resume",
+    "Recipe",
+    "Reporter",
+    "LayerwiseError",
+    "DBNClassifier",
+    "DBNTransformer",
 ]
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors

@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 
 class LayerwiseError(Exception):
@@ -70,7 +73,7 @@ def check_str(owner: str, name: str, value) -> str:
     return value
 
 
-def check_choice(owner: str, name: str, value, choices) -> object:
+def check_choice(owner: str, name: str, value: _T, choices) -> _T:
     """Raise ValueError unless ``value`` is one of ``choices``."""
     if value not in choices:
         fail(owner, name, "one of " + ", ".join(map(repr, choices)), value)

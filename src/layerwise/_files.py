@@ -11,8 +11,10 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
+
 from layerwise._checks import InvalidInput
 
 
@@ -44,8 +46,9 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], *,
-                 keep_previous: str | os.PathLike | None = None) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[BinaryIO], object], *, keep_previous: str | os.PathLike | None = None
+) -> Path:
     """Replace ``path`` by what ``write(f)`` writes into a binary file object. With
     ``keep_previous``, the version being replaced stays there: at every moment ``path``
     holds the old version or the new one, and ``keep_previous`` the one before or the old."""

@@ -10,7 +10,7 @@ line does.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -30,15 +30,21 @@ from layerwise.training import finetune as finetune_mod
 from layerwise.training import pretrain as pretrain_mod
 
 Recipe = RunConfig  # a recipe: the typed config of a run, as a TOML file gives it
-ArrayLike = Union[torch.Tensor, np.ndarray]
-Data = Union[ArrayLike, tuple, Dataset]
+ArrayLike = torch.Tensor | np.ndarray
+Data = ArrayLike | tuple | Dataset
 
 
+@overload
+def _arrays(data: None, what: str, *, labels: bool) -> tuple[None, None]: ...
+@overload
+def _arrays(data: Data, what: str, *, labels: bool) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 def _arrays(data: Data | None, what: str, *, labels: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(x float32, y int64 or None) tensors from the forms ``data`` may take, validated
     (NaN, shapes, labels) with messages that name ``what``."""
     if data is None:
         return None, None
+    x: ArrayLike
+    y: ArrayLike | None
     if isinstance(data, Dataset):
         x, y = data.x, data.y
     elif isinstance(data, tuple):
@@ -59,8 +65,15 @@ def _settings(section: str, options: dict[str, Any]) -> Any:
     return getattr(config_mod.from_dict({section: dict(options)}), section)
 
 
-def pretrain(dbn: DeepBeliefNet, data: Data, *, validation: Data | None = None, seed: int = 0,
-             reporter: Reporter | None = None, **settings: Any) -> list[dict]:
+def pretrain(
+    dbn: DeepBeliefNet,
+    data: Data,
+    *,
+    validation: Data | None = None,
+    seed: int = 0,
+    reporter: Reporter | None = None,
+    **settings: Any,
+) -> list[dict]:
     """Pretrain every layer of ``dbn`` in turn, greedily, on unlabelled data.
 
     Parameters
@@ -87,12 +100,21 @@ def pretrain(dbn: DeepBeliefNet, data: Data, *, validation: Data | None = None, 
     cfg = _settings("pretrain", settings)
     x, _ = _arrays(data, "training data", labels=False)
     held, _ = _arrays(validation, "validation data", labels=False)
-    return pretrain_mod.pretrain(dbn, x.to(dbn.device), None if held is None else held.to(dbn.device), cfg,
-                                 seed=seed, reporter=reporter)
+    return pretrain_mod.pretrain(
+        dbn, x.to(dbn.device), None if held is None else held.to(dbn.device), cfg, seed=seed, reporter=reporter
+    )
 
 
-def finetune(model: nn.Module, data: Data, *, validation: Data | None = None, seed: int = 0,
-             reporter: Reporter | None = None, precision: str = "fp32", **settings: Any) -> nn.Module:
+def finetune(
+    model: nn.Module,
+    data: Data,
+    *,
+    validation: Data | None = None,
+    seed: int = 0,
+    reporter: Reporter | None = None,
+    precision: str = "fp32",
+    **settings: Any,
+) -> nn.Module:
     """Fine-tune a classifier by backpropagation (in place), and return it.
 
     Parameters
@@ -152,8 +174,9 @@ def _recipe(recipe: str | Path | dict | RunConfig) -> RunConfig:
     raise InvalidInput(f"a recipe is a path to a TOML file, a dict or a layerwise.Recipe; got {type(recipe).__name__}")
 
 
-def train(recipe: str | Path | dict | RunConfig, *, runs_dir: str | Path = "runs", workers: int = 1,
-          progress: bool = False) -> RunResult:
+def train(
+    recipe: str | Path | dict | RunConfig, *, runs_dir: str | Path = "runs", workers: int = 1, progress: bool = False
+) -> RunResult:
     """Run a whole recipe as ``layerwise train`` does: pretrain, save the pretrained net,
     fine-tune, save the fine-tuned net, evaluate, in a new folder under ``runs_dir``.
 

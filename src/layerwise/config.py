@@ -19,8 +19,19 @@ from pathlib import Path
 
 import tomli_w
 
-from layerwise._checks import (InvalidInput, check_bool, check_choice, check_device, check_int, check_range, check_str, describe, fail,
-                              parse_size)
+from layerwise._checks import (
+    InvalidInput,
+    check_bool,
+    check_choice,
+    check_device,
+    check_int,
+    check_range,
+    check_str,
+    describe,
+    fail,
+    parse_size,
+)
+from layerwise.recipe_rules import CHOICES, FILE_SOURCES, NONE_MEANS_OFF, limits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -142,63 +153,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-FILE_SOURCES = ("files", "npz", "idx", "csv", "images", "npy")  # sources read from data.train (and the rest)
-
-CHOICES = {
-    "data.source": ("mnist", "digits", "files", "npz", "idx", "csv", "images", "npy"),
-    "precision": ("fp32", "tf32", "bf16"),
-    "model.unit": ("rbm", "autoencoder"),
-    "model.visible": ("bernoulli", "gaussian"),
-    "finetune.optimizer": ("sgd", "adam"),
-    "finetune.lr_schedule": ("constant", "exponential", "cosine"),
-    "distributed.lr_correction": ("none", "sqrt", "linear"),
-    "distributed.outer_optimizer": ("none", "nesterov"),
-}
-
-# key -> interval "[low, high]"; "(" or ")" marks an open end, "inf" no upper bound
-_BOUNDS = {
-    "seed": "[0, 9223372036854775807]",  # torch generators take 64 bits; layer i is seeded seed + i
-    "threads": "[1, inf)",
-    "data.validation_fraction": "(0, 1)", "data.n_labels": "[2, inf)", "data.train_limit": "[1, inf)",
-    "model.init_std": "[0, inf)",
-    "pretrain.epochs": "[0, inf)", "pretrain.batch_size": "[1, inf)", "pretrain.learning_rate": "(0, inf)",
-    "pretrain.momentum": "[0, 1)", "pretrain.final_momentum": "[0, 1)",
-    "pretrain.momentum_switch_epoch": "[0, inf)", "pretrain.weight_decay": "[0, inf)",
-    "pretrain.cd_k": "[1, inf)", "pretrain.sparsity_target": "(0, 1)", "pretrain.sparsity_cost": "[0, inf)",
-    "pretrain.noise": "[0, 1)", "pretrain.monitor_samples": "[1, inf)",
-    "finetune.epochs": "[0, inf)", "finetune.batch_size": "[1, inf)", "finetune.learning_rate": "(0, inf)",
-    "finetune.momentum": "[0, 1)", "finetune.weight_decay": "[0, inf)", "finetune.lr_decay": "(0, 1]",
-    "distributed.averaging_frequency": "[1, inf)", "distributed.timeout_minutes": "(0, inf)",
-    "distributed.outer_lr": "(0, inf)", "distributed.outer_momentum": "[0, 1)",
-    "guard.lr_factor": "(0, 1)", "guard.max_rollbacks": "[0, inf)", "guard.max_growth": "(1, inf)",
-    "guard.rising_epochs": "[1, inf)", "guard.check_every": "[1, inf)",
-    "guard.max_dead": "(0, 1]", "guard.max_drift": "(0, inf)", "guard.drift_floor": "[0, inf)",
-    "checkpoint.every_epochs": "[1, inf)", "checkpoint.every_minutes": "(0, inf)",
-    "checkpoint.every_batches": "[1, inf)",
-    "finetune.dropout_input": "[0, 1)", "finetune.dropout_hidden": "[0, 1)", "finetune.patience": "[1, inf)",
-    "finetune.max_norm": "(0, inf)",
-}
-
-
 OWNER = "the recipe"  # config errors read "The 'pretrain.epochs' parameter of the recipe must be ..."
-# TOML has no null: "none" turns these off (and to_toml writes it for them)
-NONE_MEANS_OFF = ("finetune.patience", "finetune.max_norm", "checkpoint.every_epochs", "checkpoint.every_minutes", "checkpoint.every_batches")
-_BOUNDS["model.hidden"] = "[1, inf)"  # each hidden layer size
-
-
-def _limits(key: str) -> dict:
-    """The check_int / check_range bounds of a key from its interval "[low, high)"."""
-    interval = _BOUNDS.get(key.split("[")[0])
-    if interval is None:
-        return {}
-    num = lambda t: None if t == "inf" else (float(t) if "." in t or "e" in t else int(t))  # noqa: E731
-    lo, hi = (num(t) for t in interval[1:-1].split(", "))
-    out = {"low": lo, "high": hi}
-    if interval[0] == "(":
-        out["low_open"] = True
-    if interval[-1] == ")" and hi is not None:
-        out["high_open"] = True
-    return out
 
 
 def _coerce(key: str, value, tp):
@@ -219,11 +174,11 @@ def _coerce(key: str, value, tp):
     if tp is bool:
         return check_bool(OWNER, key, value)
     if tp is int:
-        limits = _limits(key)
-        assert not limits.get("low_open") and not limits.get("high_open"), key  # integer bounds are closed
-        return check_int(OWNER, key, value, low=limits.get("low"), high=limits.get("high"))
+        bounds = limits(key)
+        assert not bounds.get("low_open") and not bounds.get("high_open"), key  # integer bounds are closed
+        return check_int(OWNER, key, value, low=bounds.get("low"), high=bounds.get("high"))
     if tp is float:
-        return check_range(OWNER, key, value, **_limits(key))
+        return check_range(OWNER, key, value, **limits(key))
     if tp is str:
         check_str(OWNER, key, value)
         return check_choice(OWNER, key, value, CHOICES[key]) if key in CHOICES else value
@@ -266,8 +221,10 @@ RECORDED = {"distributed": ("workers", "effective_learning_rates")}
 
 def from_recorded(d: dict) -> RunConfig:
     """The RunConfig of a config that a run recorded in a manifest."""
-    d = {k: ({kk: vv for kk, vv in v.items() if kk not in RECORDED.get(k, ())} if isinstance(v, dict) else v)
-         for k, v in d.items()}
+    d = {
+        k: ({kk: vv for kk, vv in v.items() if kk not in RECORDED.get(k, ())} if isinstance(v, dict) else v)
+        for k, v in d.items()
+    }
     return from_dict(d)
 
 
@@ -286,19 +243,26 @@ def from_dict(d: dict) -> RunConfig:
             fail(OWNER, "data.max_memory", "a size such as '600M' or '2G'", cfg.data.max_memory)
     files = cfg.data.source in FILE_SOURCES
     if files and not cfg.data.train:
-        fail(OWNER, "data.train", f"the path of the training data when data.source = {cfg.data.source!r}",
-             cfg.data.train)
+        fail(
+            OWNER, "data.train", f"the path of the training data when data.source = {cfg.data.source!r}", cfg.data.train
+        )
     if not files:
         for key in ("train", "validation", "test"):
             if getattr(cfg.data, key):
-                raise InvalidInput(f"{describe(OWNER, 'data.' + key)} is only used with data.source = 'files'; "
-                                 f"data.source is {cfg.data.source!r}.")
+                raise InvalidInput(
+                    f"{describe(OWNER, 'data.' + key)} is only used with data.source = 'files'; "
+                    f"data.source is {cfg.data.source!r}."
+                )
     size = cfg.data.image_size
     if size is not None and (len(size) != 2 or min(size) < 1):
         fail(OWNER, "data.image_size", "[height, width], two whole numbers of at least 1", size)
     if cfg.model.top_labels and cfg.model.unit != "rbm":
-        fail(OWNER, "model.top_labels", "false for model.unit = 'autoencoder' (only an RBM learns the labels)",
-             cfg.model.top_labels)
+        fail(
+            OWNER,
+            "model.top_labels",
+            "false for model.unit = 'autoencoder' (only an RBM learns the labels)",
+            cfg.model.top_labels,
+        )
     if cfg.model.unit == "autoencoder" and cfg.model.visible != "bernoulli":
         fail(OWNER, "model.visible", "'bernoulli' for model.unit = 'autoencoder'", cfg.model.visible)
     return cfg
@@ -314,8 +278,9 @@ def load(path: str | Path, *, require_data: bool = True) -> RunConfig:
     try:
         d = tomllib.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise InvalidInput(f"recipe '{path}' is not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start}); "
-                         "save it as UTF-8") from None
+        raise InvalidInput(
+            f"recipe '{path}' is not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start}); save it as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise InvalidInput(f"recipe '{path}' is not valid TOML: {e}") from None
     try:
@@ -323,16 +288,24 @@ def load(path: str | Path, *, require_data: bool = True) -> RunConfig:
     except ValueError as e:
         raise InvalidInput(f"recipe '{path}': {e}") from None
     if require_data and "data" not in d:
-        raise InvalidInput(f"recipe '{path}' has no [data] section; say which data to train on, for example "
-                         '[data] source = "digits", or source = "npz" with train = "train.npz"')
+        raise InvalidInput(
+            f"recipe '{path}' has no [data] section; say which data to train on, for example "
+            '[data] source = "digits", or source = "npz" with train = "train.npz"'
+        )
     if cfg.name is None:
         cfg.name = path.stem
     if cfg.data.source in FILE_SOURCES:  # file paths in a recipe are relative to the recipe
         for key in ("train", "validation", "test"):
             value = getattr(cfg.data, key)
             if value:  # a pair ("x.npy,y.npy") names two files
-                setattr(cfg.data, key, ",".join(p.strip() if Path(p.strip()).is_absolute() else
-                                                str((path.parent / p.strip()).resolve()) for p in value.split(",")))
+                setattr(
+                    cfg.data,
+                    key,
+                    ",".join(
+                        p.strip() if Path(p.strip()).is_absolute() else str((path.parent / p.strip()).resolve())
+                        for p in value.split(",")
+                    ),
+                )
     return cfg
 
 
@@ -342,11 +315,16 @@ def to_toml(cfg: RunConfig) -> str:
     d, defaults = cfg.to_dict(), RunConfig().to_dict()
 
     def entries(values: dict, dflt: dict) -> dict:
-        return {k: "none" if v is None else v for k, v in values.items()
-                if not isinstance(v, dict) and (v is not None or dflt[k] is not None)}
+        return {
+            k: "none" if v is None else v
+            for k, v in values.items()
+            if not isinstance(v, dict) and (v is not None or dflt[k] is not None)
+        }
 
     out = entries(d, defaults)
-    out.update({section: entries(values, defaults[section]) for section, values in d.items() if isinstance(values, dict)})
+    out.update(
+        {section: entries(values, defaults[section]) for section, values in d.items() if isinstance(values, dict)}
+    )
     return tomli_w.dumps(out)
 
 
@@ -362,8 +340,9 @@ def suggest_layers(n_inputs: int) -> list[int]:
     return [first, second]
 
 
-def resolve_config(cfg: RunConfig, n_inputs: int, *, name: str | None = None,
-                   hidden: list[int] | None = None) -> RunConfig:
+def resolve_config(
+    cfg: RunConfig, n_inputs: int, *, name: str | None = None, hidden: list[int] | None = None
+) -> RunConfig:
     """A copy of ``cfg`` as a run records it: the hidden sizes given (a saved net's), else
     the recipe's, else the guide's rule for ``n_inputs``; and the run's name."""
     resolved = from_dict(cfg.to_dict())

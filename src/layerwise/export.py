@@ -15,12 +15,16 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
-from layerwise._files import atomic_write, check_out
 from layerwise._checks import InvalidInput, MissingExtra
+from layerwise._files import atomic_write, check_out
+
+if TYPE_CHECKING:
+    from layerwise.stack import DeepBeliefNet
 
 FORMATS = ("onnx", "torchscript")
 
@@ -45,6 +49,7 @@ def exportable(folder) -> tuple[nn.Module, dict, int]:
 
     model, manifest = load_model(folder)
     if manifest["kind"] == "pretrained":
+        model = cast("DeepBeliefNet", model)  # what a pretrained artifact holds
         return encoder(model.cpu()), manifest, model.n_visible
     model = model.cpu().eval()
     return model, manifest, manifest["architecture"]["sizes"][0]
@@ -72,7 +77,6 @@ def _onnx_bytes(net: nn.Module, example: torch.Tensor, manifest: dict) -> bytes:
     except ImportError as e:
         raise MissingExtra("ONNX export needs the export extra: pip install 'layerwise[export]'") from e
     import io
-
     import logging
 
     quiet = logging.getLogger("torch.onnx")
@@ -81,14 +85,25 @@ def _onnx_bytes(net: nn.Module, example: torch.Tensor, manifest: dict) -> bytes:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(net, (example,), input_names=["input"], output_names=["output"],
-                                        dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+            program = torch.onnx.export(
+                net,
+                (example,),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamo=True,
+                verbose=False,
+            )
     finally:
         quiet.setLevel(level)
-    model = program.model_proto
-    for key, value in (("layerwise.weights_sha256", manifest["weights_sha256"]), ("layerwise.kind", manifest["kind"]),
-                       ("layerwise.architecture", json.dumps(manifest["architecture"])),
-                       ("layerwise.layerwise_version", str(manifest.get("layerwise_version", "")))):
+    # dynamo=True: an ONNXProgram, never None (torch's annotation covers the legacy exporter too)
+    model = program.model_proto  # type: ignore[union-attr]
+    for key, value in (
+        ("layerwise.weights_sha256", manifest["weights_sha256"]),
+        ("layerwise.kind", manifest["kind"]),
+        ("layerwise.architecture", json.dumps(manifest["architecture"])),
+        ("layerwise.layerwise_version", str(manifest.get("layerwise_version", ""))),
+    ):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)

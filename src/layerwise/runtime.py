@@ -38,8 +38,12 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from layerwise._checks import InvalidInput, check_choice, check_device, check_int
+
+if TYPE_CHECKING:
+    import torch  # for the annotation: the functions below import torch where they use it
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -48,7 +52,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 @dataclass(frozen=True)
 class Runtime:
     threads: int
-    device: object  # torch.device
+    device: torch.device
     precision: str
     wait_policy: str  # "GOMP_SPINCOUNT=10000" or "OMP_WAIT_POLICY=PASSIVE", or the user's own
 
@@ -71,16 +75,22 @@ def resolve_device(spec: str = "auto"):
             return torch.device("cpu")
         return torch.device("cuda", local if local >= 0 else torch.cuda.current_device())
     if n == 0:
-        raise InvalidInput(f"device {spec!r}: this machine has no CUDA device that torch can use "
-                         f"(torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu or auto")
+        raise InvalidInput(
+            f"device {spec!r}: this machine has no CUDA device that torch can use "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu or auto"
+        )
     if ":" in spec and local_world > 1:
-        raise InvalidInput(f"device {spec!r} names one GPU, but {local_world} workers run on this machine, one GPU "
-                         "each (NCCL): use --device cuda (each worker takes the GPU of its LOCAL_RANK) or auto")
+        raise InvalidInput(
+            f"device {spec!r} names one GPU, but {local_world} workers run on this machine, one GPU "
+            "each (NCCL): use --device cuda (each worker takes the GPU of its LOCAL_RANK) or auto"
+        )
     index = int(spec.split(":")[1]) if ":" in spec else (local if local >= 0 else torch.cuda.current_device())
     if index >= n:
         what = f"LOCAL_RANK {local} of a distributed run" if ":" not in spec else f"device {spec!r}"
-        raise InvalidInput(f"{what} needs GPU {index}, but this machine has {n} (cuda:0 to cuda:{n - 1}); "
-                         "start fewer workers per machine, or use --device cpu")
+        raise InvalidInput(
+            f"{what} needs GPU {index}, but this machine has {n} (cuda:0 to cuda:{n - 1}); "
+            "start fewer workers per machine, or use --device cpu"
+        )
     return torch.device("cuda", index)
 
 
@@ -105,6 +115,7 @@ SPIN_COUNT = "10000"
 def busy_cores(seconds: float = 0.1) -> float | None:
     """Cores that other processes kept busy over ``seconds`` (this one sleeps meanwhile),
     from /proc/stat; None where there is no /proc/stat."""
+
     def sample():  # jiffies since boot: all, and idle + iowait
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:]]
@@ -135,8 +146,14 @@ def set_wait_policy() -> str:
     return "OMP_WAIT_POLICY=PASSIVE"
 
 
-def apply(threads: int | None = None, recipe_threads: int | None = None, *, local_workers: int | None = None,
-          device: str = "auto", precision: str = "fp32") -> Runtime:
+def apply(
+    threads: int | None = None,
+    recipe_threads: int | None = None,
+    *,
+    local_workers: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+) -> Runtime:
     """Apply the process policy (see the module docstring) and return what holds now."""
     check_choice("the runtime policy", "precision", precision, PRECISIONS)
     n = resolve_threads(threads, recipe_threads, local_workers=local_workers)
@@ -150,12 +167,18 @@ def apply(threads: int | None = None, recipe_threads: int | None = None, *, loca
         # TensorFloat-32 matrix products only when asked: fp32 is the default everywhere
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     elif precision == "tf32":
-        warnings.warn("precision 'tf32' applies to CUDA matrix products only; on the CPU they run in fp32",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            "precision 'tf32' applies to CUDA matrix products only; on the CPU they run in fp32",
+            UserWarning,
+            stacklevel=2,
+        )
     elif precision == "bf16" and dev.type == "cpu" and not cpu_has_bf16():
-        warnings.warn("precision 'bf16': this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so its bf16 "
-                      "products are emulated and slower than fp32; precision = \"fp32\" is faster here",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            "precision 'bf16': this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), so its bf16 "
+            'products are emulated and slower than fp32; precision = "fp32" is faster here',
+            UserWarning,
+            stacklevel=2,
+        )
     return Runtime(n, dev, precision, policy)
 
 

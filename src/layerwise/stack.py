@@ -7,11 +7,14 @@ it (Hinton, Osindero & Teh 2006; Bengio et al. 2007 for autoencoders).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
 from layerwise._checks import check_choice, check_int, check_range, fail
 from layerwise.units import BernoulliRBM, DenoisingAutoencoder, GaussianBernoulliRBM
+from layerwise.units.base import UnitBase
 
 UNITS = ("rbm", "autoencoder")
 VISIBLE = ("bernoulli", "gaussian")
@@ -61,7 +64,7 @@ class DeepBeliefNet(nn.Module):
         self.visible = visible
         self.top_labels = top_labels  # label units joined to the top RBM's visible layer (0: none)
         sizes = [n_visible] + self.hidden
-        layers = []
+        layers: list[BernoulliRBM | GaussianBernoulliRBM | DenoisingAutoencoder] = []
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             if i == len(sizes) - 2:
                 n_in += top_labels
@@ -72,7 +75,10 @@ class DeepBeliefNet(nn.Module):
             else:
                 # upper layers see hidden probabilities in [0, 1]: binary visibles
                 layers.append(BernoulliRBM(n_in, n_out, seed=seed + i, init_std=rbm_std))
-        self.layers = nn.ModuleList(layer.set_precision(precision) for layer in layers)
+        # an nn.ModuleList, whose stubs type every item as nn.Module: these are the units
+        self.layers: Sequence[BernoulliRBM | GaussianBernoulliRBM | DenoisingAutoencoder] = nn.ModuleList(  # type: ignore[assignment]
+            layer.set_precision(precision) for layer in layers
+        )
         if device is not None:
             # drawn on the CPU, then moved: the same start on every device
             self.to(device)
@@ -98,9 +104,15 @@ class DeepBeliefNet(nn.Module):
         }
 
     @classmethod
-    def from_architecture(cls, arch: dict, device=None) -> "DeepBeliefNet":
-        return cls(arch["n_visible"], list(arch["hidden"]), unit=arch["unit"], visible=arch["visible"], device=device,
-                   top_labels=int(arch.get("top_labels", 0)))
+    def from_architecture(cls, arch: dict, device=None) -> DeepBeliefNet:
+        return cls(
+            arch["n_visible"],
+            list(arch["hidden"]),
+            unit=arch["unit"],
+            visible=arch["visible"],
+            device=device,
+            top_labels=int(arch.get("top_labels", 0)),
+        )
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """The learned parameters only (no momentum, chains or statistics): what a
@@ -148,8 +160,12 @@ class DeepBeliefNet(nn.Module):
         Dropout modules appear only where the rate is above 0. On the net's device."""
         check_int("DeepBeliefNet.to_classifier", "n_labels", n_labels, low=1)
         return build_classifier(
-            self.sizes, n_labels, dropout_input=dropout_input, dropout_hidden=dropout_hidden,
-            layers=list(self.layers), seed=seed,
+            self.sizes,
+            n_labels,
+            dropout_input=dropout_input,
+            dropout_hidden=dropout_hidden,
+            layers=list(self.layers),
+            seed=seed,
         ).to(self.device)
 
 
@@ -159,7 +175,7 @@ def build_classifier(
     *,
     dropout_input: float = 0.0,
     dropout_hidden: float = 0.0,
-    layers: list[nn.Module] | None = None,
+    layers: Sequence[UnitBase] | None = None,
     seed: int = 0,
 ) -> nn.Sequential:
     """The classifier shape shared by ``to_classifier`` and by loading a fine-tuned net.

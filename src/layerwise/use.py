@@ -74,11 +74,15 @@ def sample(dbn, n: int, *, steps: int = 1000, seed: int = 0, label: int | None =
     check_int("sample", "steps", steps, low=1)
     top = dbn.layers[-1]
     if not hasattr(top, "mean_visibles"):
-        raise InvalidInput("sampling needs a stack of RBMs; this net's units are autoencoders, which define no "
-                         "distribution to sample from")
+        raise InvalidInput(
+            "sampling needs a stack of RBMs; this net's units are autoencoders, which define no "
+            "distribution to sample from"
+        )
     if label is not None and not dbn.top_labels:
-        raise InvalidInput("--label needs a top RBM trained with the labels joined to its visible layer "
-                         "([model] top_labels = true); this net's top RBM has none")
+        raise InvalidInput(
+            "--label needs a top RBM trained with the labels joined to its visible layer "
+            "([model] top_labels = true); this net's top RBM has none"
+        )
     if label is not None and not 0 <= label < dbn.top_labels:
         raise InvalidInput(f"--label {label}: the top RBM knows labels 0 to {dbn.top_labels - 1}")
     below = dbn.sizes[-2]
@@ -90,8 +94,13 @@ def sample(dbn, n: int, *, steps: int = 1000, seed: int = 0, label: int | None =
         for _ in range(steps):
             v = top.sample_visibles(top.mean_visibles(h))
             if dbn.top_labels:  # the label units: clamped, or free (a softmax group, as one-hot)
-                free = None if clamp is not None else torch.multinomial(
-                    torch.softmax(top.visible_logits(h)[:, below:], 1), 1, generator=g).squeeze(1)
+                free = (
+                    None
+                    if clamp is not None
+                    else torch.multinomial(torch.softmax(top.visible_logits(h)[:, below:], 1), 1, generator=g).squeeze(
+                        1
+                    )
+                )
                 v = dbn.with_labels(v[:, :below], clamp if clamp is not None else free)
             h = top.sample_hiddens(top.mean_hiddens(v))
         v = top.mean_visibles(h)[:, :below]
@@ -125,8 +134,11 @@ def write_pictures(folder, dbn, x: torch.Tensor | None, *, samples: int = 32, st
     if x is not None and len(x):
         x = x[:16].to(dbn.device)
         r = reconstruct_batch(dbn, x)
-        plots.image_rows([("test images", x.cpu().numpy()), ("reconstructions", r.cpu().numpy())], side,
-                         folder / "reconstructions.png")
+        plots.image_rows(
+            [("test images", x.cpu().numpy()), ("reconstructions", r.cpu().numpy())],
+            side,
+            folder / "reconstructions.png",
+        )
         written.append("reconstructions.png")
     if dbn.unit == "rbm":
         v = sample(dbn, samples, steps=steps).cpu().numpy()

@@ -7,7 +7,6 @@ from conftest import digits_pixels
 from layerwise.units import DenoisingAutoencoder
 
 
-
 def test_step_is_sgd_with_momentum_on_autograd_gradient():
     dae = DenoisingAutoencoder(10, 4, seed=0, dtype=torch.float64)
     twin = copy.deepcopy(dae)
@@ -44,7 +43,7 @@ def test_reconstruction_falls_on_digits_and_input_untouched():
     before = x.clone()
     dae = DenoisingAutoencoder(64, 32, seed=0)
     start = float(dae.reconstruction_cross_entropy(x).detach())
-    for epoch in range(10):
+    for _epoch in range(10):
         for s in range(0, len(x), 20):
             dae.step(x[s : s + 20], lr=0.01, momentum=0.9, noise=0.2)
     end = float(dae.reconstruction_cross_entropy(x))

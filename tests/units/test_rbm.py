@@ -13,8 +13,9 @@ def update_from_samples(rbm, v_pos, v_neg, *, lr, momentum=0.0, weight_decay=0.0
     """The CD update of ``rbm.step`` for given positive and negative visible samples: its
     own ``_apply_update``, fed the hidden means of both."""
     with torch.no_grad():
-        rbm._apply_update(v_pos, rbm.mean_hiddens(v_pos), v_neg, rbm.mean_hiddens(v_neg),
-                          lr, momentum, weight_decay, None, 0.0)
+        rbm._apply_update(
+            v_pos, rbm.mean_hiddens(v_pos), v_neg, rbm.mean_hiddens(v_neg), lr, momentum, weight_decay, None, 0.0
+        )
 
 
 def _all_binary(n, dtype=torch.float64):
@@ -205,7 +206,6 @@ def test_same_seed_same_result_and_generator_is_private():
     assert torch.equal(a.weight, b.weight)
 
 
-
 @pytest.mark.parametrize("persistent", [False, True])
 def test_reconstruction_cross_entropy_falls_on_digits(persistent):
     x = digits_pixels()
@@ -215,7 +215,13 @@ def test_reconstruction_cross_entropy_falls_on_digits(persistent):
     for epoch in range(10):
         order = torch.randperm(len(x), generator=gen)
         for s in range(0, len(x), 20):
-            rbm.step(x[order[s : s + 20]], lr=0.05, momentum=0.5 if epoch < 5 else 0.9, weight_decay=2e-4, persistent=persistent)
+            rbm.step(
+                x[order[s : s + 20]],
+                lr=0.05,
+                momentum=0.5 if epoch < 5 else 0.9,
+                weight_decay=2e-4,
+                persistent=persistent,
+            )
     end = float(rbm.reconstruction_cross_entropy(x))
     assert end < 0.7 * start, f"reconstruction cross-entropy {start:.2f} -> {end:.2f}"
     # 64 pixels at the start cost about 64 * log 2 nats; a trained RBM reconstructs far better
@@ -249,9 +255,15 @@ def test_gaussian_rbm_learns_standardized_data():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"n_visible": 0, "n_hidden": 3}, "The 'n_visible' parameter of BernoulliRBM must be an int in the range [1, inf). Got 0 instead."),
+        (
+            {"n_visible": 0, "n_hidden": 3},
+            "The 'n_visible' parameter of BernoulliRBM must be an int in the range [1, inf). Got 0 instead.",
+        ),
         ({"n_visible": 4, "n_hidden": 2.5}, "The 'n_hidden' parameter of BernoulliRBM must be an int"),
-        ({"n_visible": 4, "n_hidden": 3, "init_std": -1.0}, "The 'init_std' parameter of BernoulliRBM must be a float in the range [0.0, inf)"),
+        (
+            {"n_visible": 4, "n_hidden": 3, "init_std": -1.0},
+            "The 'init_std' parameter of BernoulliRBM must be a float in the range [0.0, inf)",
+        ),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):

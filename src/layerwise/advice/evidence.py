@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import ModuleType
+
 from layerwise._checks import InvalidInput
 
 PACKAGED = Path(__file__).parent.parent / "lab" / "findings.json"
@@ -18,11 +20,18 @@ PACKAGED = Path(__file__).parent.parent / "lab" / "findings.json"
 # the advisor's rules (suggest's hyperparameter names and check's rule names) and the
 # experiment of the lab that measured each
 RULES = {
-    "learning_rate": "averaging", "lr-with-workers": "averaging", "lr_by_correction": "rounds",
-    "hidden": "widths", "hidden-not-smaller": "widths", "hidden-below-quarter": "bottleneck",
-    "too-many-layers": "depth", "single-hidden-layer": "depth",
-    "batch_size": "batch", "batch-size": "batch",
-    "pretrain_epochs": "passes", "few-pretrain-epochs": "passes",
+    "learning_rate": "averaging",
+    "lr-with-workers": "averaging",
+    "lr_by_correction": "rounds",
+    "hidden": "widths",
+    "hidden-not-smaller": "widths",
+    "hidden-below-quarter": "bottleneck",
+    "too-many-layers": "depth",
+    "single-hidden-layer": "depth",
+    "batch_size": "batch",
+    "batch-size": "batch",
+    "pretrain_epochs": "passes",
+    "few-pretrain-epochs": "passes",
 }
 FIELDS = ("title", "anchor", "verdict", "why", "recommend")
 
@@ -65,17 +74,41 @@ def measured(rule: str, findings: dict | None) -> str | None:
     if exp is None or exp["verdict"] == "holds":
         return None
     where = f"{findings.get('page', 'TRICKS.md')}#{exp['anchor']}"
-    return (f"Measured on {findings.get('data', 'the data')} ({where}): the guide's rule {exp['verdict']}. "
-            f"{exp['why']} layerwise recommends: {exp['recommend']}")
+    return (
+        f"Measured on {findings.get('data', 'the data')} ({where}): the guide's rule {exp['verdict']}. "
+        f"{exp['why']} layerwise recommends: {exp['recommend']}"
+    )
 
 
-def write(path: Path, experiments: list[tuple[object, dict]], *, data: str, budget: str, commit: str, date: str,
-          page: str = "TRICKS.md") -> Path:
+def write(
+    path: Path,
+    experiments: list[tuple[ModuleType, dict]],
+    *,
+    data: str,
+    budget: str,
+    commit: str,
+    date: str,
+    page: str = "TRICKS.md",
+) -> Path:
     """Write a lab's findings: ``experiments`` are (module, verdict) pairs."""
     from layerwise._files import atomic_write
 
-    doc = {"data": data, "budget": budget, "commit": commit, "date": date, "page": page,
-           "experiments": {m.NAME: {"title": m.TITLE, "anchor": anchor(m.TITLE), "verdict": v["verdict"],
-                                    "why": v["why"], "recommend": v["recommend"]} for m, v in experiments}}
+    doc = {
+        "data": data,
+        "budget": budget,
+        "commit": commit,
+        "date": date,
+        "page": page,
+        "experiments": {
+            m.NAME: {
+                "title": m.TITLE,
+                "anchor": anchor(m.TITLE),
+                "verdict": v["verdict"],
+                "why": v["why"],
+                "recommend": v["recommend"],
+            }
+            for m, v in experiments
+        },
+    }
     atomic_write(Path(path), lambda f: f.write(json.dumps(doc, indent=1).encode()))
     return Path(path)

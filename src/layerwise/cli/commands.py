@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from layerwise._checks import InvalidInput
 
 
 def _say(line: str) -> None:
@@ -36,8 +35,8 @@ def _progress(args) -> tuple:
 
 def cmd_train(args) -> int:
     from layerwise import config, jobs, runtime
-    from layerwise.training.distributed import run_worker, under_torchrun
     from layerwise.storage.runs import read_config
+    from layerwise.training.distributed import run_worker, under_torchrun
 
     echo, bars = _progress(args)
     if args.resume:
@@ -47,11 +46,18 @@ def cmd_train(args) -> int:
             return _err("--max-memory applies to a new run; a resumed run reads its data as it started")
         saved = read_config(args.resume)
         runtime.apply(args.threads, saved.threads, device=args.device or saved.device, precision=saved.precision)
-        result = jobs.resume(args.resume, workers=args.workers, allow_resize=args.allow_resize,
-                             max_restarts=args.max_restarts, threads=args.threads, device=args.device, progress=bars,
-                             echo=echo, control=args.control)
-        if echo is None or result.workers == 1:  # a group's rank 0 printed its own summary through echo
-            _print_result(result)
+        result = jobs.resume(
+            args.resume,
+            workers=args.workers,
+            allow_resize=args.allow_resize,
+            max_restarts=args.max_restarts,
+            threads=args.threads,
+            device=args.device,
+            progress=bars,
+            echo=echo,
+            control=args.control,
+        )
+        _print_result(result)
         return 0
     if not args.recipe:
         return _err("train needs a RECIPE (or --resume RUN_FOLDER)")
@@ -60,22 +66,24 @@ def cmd_train(args) -> int:
         cfg.name = config.check_name(args.name)
     _flags_into(cfg, args)  # recorded in the run's config.toml
     if under_torchrun():  # one worker of a distributed run (torchrun, or --workers)
-        rt = runtime.apply(args.threads, cfg.threads, local_workers=runtime.local_workers(), device=cfg.device,
-                           precision=cfg.precision)
-        run_dir = Path(args.recipe).parent if args.in_run_folder else None  # the folder --workers claimed
-        run_worker(lambda: jobs.worker_main(cfg, args.runs_dir, echo=echo, run_dir=run_dir, device=args.device,
-                                             control=args.control),
-                   timeout_minutes=cfg.distributed.timeout_minutes, on_result=_print_result, device=rt.device)
+        rt = runtime.apply(
+            args.threads, cfg.threads, local_workers=runtime.local_workers(), device=cfg.device, precision=cfg.precision
+        )
+        run_worker(
+            lambda: jobs.worker_main(cfg, args.runs_dir, echo=echo, device=args.device, control=args.control),
+            timeout_minutes=cfg.distributed.timeout_minutes,
+            on_result=_print_result,
+            device=rt.device,
+        )
     workers = args.workers or 1
     if not _advise_or_stop(cfg, args.strict, args.quiet, workers=workers):
         return 2
     if cfg.log.tensorboard:  # a folder that cannot be made stops the run before its folder exists
         Path(cfg.log.tensorboard).mkdir(parents=True, exist_ok=True)
     if workers > 1:
-        result = jobs.train_workers(cfg, workers, runs_dir=args.runs_dir, max_restarts=args.max_restarts, echo=echo,
-                                     control=args.control)
-        if echo is not None:
-            return 0  # rank 0's own summary came through echo
+        result = jobs.train_workers(
+            cfg, workers, runs_dir=args.runs_dir, max_restarts=args.max_restarts, echo=echo, control=args.control
+        )
     else:
         runtime.apply(args.threads, cfg.threads, device=cfg.device, precision=cfg.precision)
         result = jobs.train(cfg, runs_dir=args.runs_dir, progress=bars, echo=echo, control=args.control)
@@ -125,8 +133,7 @@ def _advise_or_stop(cfg, strict: bool, quiet: bool, workers: int = 1) -> bool:
 
 
 def _skipped_note(why: str) -> str:
-    return (f"note: the data was not inspected, so the rules on data (input range, labels, widths) were skipped: "
-            f"{why}")
+    return f"note: the data was not inspected, so the rules on data (input range, labels, widths) were skipped: {why}"
 
 
 def cmd_check(args) -> int:
@@ -138,8 +145,17 @@ def cmd_check(args) -> int:
     cfg = config.load(args.recipe)
     findings, skipped = recipe_findings(cfg, workers=args.workers, evidence=_evidence(args))
     if args.format == "json":
-        print(json.dumps({"recipe": args.recipe, "data_inspected": skipped is None, "data_not_inspected": skipped,
-                          "findings": [f.to_dict() for f in findings]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "recipe": args.recipe,
+                    "data_inspected": skipped is None,
+                    "data_not_inspected": skipped,
+                    "findings": [f.to_dict() for f in findings],
+                },
+                indent=2,
+            )
+        )
     else:
         print(format_findings(findings))
         if skipped:
@@ -159,15 +175,27 @@ def cmd_probe_lr(args) -> int:
     trial = {"grid": grid, "subset": args.subset, "epochs": args.epochs}
     _flags_into(cfg, args)
     if under_torchrun():  # one worker of `probe-lr --workers N`
-        rt = runtime.apply(args.threads, cfg.threads, local_workers=runtime.local_workers(), device=cfg.device,
-                           precision=cfg.precision)
-        run_worker(lambda: jobs.probe(cfg, **trial, echo=echo, in_group=True),
-                   timeout_minutes=cfg.distributed.timeout_minutes, on_result=lambda res: _print_probe(res, args),
-                   device=rt.device)
+        rt = runtime.apply(
+            args.threads, cfg.threads, local_workers=runtime.local_workers(), device=cfg.device, precision=cfg.precision
+        )
+        run_worker(
+            lambda: jobs.probe(cfg, **trial, echo=echo, in_group=True),
+            timeout_minutes=cfg.distributed.timeout_minutes,
+            on_result=lambda res: _print_probe(res, args),
+            device=rt.device,
+        )
     if args.workers > 1:
-        jobs.probe_workers(args.recipe, args.workers, low=args.low, high=args.high, points=args.points,
-                           subset=args.subset, epochs=args.epochs, out=args.out, threads=args.threads,
-                           quiet=args.quiet, echo=_say, device=args.device, control=args.control)
+        res = jobs.probe_workers(
+            args.recipe,
+            args.workers,
+            **trial,
+            threads=args.threads,
+            quiet=args.quiet,
+            echo=_say,
+            device=args.device,
+            control=args.control,
+        )
+        _print_probe(res, args)
         return 0
     runtime.apply(args.threads, cfg.threads, device=cfg.device, precision=cfg.precision)
     _print_probe(jobs.probe(cfg, **trial, echo=echo), args)
@@ -178,8 +206,10 @@ def _print_probe(res: dict, args) -> None:
     from layerwise.training.probe import write_results
 
     if res["workers"] > 1:
-        print(f"{res['workers']} workers, averaging every {res['averaging_frequency']} batches "
-              "(the rates are the workers' own: no lr_correction applied)")
+        print(
+            f"{res['workers']} workers, averaging every {res['averaging_frequency']} batches "
+            "(the rates are the workers' own: no lr_correction applied)"
+        )
     for phase in ("pretrain", "finetune"):
         r = res[phase]
         if r.get("error"):
@@ -218,72 +248,6 @@ def cmd_advise(args) -> int:
     return 0
 
 
-def _classifier(path):
-    """(the finetuned net, its manifest, the config it was trained with)."""
-    from layerwise import config
-    from layerwise.storage.artifacts import load_model
-
-    model, manifest = load_model(path)
-    if manifest["kind"] != "finetuned":
-        raise InvalidInput(f"'{path}' holds a {manifest['kind']} net; evaluate and predict need a finetuned one")
-    try:
-        cfg = config.from_recorded(manifest["config"])
-    except (ValueError, TypeError, AttributeError) as e:
-        raise InvalidInput(f"'{path}/manifest.json' is corrupt: its config does not read ({e})") from None
-    return model, manifest, cfg
-
-
-def cmd_evaluate(args) -> int:
-    from layerwise import runtime
-    from layerwise.data.sources import check, load_splits, loop_data, open_data
-    from layerwise.training.finetune import evaluate
-
-    rt = runtime.apply(args.threads, device=args.device)
-    model, manifest, cfg = _classifier(args.model)
-    model.to(rt.device)
-    arch = manifest["architecture"]
-    if args.data:  # a .npz, or a .npy / folder of shards streamed from disk
-        ds = open_data(args.data, require_labels=True)
-    else:
-        ds = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=print).test
-        if ds is None:
-            return _err(f"the config of '{args.model}' names no test data; pass --data FILE.npz")
-    ds = check(ds, visible=cfg.model.visible, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
-    loss, acc = evaluate(model, loop_data(ds))
-    print(f"data: {ds.name} ({len(ds)} samples)")
-    print(f"loss: {loss:.4f}")
-    print(f"test accuracy: {100 * acc:.2f}%")
-    return 0
-
-
-def cmd_predict(args) -> int:
-    import numpy as np
-
-    from layerwise import runtime
-    from layerwise._files import atomic_write, check_out
-    from layerwise.data.sources import Dataset, check, loop_data, open_data
-    from layerwise.training.finetune import predict_proba
-
-    rt = runtime.apply(args.threads, device=args.device)
-    out = check_out(args.out, args.force) if args.out else None
-    model, manifest, cfg = _classifier(args.model)
-    model.to(rt.device)
-    arch = manifest["architecture"]
-    ds = check(open_data(args.data), visible=cfg.model.visible, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
-    proba = predict_proba(model, loop_data(ds, labels=False)).numpy()
-    labels = proba.argmax(1)
-    if args.out:
-        atomic_write(out, lambda f: np.savez(f, labels=labels, probabilities=proba))
-        print(f"wrote labels and probabilities of {len(labels)} samples to {args.out}")
-    else:
-        print("index,label,probability")
-        for i, (lab, p) in enumerate(zip(labels, proba.max(1))):
-            print(f"{i},{lab},{p:.4f}")
-    if isinstance(ds, Dataset) and ds.y is not None:
-        print(f"accuracy against the file's labels: {100 * float((labels == ds.y).mean()):.2f}%", file=sys.stderr)
-    return 0
-
-
 def cmd_pretrain(args) -> int:
     from layerwise import config, jobs, runtime
     from layerwise.storage.runs import read_config
@@ -294,8 +258,16 @@ def cmd_pretrain(args) -> int:
             return _err("--resume takes the pretraining folder alone (plus --data/--epochs)")
         saved = read_config(args.resume, "staged pretraining folder")
         runtime.apply(args.threads, saved.threads, device=args.device or saved.device, precision=saved.precision)
-        res = jobs.pretrain_stage(args.resume, data=args.data, epochs=args.epochs, device=args.device,
-                                  max_memory=args.max_memory, progress=bars, echo=echo, control=args.control)
+        res = jobs.pretrain_stage(
+            args.resume,
+            data=args.data,
+            epochs=args.epochs,
+            device=args.device,
+            max_memory=args.max_memory,
+            progress=bars,
+            echo=echo,
+            control=args.control,
+        )
         if res is None:
             print(f"nothing new to pretrain on: every shard of '{args.data}' was fed to an earlier stage")
             return 0
@@ -305,8 +277,10 @@ def cmd_pretrain(args) -> int:
         cfg = config.load(args.recipe, require_data=False)  # its data comes with --data
         _flags_into(cfg, args)
         runtime.apply(args.threads, cfg.threads, device=cfg.device, precision=cfg.precision)
-        res = jobs.pretrain_stage(args.out, cfg=cfg, data=args.data, epochs=args.epochs, progress=bars, echo=echo,
-                                  control=args.control)
+        res = jobs.pretrain_stage(
+            args.out, cfg=cfg, data=args.data, epochs=args.epochs, progress=bars, echo=echo, control=args.control
+        )
+    assert res is not None  # a first stage always trains
     print(f"stage {res.stage}: {res.seconds:.1f} s, {len(res.manifest['stages'])} stage(s) recorded")
     print(f"pretrained net: {res.artifact}")
     return 0
@@ -327,23 +301,6 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-def cmd_models(args) -> int:
-    from layerwise.storage.catalog import find_artifacts, table
-
-    if not Path(args.dir).is_dir():
-        return _err(f"'{args.dir}' is not a folder")
-    rows = find_artifacts(args.dir)
-    if args.format == "json":
-        import json
-
-        print(json.dumps(rows, indent=2))
-    elif not rows:
-        print(f"no layerwise models under '{args.dir}'")
-    else:
-        print(table(rows))
-    return 0
-
-
 def cmd_data_fetch(args) -> int:
     from layerwise.data.sources import fetch_mnist
 
@@ -361,10 +318,18 @@ def cmd_lab(args) -> int:
     if bool(args.data) != bool(args.test):
         return _err("--data needs --test (and --test needs --data): the lab measures accuracy on held-out test data")
     runtime.apply(args.threads, device="cpu")
-    command = "layerwise lab " + " ".join([*args.experiments, "--budget", args.budget]
-                                          + (["--data", args.data, "--test", args.test] if args.data else []))
-    page = run_lab(args.experiments, budget=args.budget, data=args.data, test=args.test, out=args.out,
-                   say=None if args.quiet else _say, command=command)
+    command = "layerwise lab " + " ".join(
+        [*args.experiments, "--budget", args.budget] + (["--data", args.data, "--test", args.test] if args.data else [])
+    )
+    page = run_lab(
+        args.experiments,
+        budget=args.budget,
+        data=args.data,
+        test=args.test,
+        out=args.out,
+        say=None if args.quiet else _say,
+        command=command,
+    )
     print(f"the page: {page}")
     if args.publish:
         from layerwise.lab import publish

@@ -1,10 +1,12 @@
-"""Commands that use a saved net: export it, encode data with it, reconstruct through
-it, sample from it."""
+"""Commands that use a saved net: evaluate it, predict with it, list the saved nets,
+export it, encode data with it, reconstruct through it, sample from it."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+from layerwise._checks import InvalidInput
 from layerwise._files import check_out
 from layerwise.cli.commands import _err
 
@@ -29,7 +31,8 @@ def _model(folder, device: str, threads: int | None = None):
 def _inputs(path, n_inputs: int, visible: str, device):
     """The data of ``path`` checked against the net, as chunks (x, y) on ``device``; and
     whether the file has labels."""
-    from layerwise.data.sources import Dataset, check, loop_data, open_data
+    from layerwise.data.sources import Dataset, check, open_data
+    from layerwise.data.splits import loop_data
 
     ds = check(open_data(path), visible=visible, n_inputs=n_inputs)
     has_labels = ds.y is not None if isinstance(ds, Dataset) else ds.has_labels
@@ -78,10 +81,14 @@ def cmd_reconstruct(args) -> int:
         check_out(args.out, args.force)
     model, manifest, device = _model(args.model, args.device, args.threads)
     if manifest["kind"] != "pretrained":
-        return _err(f"'{args.model}' holds a {manifest['kind']} net; reconstruct needs a pretrained one "
-                    "(runs/NAME/pretrained): a classifier has no way down")
+        return _err(
+            f"'{args.model}' holds a {manifest['kind']} net; reconstruct needs a pretrained one "
+            "(runs/NAME/pretrained): a classifier has no way down"
+        )
     data, _ = _inputs(args.data, model.n_visible, model.visible, device)
-    xs, outs, sq = [], [], 0.0
+    xs: list = []
+    outs: list = []
+    sq = 0.0
     with torch.no_grad():
         for xb, _ in data.chunks(10000):
             r = reconstruct_batch(model, xb.to(device))
@@ -91,8 +98,10 @@ def cmd_reconstruct(args) -> int:
             sq += float(((xb.to(device) - r) ** 2).sum())
     recon = np.concatenate(outs)
     save_npz(args.out, x=recon)
-    print(f"wrote reconstructions of {len(recon)} samples to {args.out} (mean squared error "
-          f"{sq / recon.size:.4g} per input)")
+    print(
+        f"wrote reconstructions of {len(recon)} samples to {args.out} (mean squared error "
+        f"{sq / recon.size:.4g} per input)"
+    )
     if args.png:
         side = image_side(model.n_visible)
         if side is None:
@@ -169,7 +178,8 @@ def _recorded_test_inputs(manifest):
     """The first test inputs of the data a net was trained on, where they can be read
     without a download; None otherwise."""
     from layerwise import config
-    from layerwise.data.sources import MNIST_NPZ, cache_dir, load_splits
+    from layerwise.data.sources import MNIST_NPZ, cache_dir
+    from layerwise.data.splits import load_splits
 
     try:
         cfg = config.from_recorded(manifest["config"])
@@ -179,3 +189,89 @@ def _recorded_test_inputs(manifest):
     except (ValueError, OSError, KeyError, TypeError, ImportError):
         return None
     return None if test is None else test.head(16)[0]
+
+
+def _classifier(path):
+    """(the finetuned net, its manifest, the config it was trained with)."""
+    from layerwise import config
+    from layerwise.storage.artifacts import load_model
+
+    model, manifest = load_model(path)
+    if manifest["kind"] != "finetuned":
+        raise InvalidInput(f"'{path}' holds a {manifest['kind']} net; evaluate and predict need a finetuned one")
+    try:
+        cfg = config.from_recorded(manifest["config"])
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InvalidInput(f"'{path}/manifest.json' is corrupt: its config does not read ({e})") from None
+    return model, manifest, cfg
+
+
+def cmd_evaluate(args) -> int:
+    from layerwise import runtime
+    from layerwise.data.sources import check, open_data
+    from layerwise.data.splits import load_splits, loop_data
+    from layerwise.training.finetune import evaluate
+
+    rt = runtime.apply(args.threads, device=args.device)
+    model, manifest, cfg = _classifier(args.model)
+    model.to(rt.device)
+    arch = manifest["architecture"]
+    if args.data:  # a .npz, or a .npy / folder of shards streamed from disk
+        ds = open_data(args.data, require_labels=True)
+    else:
+        test = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=print).test
+        if test is None:
+            return _err(f"the config of '{args.model}' names no test data; pass --data FILE.npz")
+        ds = test
+    ds = check(ds, visible=cfg.model.visible, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
+    loss, acc = evaluate(model, loop_data(ds))
+    print(f"data: {ds.name} ({len(ds)} samples)")
+    print(f"loss: {loss:.4f}")
+    print(f"test accuracy: {100 * acc:.2f}%")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from layerwise import runtime
+    from layerwise._files import atomic_write, check_out
+    from layerwise.data.sources import Dataset, check, open_data
+    from layerwise.data.splits import loop_data
+    from layerwise.training.finetune import predict_proba
+
+    rt = runtime.apply(args.threads, device=args.device)
+    out = check_out(args.out, args.force) if args.out else None
+    model, manifest, cfg = _classifier(args.model)
+    model.to(rt.device)
+    arch = manifest["architecture"]
+    ds = check(open_data(args.data), visible=cfg.model.visible, n_inputs=arch["sizes"][0], n_labels=arch["n_labels"])
+    proba = predict_proba(model, loop_data(ds, labels=False)).numpy()
+    labels = proba.argmax(1)
+    if out is not None:
+        atomic_write(out, lambda f: np.savez(f, labels=labels, probabilities=proba))
+        print(f"wrote labels and probabilities of {len(labels)} samples to {args.out}")
+    else:
+        print("index,label,probability")
+        for i, (lab, p) in enumerate(zip(labels, proba.max(1))):
+            print(f"{i},{lab},{p:.4f}")
+    if isinstance(ds, Dataset) and ds.y is not None:
+        print(f"accuracy against the file's labels: {100 * float((labels == ds.y).mean()):.2f}%", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from layerwise.storage.catalog import find_artifacts, table
+
+    if not Path(args.dir).is_dir():
+        return _err(f"'{args.dir}' is not a folder")
+    rows = find_artifacts(args.dir)
+    if args.format == "json":
+        import json
+
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no layerwise models under '{args.dir}'")
+    else:
+        print(table(rows))
+    return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
 from layerwise._checks import InvalidInput
 
 

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from layerwise._checks import InvalidInput, MissingExtra
 
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -40,23 +41,29 @@ def read_idx_array(path) -> np.ndarray:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
-            raise InvalidInput(f"IDX file '{path}': the gzip stream is broken ({e}); the file is truncated or "
-                             "corrupt") from None
+            raise InvalidInput(
+                f"IDX file '{path}': the gzip stream is broken ({e}); the file is truncated or corrupt"
+            ) from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
-        raise InvalidInput(f"'{path}' is not an IDX file: its first bytes are {raw[:4].hex() or 'missing'}, not "
-                         "00 00 <type> <dimensions>")
+        raise InvalidInput(
+            f"'{path}' is not an IDX file: its first bytes are {raw[:4].hex() or 'missing'}, not "
+            "00 00 <type> <dimensions>"
+        )
     ndim = raw[3]
     head = 4 + 4 * ndim
     if ndim == 0 or len(raw) < head:
-        raise InvalidInput(f"IDX file '{path}': the header promises {ndim} dimensions but the file ends at byte "
-                         f"{len(raw)}")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+        raise InvalidInput(
+            f"IDX file '{path}': the header promises {ndim} dimensions but the file ends at byte {len(raw)}"
+        )
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     dtype = np.dtype(IDX_TYPES[raw[2]])
     want = head + int(np.prod(dims)) * dtype.itemsize
     if len(raw) != want:
         what = "truncated" if len(raw) < want else "longer than its header says"
-        raise InvalidInput(f"IDX file '{path}' is {what}: dimensions {' x '.join(map(str, dims))} of {dtype.name} "
-                         f"need {want} bytes, the file has {len(raw)}")
+        raise InvalidInput(
+            f"IDX file '{path}' is {what}: dimensions {' x '.join(map(str, dims))} of {dtype.name} "
+            f"need {want} bytes, the file has {len(raw)}"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=head).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -77,8 +84,9 @@ def load_idx(images, labels=None) -> tuple:
     if labels is not None:
         y = read_idx_array(labels)
         if y.ndim != 1 or len(y) != len(x):
-            raise InvalidInput(f"IDX labels '{labels}' hold shape {y.shape}; the images '{images}' need "
-                             f"{len(x)} labels, one per image")
+            raise InvalidInput(
+                f"IDX labels '{labels}' hold shape {y.shape}; the images '{images}' need {len(x)} labels, one per image"
+            )
         y = y.astype(np.int64)
     return x, y, str(images)
 
@@ -111,15 +119,18 @@ def load_csv(path, label_column: str | int | None = "label") -> tuple:
             try:
                 data[i, j] = float(cell)
             except ValueError:
-                raise InvalidInput(f"CSV file '{path}', line {i + first}, column {j + 1}: {cell.strip()!r} is not a "
-                                 "number") from None
+                raise InvalidInput(
+                    f"CSV file '{path}', line {i + first}, column {j + 1}: {cell.strip()!r} is not a number"
+                ) from None
     if col is None:
         return data.astype(np.float32), None, str(path)
     y = data[:, col]
     bad = np.flatnonzero((y != np.round(y)) | (y < 0))
     if len(bad):
-        raise InvalidInput(f"CSV file '{path}', line {bad[0] + first}, column {col + 1}: label {y[bad[0]]:g} is not a "
-                         "whole number >= 0")
+        raise InvalidInput(
+            f"CSV file '{path}', line {bad[0] + first}, column {col + 1}: label {y[bad[0]]:g} is not a "
+            "whole number >= 0"
+        )
     x = np.delete(data, col, axis=1).astype(np.float32)
     return x, y.astype(np.int64), str(path)
 
@@ -143,13 +154,17 @@ def _label_index(path, header, width: int, label_column) -> int | None:
     if header is None:
         if label_column == "label":  # the default, and no header: unlabelled inputs
             return None
-        raise InvalidInput(f"CSV file '{path}' has no header row, so the label column {label_column!r} cannot be "
-                         "found by name; give its index")
+        raise InvalidInput(
+            f"CSV file '{path}' has no header row, so the label column {label_column!r} cannot be "
+            "found by name; give its index"
+        )
     if label_column not in header:
         if label_column == "label":
             return None
-        raise InvalidInput(f"CSV file '{path}' has no column {label_column!r} (columns: {', '.join(header[:8])}"
-                         f"{', ...' if len(header) > 8 else ''})")
+        raise InvalidInput(
+            f"CSV file '{path}' has no column {label_column!r} (columns: {', '.join(header[:8])}"
+            f"{', ...' if len(header) > 8 else ''})"
+        )
     return header.index(label_column)
 
 
@@ -181,13 +196,16 @@ def load_images(folder, size: tuple[int, int] | None = None) -> tuple:
             except (UnidentifiedImageError, OSError) as e:
                 raise InvalidInput(f"image '{p}' cannot be read ({e})") from None
             if size is not None:
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
+                # Pillow sets its module-level filter constants with setattr; its typing names Image.Resampling
+                img = img.resize((size[1], size[0]), Image.BILINEAR)  # type: ignore[attr-defined]
             arr = np.asarray(img, dtype=np.float32) / 255.0
             if shape is None:
                 shape, first = arr.shape, p
             elif arr.shape != shape:
-                raise InvalidInput(f"image '{p}' is {_dims(arr.shape)}, but '{first}' is {_dims(shape)}; declare one "
-                                 "size to resize every image to (data.image_size = [height, width])")
+                raise InvalidInput(
+                    f"image '{p}' is {_dims(arr.shape)}, but '{first}' is {_dims(shape)}; declare one "
+                    "size to resize every image to (data.image_size = [height, width])"
+                )
             xs.append(arr.reshape(-1))
             ys.append(label)
     return np.stack(xs), np.asarray(ys, dtype=np.int64), str(folder)
@@ -217,8 +235,9 @@ def load_npy_pair(x_path, y_path) -> tuple:
             raise InvalidInput(f"data file '{p}' is not a readable .npy file ({e})") from None
     x, y = arrays
     if y.ndim != 1 or len(y) != len(x):
-        raise InvalidInput(f"labels '{y_path}' hold shape {y.shape}; the inputs '{x_path}' need {len(x)} labels, "
-                         "one per row")
+        raise InvalidInput(
+            f"labels '{y_path}' hold shape {y.shape}; the inputs '{x_path}' need {len(x)} labels, one per row"
+        )
     return x, y, f"{x_path},{y_path}"
 
 

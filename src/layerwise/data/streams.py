@@ -26,16 +26,47 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
 
 from layerwise import _devices
-from layerwise.data import shards as sh
 from layerwise._checks import InvalidInput
+from layerwise.data import shards as sh
 
 CHUNK = 10000  # rows per forward pass when mapping a layer over data in memory
+
+Batch = tuple[torch.Tensor, torch.Tensor | None]  # inputs, and labels (None: without labels)
+_D = TypeVar("_D", bound="LoopData")
+
+
+class LoopData(Protocol):
+    """What ``training.loop.run_loop`` (and greedy pretraining over its layers) needs of
+    its data: ``TensorData`` and ``ShardedData`` both provide it. ``map`` and ``concat``
+    give data of the same kind."""
+
+    def __len__(self) -> int: ...
+
+    def share(self, world: int) -> int: ...
+
+    def epoch_order(self, generator: torch.Generator, rank: int, world: int) -> torch.Tensor: ...
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, start: int, rank: int = 0, world: int = 1
+    ) -> Iterator[Batch]: ...
+
+    def head(self, n: int) -> torch.Tensor: ...
+
+    def chunks(self, chunk: int = CHUNK) -> Iterator[Batch]: ...
+
+    def map(self: _D, fn: Callable[[torch.Tensor], torch.Tensor], folder: Path | None = None, key: str = "") -> _D: ...
+
+    def concat(self: _D, other: _D) -> _D: ...
+
+    def discard(self) -> None: ...
 
 
 class TensorData:
@@ -61,7 +92,9 @@ class TensorData:
         # disjoint shards, reshuffled every epoch, of equal length so rounds line up
         return order[rank::world][: self.share(world)] if world > 1 else order
 
-    def batches(self, order: torch.Tensor, batch_size: int, start: int, rank: int = 0, world: int = 1):
+    def batches(
+        self, order: torch.Tensor, batch_size: int, start: int, rank: int = 0, world: int = 1
+    ) -> Iterator[Batch]:
         order = order.to(self.x.device)
         # one gather per batch: an epoch-wide gather (188 MB for MNIST) took 86-346 ms here,
         # mostly page faults on its fresh memory; a batch's rows cost 20 ms an epoch in all
@@ -72,15 +105,15 @@ class TensorData:
     def head(self, n: int) -> torch.Tensor:
         return self.x[:n]
 
-    def chunks(self, chunk: int = CHUNK):
+    def chunks(self, chunk: int = CHUNK) -> Iterator[Batch]:
         for s in range(0, len(self), chunk):
             yield self.x[s : s + chunk], None if self.y is None else self.y[s : s + chunk]
 
     @torch.no_grad()
-    def map(self, fn, folder: Path | None = None, key: str = "") -> "TensorData":
+    def map(self, fn, folder: Path | None = None, key: str = "") -> TensorData:
         return TensorData(torch.cat([fn(x) for x, _ in self.chunks()]), self.y)
 
-    def concat(self, other: "TensorData") -> "TensorData":
+    def concat(self, other: TensorData) -> TensorData:
         y = None if self.y is None or other.y is None else torch.cat([self.y, other.y])
         return TensorData(torch.cat([self.x, other.x]), y)
 
@@ -123,7 +156,8 @@ class ShardedData:
         """Rows [a, b) of shard i on the CPU: float32 inputs, int64 labels (or None)."""
         s = self.source.shards[i]
         x = torch.from_numpy(s.x.read(a, b).astype(np.float32, copy=False))
-        return x, torch.from_numpy(s.y.read(a, b).astype(np.int64)) if labels else None
+        # labels: self.labels, which only a source whose every shard has labels gives
+        return x, torch.from_numpy(s.y.read(a, b).astype(np.int64)) if labels else None  # type: ignore[union-attr]
 
     def _block(self, j: int, order: torch.Tensor, rank: int, world: int):
         i, a, b = self.blocks[j]
@@ -135,7 +169,9 @@ class ShardedData:
         x, y = x.index_select(0, perm), None if y is None else y.index_select(0, perm)
         return x.to(self.device), None if y is None else y.to(self.device)
 
-    def batches(self, order: torch.Tensor, batch_size: int, start: int, rank: int = 0, world: int = 1):
+    def batches(
+        self, order: torch.Tensor, batch_size: int, start: int, rank: int = 0, world: int = 1
+    ) -> Iterator[Batch]:
         """Batches of ``batch_size`` rows (every one full but the epoch's last) from batch
         ``start`` on; the blocks before it are not read."""
         skip = start * batch_size
@@ -151,7 +187,8 @@ class ShardedData:
             if carry_x is not None:  # the rows left over from the blocks before: the next batch starts with them
                 need = batch_size - len(carry_x)
                 carry_x = torch.cat([carry_x, x[:need]])
-                carry_y = None if y is None else torch.cat([carry_y, y[:need]])
+                # every block has labels or none has: with y, carry_y holds the carried rows' labels
+                carry_y = None if y is None else torch.cat([carry_y, y[:need]])  # type: ignore[list-item]
                 x, y = x[need:], None if y is None else y[need:]
                 if len(carry_x) < batch_size:  # a block smaller than the batch: keep gathering
                     continue
@@ -168,14 +205,14 @@ class ShardedData:
     def head(self, n: int) -> torch.Tensor:
         return torch.from_numpy(self.source.read(0, min(n, len(self)))).to(self.device)
 
-    def chunks(self, chunk: int = CHUNK):
+    def chunks(self, chunk: int = CHUNK) -> Iterator[Batch]:
         """The rows in order, block by block, on the device."""
         for i, a, b in self.blocks:
             x, y = self._read(i, a, b, self.labels)
             yield x.to(self.device), None if y is None else y.to(self.device)
 
     @torch.no_grad()
-    def map(self, fn, folder: Path | None = None, key: str = "") -> "ShardedData":
+    def map(self, fn, folder: Path | None = None, key: str = "") -> ShardedData:
         """``fn`` over every row, written as float32 .npy shards (one per input shard) in
         ``folder``; a folder already made for the same ``key`` (the source and the
         layers below) is read back, not made again."""
@@ -204,9 +241,12 @@ class ShardedData:
         tmp.rename(folder)
         return ShardedData(_opened(folder, len(self.source.shards)), self.device, folder=folder)
 
-    def concat(self, other: "ShardedData") -> "ShardedData":
-        both = sh.ShardSet(f"{self.source.name}+{other.source.name}", self.source.shards + other.source.shards,
-                           self.source.scanned and other.source.scanned)
+    def concat(self, other: ShardedData) -> ShardedData:
+        both = sh.ShardSet(
+            f"{self.source.name}+{other.source.name}",
+            self.source.shards + other.source.shards,
+            self.source.scanned and other.source.scanned,
+        )
         return ShardedData(both, self.device, labels=self.labels and other.labels)
 
     def discard(self) -> None:

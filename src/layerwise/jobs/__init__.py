@@ -15,5 +15,16 @@ from layerwise.jobs.training import train, train_in
 from layerwise.jobs.workers import probe, probe_workers, resume, train_workers, worker_main
 from layerwise.storage.runs import RunResult
 
-__all__ = ["RunResult", "StageResult", "finetune_pretrained", "pretrain_stage", "probe", "probe_workers",
-           "resume", "train", "train_in", "train_workers", "worker_main"]
+__all__ = [
+    "RunResult",
+    "StageResult",
+    "finetune_pretrained",
+    "pretrain_stage",
+    "probe",
+    "probe_workers",
+    "resume",
+    "train",
+    "train_in",
+    "train_workers",
+    "worker_main",
+]

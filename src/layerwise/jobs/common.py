@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layerwise.storage import checkpointing
-from layerwise.config import RunConfig
 from layerwise._devices import restore
-from layerwise.data.sources import Splits, loop_data
+from layerwise.config import RunConfig
+from layerwise.data.sources import Splits
+from layerwise.data.splits import loop_data
+from layerwise.stack import DeepBeliefNet
+from layerwise.storage import checkpointing
 from layerwise.training.distributed import take_local_state
 from layerwise.training.finetune import FinetuneState, evaluate
 from layerwise.training.pretrain import PretrainProgress
-from layerwise.stack import DeepBeliefNet
 
 # checkpoint paths whose tensors differ between the workers of a group even right after
 # an averaging round (see distributed.gather_local_state)
@@ -34,21 +35,27 @@ def silent(_line: str) -> None:
 def checkpoint_policy(cfg: RunConfig) -> dict:
     """The Checkpointer's keyword arguments from a recipe's [checkpoint]."""
     cc = cfg.checkpoint
-    return {"every_epochs": cc.every_epochs, "every_batches": cc.every_batches,
-            "every_seconds": None if cc.every_minutes is None else 60 * cc.every_minutes}
+    return {
+        "every_epochs": cc.every_epochs,
+        "every_batches": cc.every_batches,
+        "every_seconds": None if cc.every_minutes is None else 60 * cc.every_minutes,
+    }
 
 
 def pretraining_state(dbn: DeepBeliefNet, generator: torch.Generator, progress: PretrainProgress) -> dict:
     """Everything greedy pretraining needs to go on exactly: every parameter and buffer
     of every unit (momentum, PCD chains, sparsity statistics), every generator, and the
     progress (layer, loop position and data order, the guard of the layer in progress)."""
-    return {"dbn": dbn.state_dict(),
-            "generators": {"units": [layer.generator.get_state() for layer in dbn.layers], "loop": generator.get_state()},
-            "progress": progress.state_dict()}
+    return {
+        "dbn": dbn.state_dict(),
+        "generators": {"units": [layer.generator.get_state() for layer in dbn.layers], "loop": generator.get_state()},
+        "progress": progress.state_dict(),
+    }
 
 
-def load_pretraining_state(state: dict, dbn: DeepBeliefNet, generator: torch.Generator,
-                           progress: PretrainProgress) -> bool:
+def load_pretraining_state(
+    state: dict, dbn: DeepBeliefNet, generator: torch.Generator, progress: PretrainProgress
+) -> bool:
     """Restore the state; True when every generator took its saved state (False: the
     checkpoint came from another kind of device, and the generators were seeded from it)."""
     dbn.load_state_dict(state["dbn"])
@@ -73,9 +80,12 @@ def remove_scratch(folder: Path) -> None:
 def other_device(saved: str, now: torch.device, folder) -> None:
     """Warn when a checkpoint resumes on another device than the one that wrote it."""
     if torch.device(saved).type != now.type:
-        warnings.warn(f"'{folder}' was checkpointed on {saved} and resumes on {now}: the run goes on, but its result "
-                      "will not be bitwise equal to an uninterrupted run (bitwise resume holds from CPU to CPU)",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            f"'{folder}' was checkpointed on {saved} and resumes on {now}: the run goes on, but its result "
+            "will not be bitwise equal to an uninterrupted run (bitwise resume holds from CPU to CPU)",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def pretrain_local_keys(dbn: DeepBeliefNet, layer: int) -> set[str]:
@@ -94,8 +104,9 @@ def finetuning_state(clf: torch.nn.Module, optimizer: torch.optim.Optimizer, fst
     return {"model": clf.state_dict(), "optimizer": optimizer.state_dict(), "finetune": fstate.state_dict()}
 
 
-def load_finetuning_state(state: dict, clf: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                          fstate: FinetuneState) -> None:
+def load_finetuning_state(
+    state: dict, clf: torch.nn.Module, optimizer: torch.optim.Optimizer, fstate: FinetuneState
+) -> None:
     clf.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     fstate.load_state_dict(state["finetune"])
@@ -111,23 +122,33 @@ def read_checkpoint(folder: Path) -> dict | None:
     is none)."""
     if not checkpointing.exists(folder / "checkpoint"):
         return None
-    return checkpointing.load_state(folder / "checkpoint", "train",
-                                    take=lambda tensors, meta: take_local_state(tensors, meta.get("world", 1)))
+    return checkpointing.load_state(
+        folder / "checkpoint", "train", take=lambda tensors, meta: take_local_state(tensors, meta.get("world", 1))
+    )
 
 
 def pretrain_metrics(records: list[dict]) -> dict:
     """A pretrained manifest's metrics: each layer's last reconstruction cross-entropy
     and free-energy gap (where measured), and the guard's rollbacks."""
-    last = {f"layer{r['layer']}_{k}": v for r in records if r["phase"] == "pretrain"
-            for k, v in r.items() if k.startswith(("recon", "free"))}
+    last = {
+        f"layer{r['layer']}_{k}": v
+        for r in records
+        if r["phase"] == "pretrain"
+        for k, v in r.items()
+        if k.startswith(("recon", "free"))
+    }
     last["guard_events"] = [r for r in records if r["phase"] == "guard"]
     return last
 
 
 def final_metrics(clf, result, ft, seconds: float, splits: Splits) -> tuple[dict, float | None, float | None]:
     """The finetuned manifest's metrics: validation (unless it was trained on) and test."""
-    metrics = {"seconds": round(seconds, 2), "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-               "guard_events": [r for r in result.records if r["phase"] == "guard"]}
+    metrics = {
+        "seconds": round(seconds, 2),
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "guard_events": [r for r in result.records if r["phase"] == "guard"],
+    }
     val_acc = test_acc = None
     if ft.train_on_validation:
         metrics["validation"] = "joined the training data (train_on_validation)"
@@ -158,6 +179,8 @@ def write_plots(folder: Path, metrics_path: Path, dbn: DeepBeliefNet, say, test=
 
 class Stopwatch:
     """Seconds per phase, carried over from a checkpoint and counted on."""
+
+    _phase: str | None  # the phase being timed (None between phases)
 
     def __init__(self, seconds: dict | None = None):
         self.seconds = dict(seconds or {"pretrain": 0.0, "finetune": 0.0})

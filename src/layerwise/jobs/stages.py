@@ -15,22 +15,28 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from layerwise._checks import InvalidInput, parse_size
+from layerwise._devices import device_generator
+from layerwise.config import RunConfig, resolve_config
+from layerwise.data.budget import check_fits
+from layerwise.data.shards import StreamedDataset, scan
+from layerwise.data.sources import open_data, validate
+from layerwise.data.splits import loop_data
+from layerwise.jobs.common import (
+    checkpoint_policy,
+    load_pretraining_state,
+    other_device,
+    pretrain_metrics,
+    pretraining_state,
+    remove_scratch,
+)
+from layerwise.runtime import resolve_device
+from layerwise.stack import DeepBeliefNet
 from layerwise.storage import checkpointing
 from layerwise.storage.artifacts import read_artifact, write_artifact
-from layerwise.config import RunConfig, resolve_config
-from layerwise._devices import device_generator
-from layerwise.data.sources import loop_data, open_data, validate
-from layerwise.jobs.common import (
-    checkpoint_policy, load_pretraining_state, other_device, pretrain_metrics, pretraining_state, remove_scratch,
-)
+from layerwise.storage.runs import METRICS, continue_log, read_config, run_lock, write_config
 from layerwise.training.loop import Checkpointer, LoopControl, LoopPosition
 from layerwise.training.pretrain import PretrainProgress, pretrain
-from layerwise.data.budget import check_fits
-from layerwise.storage.runs import METRICS, continue_log, read_config, run_lock, write_config
-from layerwise.runtime import resolve_device
-from layerwise._checks import InvalidInput, parse_size
-from layerwise.data.shards import StreamedDataset, scan
-from layerwise.stack import DeepBeliefNet
 
 
 @dataclass
@@ -42,9 +48,18 @@ class StageResult:
     seconds: float
 
 
-def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: str | Path | None = None,
-                   epochs: int | None = None, device: str | None = None, max_memory: str | None = None,
-                   progress: bool = False, echo=None, control: LoopControl | None = None) -> StageResult | None:
+def pretrain_stage(
+    out_dir: str | Path,
+    *,
+    cfg: RunConfig | None = None,
+    data: str | Path | None = None,
+    epochs: int | None = None,
+    device: str | None = None,
+    max_memory: str | None = None,
+    progress: bool = False,
+    echo=None,
+    control: LoopControl | None = None,
+) -> StageResult | None:
     """One stage of staged pretraining.
 
     With ``cfg`` (a recipe), start ``out_dir`` and run stage 1 on ``data``. Without it,
@@ -71,26 +86,44 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
         # bad data is refused before the folder exists
         first = _stage_data(data, cfg.model.visible, None, _bytes(max_memory or cfg.data.max_memory))
         n = first[0].n_features
-        check_fits([n, *resolve_config(cfg, n).model.hidden], 0, _rows_held(first[0]))
+        hidden = resolve_config(cfg, n).model.hidden
+        assert hidden is not None  # resolve_config sets it
+        check_fits([n, *hidden], 0, _rows_held(first[0]))
         out_dir.mkdir(parents=True, exist_ok=True)
         write_config(out_dir, cfg)
     cfg = read_config(out_dir, "staged pretraining folder")
     cfg.device = device or cfg.device
     with run_lock(out_dir):
-        ckpt = checkpointing.load_state(out_dir / "checkpoint", "stage") if checkpointing.exists(out_dir / "checkpoint") else None
+        ckpt = (
+            checkpointing.load_state(out_dir / "checkpoint", "stage")
+            if checkpointing.exists(out_dir / "checkpoint")
+            else None
+        )
         new = ckpt is None or ckpt["stage_done"]
         found = _stage_and_data(out_dir, cfg, ckpt, data, epochs, first, _bytes(max_memory or cfg.data.max_memory))
         if found is None:
             return None
         stage, ds = found
         if cfg.model.top_labels:
-            raise InvalidInput("[model] top_labels: staged pretraining trains on unlabelled data, and a top RBM that "
-                             "learns the labels needs them; use `layerwise train`")
+            raise InvalidInput(
+                "[model] top_labels: staged pretraining trains on unlabelled data, and a top RBM that "
+                "learns the labels needs them; use `layerwise train`"
+            )
         dev = resolve_device(cfg.device)
         resolved = resolve_config(cfg, ds.n_features)
-        dbn = DeepBeliefNet(ds.n_features, resolved.model.hidden, unit=cfg.model.unit, visible=cfg.model.visible,
-                            seed=cfg.seed, init_std=cfg.model.init_std, device=dev, precision=cfg.precision)
+        assert resolved.model.hidden is not None  # resolve_config sets it
+        dbn = DeepBeliefNet(
+            ds.n_features,
+            resolved.model.hidden,
+            unit=cfg.model.unit,
+            visible=cfg.model.visible,
+            seed=cfg.seed,
+            init_std=cfg.model.init_std,
+            device=dev,
+            precision=cfg.precision,
+        )
         generator = device_generator(dev, cfg.seed)
+        records: list[dict]
         prog, records = PretrainProgress(), []
         if ckpt is not None:  # weights, momentum, PCD chains and generators go on
             load_pretraining_state(ckpt, dbn, generator, prog)
@@ -99,31 +132,66 @@ def pretrain_stage(out_dir: str | Path, *, cfg: RunConfig | None = None, data: s
         before = [] if ckpt is None else ckpt["stages"]
         number = len(before) + 1
         # an interrupted stage replays what it logged after its checkpoint
-        reporter = continue_log(out_dir / METRICS, None if new else ckpt["metrics_lines"], progress, echo)
-        reporter.log({"phase": "stage", "stage": number, "data": stage["data"], "samples": stage["samples"],
-                      "epochs_per_layer": stage["epochs_per_layer"], "resumed": not new})
+        # not new: there is a checkpoint
+        reporter = continue_log(out_dir / METRICS, None if new else ckpt["metrics_lines"], progress, echo)  # type: ignore[index]
+        reporter.log(
+            {
+                "phase": "stage",
+                "stage": number,
+                "data": stage["data"],
+                "samples": stage["samples"],
+                "epochs_per_layer": stage["epochs_per_layer"],
+                "resumed": not new,
+            }
+        )
 
         def save(pos, done=False):
-            tree = {"job": "stage", "phase": "pretrain", "stage_done": done, "stage": stage, "stages": before + ([stage] if done else []),
-                    **pretraining_state(dbn, generator, prog), "records": records, "metrics_lines": reporter.lines,
-                    "device": str(dev), "streamed": data.streamed}
+            tree = {
+                "job": "stage",
+                "phase": "pretrain",
+                "stage_done": done,
+                "stage": stage,
+                "stages": before + ([stage] if done else []),
+                **pretraining_state(dbn, generator, prog),
+                "records": records,
+                "metrics_lines": reporter.lines,
+                "device": str(dev),
+                "streamed": data.streamed,
+            }
             checkpointing.save_state(out_dir / "checkpoint", tree)
 
         t0 = time.perf_counter()
         # an interrupted stage goes on over data of the kind its epoch order was drawn for
-        data = loop_data(ds, dev, labels=False, streamed=None if new else ckpt.get("streamed"))
-        pretrain(dbn, data, None, dataclasses.replace(cfg.pretrain, epochs=stage["epochs_per_layer"]),
-                 seed=cfg.seed, reporter=reporter, progress=prog, generator=generator, records=records,
-                 checkpointer=Checkpointer(save, **checkpoint_policy(cfg)), guard=cfg.guard,
-                 scratch=out_dir / "activations", control=control)
+        data = loop_data(ds, dev, labels=False, streamed=None if new else ckpt.get("streamed"))  # type: ignore[union-attr]  # not new: a checkpoint
+        pretrain(
+            dbn,
+            data,
+            None,
+            dataclasses.replace(cfg.pretrain, epochs=stage["epochs_per_layer"]),
+            seed=cfg.seed,
+            reporter=reporter,
+            progress=prog,
+            generator=generator,
+            records=records,
+            checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
+            guard=cfg.guard,
+            scratch=out_dir / "activations",
+            control=control,
+        )
         remove_scratch(out_dir / "activations")
         seconds = time.perf_counter() - t0
         parent = read_artifact(out_dir / f"stage-{number - 1}")[1]["weights_sha256"] if number > 1 else None
         artifact = out_dir / f"stage-{number}"
         manifest = write_artifact(
-            artifact, dbn.model_state(), kind="pretrained", architecture=dbn.architecture(), config=resolved.to_dict(),
-            stages=before + [stage], metrics={**pretrain_metrics(records), "seconds": round(seconds, 2)},
-            parent=parent, read_only=True,
+            artifact,
+            dbn.model_state(),
+            kind="pretrained",
+            architecture=dbn.architecture(),
+            config=resolved.to_dict(),
+            stages=before + [stage],
+            metrics={**pretrain_metrics(records), "seconds": round(seconds, 2)},
+            parent=parent,
+            read_only=True,
         )
         prog.layer, prog.position = 0, LoopPosition()
         save(prog.position, done=True)  # the state the next stage starts from; a new stage starts a new guard
@@ -140,8 +208,14 @@ def _rows_held(ds) -> int:
     return ds.source.block_rows() if isinstance(ds, StreamedDataset) else len(ds)
 
 
-def _stage_data(path: str | Path, visible: str, n_inputs: int | None, max_memory: int | None, seen: tuple | None = None,
-                only: list[str] | None = None):
+def _stage_data(
+    path: str | Path,
+    visible: str,
+    n_inputs: int | None,
+    max_memory: int | None,
+    seen: tuple | None = None,
+    only: list[str] | None = None,
+):
     """(the validated data of a stage, its shards' records); None when a folder holds no
     new shard. From a folder: the shards that ``seen`` (``_seen``) does not know, each
     checked and fingerprinted (a shard whose name, size and time match a shard fed before
@@ -166,8 +240,11 @@ def _stage_data(path: str | Path, visible: str, n_inputs: int | None, max_memory
         return None
     fresh = StreamedDataset(ds.source.subset(keep, ds.name), ds.name)
     fresh.source.scanned = True
-    return fresh, [{"file": name, "fingerprint": s.fingerprint, "samples": len(s), "bytes": size, "mtime_ns": mtime}
-                   for s in keep for name, size, mtime in [_stat(s.path)]]
+    return fresh, [
+        {"file": name, "fingerprint": s.fingerprint, "samples": len(s), "bytes": size, "mtime_ns": mtime}
+        for s in keep
+        for name, size, mtime in [_stat(s.path)]
+    ]
 
 
 def _stat(path: Path) -> tuple[str, int, int]:
@@ -184,8 +261,15 @@ def _seen(ckpt: dict | None) -> tuple[set[str], set]:
     return fingerprints, {(sh["file"], sh["bytes"], sh["mtime_ns"]) for sh in shards if "bytes" in sh}
 
 
-def _stage_and_data(out_dir: Path, cfg: RunConfig, ckpt: dict | None, data, epochs: int | None,
-                    loaded=None, max_memory: int | None = None):
+def _stage_and_data(
+    out_dir: Path,
+    cfg: RunConfig,
+    ckpt: dict | None,
+    data,
+    epochs: int | None,
+    loaded=None,
+    max_memory: int | None = None,
+):
     """(the stage's record, its validated data; ``loaded``: ``data`` already read), or
     None when a folder holds nothing new. An interrupted stage goes on with its own
     data, unchanged; a new stage needs new data of the net's input width. Anything else
@@ -211,16 +295,25 @@ def _stage_and_data(out_dir: Path, cfg: RunConfig, ckpt: dict | None, data, epoc
     if data is None:
         if ckpt is None:
             raise InvalidInput(f"'{out_dir}': the first pretraining stage needs --data FILE.npz")
-        raise InvalidInput(f"'{out_dir}': stage {len(ckpt['stages'])} is finished; a new stage needs --data FILE.npz "
-                         "(or a folder of shards)")
+        raise InvalidInput(
+            f"'{out_dir}': stage {len(ckpt['stages'])} is finished; a new stage needs --data FILE.npz "
+            "(or a folder of shards)"
+        )
     # the wrong width is refused here, nothing touched
     found = loaded if loaded is not None else _stage_data(data, visible, n_inputs, max_memory, _seen(ckpt))
     if found is None:
         return None
     ds, taken = found
     if ckpt is not None and not Path(data).is_dir() and ds.fingerprint in _seen(ckpt)[0]:
-        warnings.warn(f"'{data}' was fed to an earlier stage already; it is fed again, as asked", UserWarning,
-                      stacklevel=3)
-    stage = {"data": str(data), "path": str(Path(data).resolve()), "fingerprint": ds.fingerprint, "samples": len(ds),
-             "epochs_per_layer": cfg.pretrain.epochs if epochs is None else epochs, "shards": taken}
+        warnings.warn(
+            f"'{data}' was fed to an earlier stage already; it is fed again, as asked", UserWarning, stacklevel=3
+        )
+    stage = {
+        "data": str(data),
+        "path": str(Path(data).resolve()),
+        "fingerprint": ds.fingerprint,
+        "samples": len(ds),
+        "epochs_per_layer": cfg.pretrain.epochs if epochs is None else epochs,
+        "shards": taken,
+    }
     return stage, ds

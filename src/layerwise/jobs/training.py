@@ -16,48 +16,83 @@ from pathlib import Path
 import torch
 
 from layerwise import config as config_mod
-from layerwise.advice.rules import corrected_lr
-from layerwise.storage.artifacts import classifier_architecture, read_artifact, write_artifact
-from layerwise.storage.checkpointing import flatten, save_checkpoint
-from layerwise.config import RunConfig
+from layerwise._checks import InvalidInput, Refused
 from layerwise._devices import device_generator
-from layerwise.data.sources import Splits, load_splits, loop_data
-from layerwise.training.distributed import barrier, gather_local_state, is_writer, rank_world
-from layerwise.training.finetune import FinetuneState, finetune, make_optimizer
+from layerwise.advice.rules import corrected_lr
+from layerwise.config import RunConfig
+from layerwise.data.sources import Splits
+from layerwise.data.splits import load_splits, loop_data
 from layerwise.jobs.common import (
-    FINETUNE_LOCAL, Stopwatch, checkpoint_policy, final_metrics, finetuning_state, load_finetuning_state,
-    load_pretraining_state, loop_of, other_device, pretrain_local_keys, remove_scratch, pretrain_metrics, pretraining_state,
-    silent, write_plots,
+    FINETUNE_LOCAL,
+    Stopwatch,
+    checkpoint_policy,
+    final_metrics,
+    finetuning_state,
+    load_finetuning_state,
+    load_pretraining_state,
+    loop_of,
+    other_device,
+    pretrain_local_keys,
+    pretrain_metrics,
+    pretraining_state,
+    remove_scratch,
+    silent,
+    write_plots,
 )
-from layerwise.training.loop import Checkpointer, LoopControl
 from layerwise.reporting.reporter import Reporter
-from layerwise.training.pretrain import PretrainProgress, pretrain
-from layerwise.storage.runs import METRICS, RunResult, claim_run_dir, continue_log, run_lock
 from layerwise.runtime import resolve_device
 from layerwise.stack import DeepBeliefNet
-from layerwise._checks import InvalidInput, Refused
+from layerwise.storage.artifacts import classifier_architecture, read_artifact, write_artifact
+from layerwise.storage.checkpointing import flatten, save_checkpoint
+from layerwise.storage.runs import METRICS, RunResult, claim_run_dir, continue_log, run_lock
+from layerwise.training.distributed import barrier, gather_local_state, is_writer, rank_world
+from layerwise.training.finetune import FinetuneState, finetune, make_optimizer
+from layerwise.training.loop import Checkpointer, LoopControl
+from layerwise.training.pretrain import PretrainProgress, pretrain
 
 
-def train(cfg: RunConfig, *, runs_dir: str | Path = "runs", progress: bool = False, echo=None,
-          control: LoopControl | None = None) -> RunResult:
+def train(
+    cfg: RunConfig,
+    *,
+    runs_dir: str | Path = "runs",
+    progress: bool = False,
+    echo=None,
+    control: LoopControl | None = None,
+) -> RunResult:
     """Run a whole recipe in a new run folder; returns where it went and what it reached.
     ``control``: the job's stop request and batch hooks (the command's Ctrl-C sets it)."""
     # validate the data before creating anything on disk
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
     run_dir, resolved = claim_run_dir(cfg, runs_dir, splits)
     with run_lock(run_dir):
-        return train_in(run_dir, resolved, splits, None, progress=progress, echo=echo, control=control)
+        return train_in(run_dir, resolved, splits, None, progress=progress, echo=echo, control=control)  # type: ignore[return-value]  # one process: the writer
 
 
-def train_in(folder: Path, cfg: RunConfig, splits: Splits, ckpt: dict | None, *, progress: bool = False,
-             echo=None, control: LoopControl | None = None) -> RunResult | None:
+def train_in(
+    folder: Path,
+    cfg: RunConfig,
+    splits: Splits,
+    ckpt: dict | None,
+    *,
+    progress: bool = False,
+    echo=None,
+    control: LoopControl | None = None,
+) -> RunResult | None:
     """Train in a claimed and locked run folder from its checkpoint tree (None: from the
     start). Returns what rank 0 wrote; None on the other workers."""
     run = Run.open(folder, cfg, splits, ckpt, progress, echo)
     run.control = control
-    dbn = DeepBeliefNet(splits.n_inputs, run.cfg.model.hidden, unit=run.cfg.model.unit, visible=run.cfg.model.visible,
-                        seed=run.cfg.seed, init_std=run.cfg.model.init_std, device=run.device,
-                        precision=run.cfg.precision, top_labels=splits.n_labels if run.cfg.model.top_labels else 0)
+    dbn = DeepBeliefNet(
+        splits.n_inputs,
+        run.cfg.model.hidden,  # type: ignore[arg-type]  # a run's config.toml is resolved (claim_run_dir)
+        unit=run.cfg.model.unit,
+        visible=run.cfg.model.visible,
+        seed=run.cfg.seed,
+        init_std=run.cfg.model.init_std,
+        device=run.device,
+        precision=run.cfg.precision,
+        top_labels=splits.n_labels if run.cfg.model.top_labels else 0,  # type: ignore[arg-type]  # load_splits sets it
+    )
     if ckpt is None or ckpt["phase"] == "pretrain":
         pre_manifest = pretrain_phase(run, dbn, ckpt)
     else:
@@ -86,42 +121,79 @@ class Run:
     control: LoopControl | None = None  # the job's stop request and batch hooks
 
     @classmethod
-    def open(cls, folder: Path, cfg: RunConfig, splits: Splits, ckpt: dict | None, progress: bool, echo) -> "Run":
+    def open(cls, folder: Path, cfg: RunConfig, splits: Splits, ckpt: dict | None, progress: bool, echo) -> Run:
         world = rank_world()[1]
         trained, recorded = for_group(cfg, world)
         writer = is_writer()
         # a run that died before its first checkpoint starts its log over
-        reporter = (continue_log(folder / METRICS, ckpt["metrics_lines"] if ckpt else 0, progress, echo)
-                    if writer else Reporter())
+        reporter = (
+            continue_log(folder / METRICS, ckpt["metrics_lines"] if ckpt else 0, progress, echo)
+            if writer
+            else Reporter()
+        )
         if writer and cfg.log.tensorboard:  # rank 0 only, as for the metrics log
             from layerwise.reporting.tensorboard import Board
 
             reporter.board = Board(cfg.log.tensorboard)
         device = resolve_device(cfg.device)
-        run = cls(folder, trained, recorded, splits, writer, world, reporter, Stopwatch(ckpt and ckpt["seconds"]),
-                  _data_identity(splits), device, ckpt and ckpt.get("streamed"))  # hashed once, not at every checkpoint
+        run = cls(
+            folder,
+            trained,
+            recorded,
+            splits,
+            writer,
+            world,
+            reporter,
+            Stopwatch(ckpt and ckpt["seconds"]),
+            _data_identity(splits),
+            device,
+            ckpt and ckpt.get("streamed"),  # type: ignore[arg-type]  # a checkpoint tree is never empty
+        )  # hashed once, not at every checkpoint
         if ckpt is None:
-            run.reporter.log({
-                "phase": "start", "folder": str(folder),
-                "architecture": "-".join(map(str, [splits.n_inputs, *trained.model.hidden, splits.n_labels])),
-                "unit": cfg.model.unit, "train": len(splits.train), "validation": len(splits.validation or []),
-                "test": len(splits.test or []), "threads": torch.get_num_threads(), "workers": world,
-                "device": str(device), "precision": cfg.precision, "streamed": splits.streamed,
-            })
+            run.reporter.log(
+                {
+                    "phase": "start",
+                    "folder": str(folder),
+                    "architecture": "-".join(map(str, [splits.n_inputs, *trained.model.hidden, splits.n_labels])),  # type: ignore[misc]  # resolved config
+                    "unit": cfg.model.unit,
+                    "train": len(splits.train),
+                    "validation": len(splits.validation or []),
+                    "test": len(splits.test or []),
+                    "threads": torch.get_num_threads(),
+                    "workers": world,
+                    "device": str(device),
+                    "precision": cfg.precision,
+                    "streamed": splits.streamed,
+                }
+            )
         else:
             _same_data(folder, ckpt, run.data, splits.train.name)
             pos = loop_of(ckpt)
-            run.reporter.log({"phase": "resume", "from": ckpt["phase"], "layer": ckpt.get("progress", {}).get("layer"),
-                              "epoch": pos["epoch"], "batch": pos["batch"], "threads": torch.get_num_threads(),
-                              "device": str(device)})
+            run.reporter.log(
+                {
+                    "phase": "resume",
+                    "from": ckpt["phase"],
+                    "layer": ckpt.get("progress", {}).get("layer"),
+                    "epoch": pos["epoch"],
+                    "batch": pos["batch"],
+                    "threads": torch.get_num_threads(),
+                    "device": str(device),
+                }
+            )
             other_device(ckpt.get("device", "cpu"), device, folder)
         return run
 
     @property
     def stages(self) -> list[dict]:
         train = self.splits.train
-        return [{"data": train.name, "fingerprint": train.fingerprint, "samples": len(train),
-                 "epochs_per_layer": self.cfg.pretrain.epochs}]
+        return [
+            {
+                "data": train.name,
+                "fingerprint": train.fingerprint,
+                "samples": len(train),
+                "epochs_per_layer": self.cfg.pretrain.epochs,
+            }
+        ]
 
     def checkpoint(self, tree: dict, local) -> None:
         """Save a checkpoint tree. Collective in a group: each worker's own tensors (the
@@ -129,8 +201,15 @@ class Run:
         tensors, meta = flatten(tree)
         others = gather_local_state({k: v for k, v in tensors.items() if local(k)})
         if self.writer:
-            meta.update(metrics_lines=self.reporter.lines, seconds=self.clock.now(), world=self.world if others else 1,
-                        workers=self.world, data=self.data, device=str(self.device), streamed=self.streamed)
+            meta.update(
+                metrics_lines=self.reporter.lines,
+                seconds=self.clock.now(),
+                world=self.world if others else 1,
+                workers=self.world,
+                data=self.data,
+                device=str(self.device),
+                streamed=self.streamed,
+            )
             save_checkpoint(self.folder / "checkpoint", {**tensors, **others}, meta)
 
 
@@ -171,7 +250,9 @@ def for_group(cfg: RunConfig, world: int) -> tuple[RunConfig, dict]:
     trained.checkpoint.every_batches = trained.checkpoint.every_minutes = None
     recorded["distributed"]["workers"] = world
     recorded["distributed"]["effective_learning_rates"] = {
-        "pretrain": trained.pretrain.learning_rate, "finetune": trained.finetune.learning_rate}
+        "pretrain": trained.pretrain.learning_rate,
+        "finetune": trained.finetune.learning_rate,
+    }
     return trained, recorded
 
 
@@ -188,7 +269,12 @@ def pretrain_phase(run: Run, dbn: DeepBeliefNet, ckpt: dict | None) -> dict | No
 
     def save(pos):
         if run.world == 1 or pos.order is None:  # a mid-epoch save in a group (Ctrl-C) keeps the epoch-end one
-            tree = {"job": "train", "phase": "pretrain", **pretraining_state(dbn, generator, progress), "records": records}
+            tree = {
+                "job": "train",
+                "phase": "pretrain",
+                **pretraining_state(dbn, generator, progress),
+                "records": records,
+            }
             local = pretrain_local_keys(dbn, progress.layer)
             run.checkpoint(tree, lambda path: path in local)
 
@@ -197,10 +283,23 @@ def pretrain_phase(run: Run, dbn: DeepBeliefNet, ckpt: dict | None) -> dict | No
     x_train = loop_data(run.splits.train, run.device, labels=False, streamed=run.streamed)
     x_held = loop_data(run.splits.validation, run.device, labels=False)
     run.streamed = x_train.streamed
-    pretrain(dbn, x_train, x_held, cfg.pretrain, seed=cfg.seed, reporter=run.reporter, progress=progress,
-             generator=generator, records=records, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
-             guard=cfg.guard, distributed=cfg.distributed if run.world > 1 else None,
-             scratch=run.folder / "activations", control=run.control, **_labels_for_the_top(cfg, run.splits))
+    pretrain(
+        dbn,
+        x_train,
+        x_held,
+        cfg.pretrain,
+        seed=cfg.seed,
+        reporter=run.reporter,
+        progress=progress,
+        generator=generator,
+        records=records,
+        checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
+        guard=cfg.guard,
+        distributed=cfg.distributed if run.world > 1 else None,
+        scratch=run.folder / "activations",
+        control=run.control,
+        **_labels_for_the_top(cfg, run.splits),
+    )
     run.clock.stop()
     remove_scratch(run.folder / "activations")
     run.streamed = None  # fine-tuning decides its own
@@ -223,8 +322,16 @@ def write_pretrained(run: Run, dbn: DeepBeliefNet, records: list[dict]) -> dict:
             raise Refused(f"'{folder}' differs from the resumed pretraining; not overwriting it")
     else:
         metrics = {**pretrain_metrics(records), "seconds": round(run.clock.seconds["pretrain"], 2)}
-        manifest = write_artifact(folder, dbn.model_state(), kind="pretrained", architecture=dbn.architecture(),
-                                  config=run.recorded, stages=run.stages, metrics=metrics, read_only=True)
+        manifest = write_artifact(
+            folder,
+            dbn.model_state(),
+            kind="pretrained",
+            architecture=dbn.architecture(),
+            config=run.recorded,
+            stages=run.stages,
+            metrics=metrics,
+            read_only=True,
+        )
     run.reporter.log({"phase": "saved", "artifact": "pretrained", "sha256": manifest["weights_sha256"][:16]})
     return manifest
 
@@ -233,7 +340,12 @@ def finetune_phase(run: Run, dbn: DeepBeliefNet, pre_manifest: dict | None, ckpt
     """Fine-tune the unrolled net from the checkpoint (or the start), then write the
     finetuned artifact, evaluate, plot. The result (None on the workers that do not write)."""
     cfg, ft, splits = run.cfg, run.cfg.finetune, run.splits
-    clf = dbn.to_classifier(splits.n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden, seed=cfg.seed)
+    clf = dbn.to_classifier(
+        splits.n_labels,  # type: ignore[arg-type]  # load_splits sets it
+        dropout_input=ft.dropout_input,
+        dropout_hidden=ft.dropout_hidden,
+        seed=cfg.seed,
+    )
     optimizer = make_optimizer(clf, ft)
     fstate = FinetuneState(generator=device_generator(run.device, cfg.seed))
     if ckpt is not None:
@@ -241,25 +353,46 @@ def finetune_phase(run: Run, dbn: DeepBeliefNet, pre_manifest: dict | None, ckpt
 
     def save(pos):
         if run.world == 1 or pos.order is None:  # a mid-epoch save in a group (Ctrl-C) keeps the epoch-end one
-            run.checkpoint({"job": "train", "phase": "finetune", **finetuning_state(clf, optimizer, fstate)},
-                           lambda path: path.startswith(FINETUNE_LOCAL))
+            run.checkpoint(
+                {"job": "train", "phase": "finetune", **finetuning_state(clf, optimizer, fstate)},
+                lambda path: path.startswith(FINETUNE_LOCAL),
+            )
 
     run.clock.start("finetune")
     train, val = loop_data(splits.train, run.device, streamed=run.streamed), loop_data(splits.validation, run.device)
     run.streamed = train.streamed
-    result = finetune(clf, train, None, val, None, ft, seed=cfg.seed, reporter=run.reporter, optimizer=optimizer,
-                      state=fstate, checkpointer=Checkpointer(save, **checkpoint_policy(cfg)), guard=cfg.guard,
-                      distributed=cfg.distributed if run.world > 1 else None, precision=cfg.precision,
-                      control=run.control)
+    result = finetune(
+        clf,
+        train,
+        None,
+        val,
+        None,
+        ft,
+        seed=cfg.seed,
+        reporter=run.reporter,
+        optimizer=optimizer,
+        state=fstate,
+        checkpointer=Checkpointer(save, **checkpoint_policy(cfg)),
+        guard=cfg.guard,
+        distributed=cfg.distributed if run.world > 1 else None,
+        precision=cfg.precision,
+        control=run.control,
+    )
     run.clock.stop()
     if not run.writer:
         return None
+    assert pre_manifest is not None  # the writer's: from pretrain_phase, or read from the run's folder
     seconds = run.clock.seconds
     metrics, val_acc, test_acc = final_metrics(clf, result, ft, seconds["finetune"], splits)
     finetuned = write_artifact(
-        run.folder / "finetuned", clf.state_dict(), kind="finetuned",
-        architecture=classifier_architecture(dbn.sizes, splits.n_labels, ft.dropout_input, ft.dropout_hidden),
-        config=run.recorded, stages=run.stages, metrics=metrics, parent=pre_manifest["weights_sha256"],
+        run.folder / "finetuned",
+        clf.state_dict(),
+        kind="finetuned",
+        architecture=classifier_architecture(dbn.sizes, splits.n_labels, ft.dropout_input, ft.dropout_hidden),  # type: ignore[arg-type]  # load_splits sets n_labels
+        config=run.recorded,
+        stages=run.stages,
+        metrics=metrics,
+        parent=pre_manifest["weights_sha256"],
     )
     run.reporter.log({"phase": "test", **metrics, "seconds_pretrain": round(seconds["pretrain"], 2)})
     write_plots(run.folder / "plots", run.folder / METRICS, dbn, run.reporter.echo or silent, splits.test)

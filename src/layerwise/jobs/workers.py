@@ -1,7 +1,9 @@
-"""Distributed jobs on one machine or many: ``train --workers N`` and ``probe-lr
---workers N`` launch N copies of the same command through PyTorch's launcher; each copy
-(a worker, started by ``--workers`` or by torchrun on a cluster) runs ``worker_main`` or
-``probe`` inside ``distributed.run_worker``."""
+"""Distributed jobs on one machine or many. ``train --workers N`` and ``probe-lr
+--workers N`` start N workers as functions through PyTorch's launcher
+(``distributed.launch``): each runs ``group_worker`` or ``probe_worker`` in a fresh
+process, and what it returns comes back to the caller. A group started by torchrun on
+a cluster (``torchrun ... -m layerwise train``) runs ``worker_main`` or ``probe`` in each
+command, inside ``distributed.run_worker``."""
 
 from __future__ import annotations
 
@@ -9,18 +11,33 @@ import contextlib
 import os
 from pathlib import Path
 
+from layerwise import runtime
+from layerwise._checks import InvalidInput, LayerwiseError, Refused
 from layerwise.config import RunConfig, resolve_config
-from layerwise.data.sources import load_splits
-from layerwise.training.distributed import is_writer, launch_workers, rank_world, under_torchrun, workers_failed
+from layerwise.data.splits import load_splits
 from layerwise.jobs.common import read_checkpoint, silent
 from layerwise.jobs.training import train_in
+from layerwise.storage.runs import RunResult, claim_run_dir, read_config, result_from_disk, run_lock
+from layerwise.training.distributed import (
+    is_writer,
+    join_group,
+    launch,
+    leave_group,
+    rank_world,
+    under_torchrun,
+)
 from layerwise.training.loop import LoopControl
-from layerwise.storage.runs import CONFIG, RunResult, claim_run_dir, read_config, result_from_disk, run_lock
-from layerwise._checks import InvalidInput
 
 
-def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None, run_dir: str | Path | None = None,
-                device: str | None = None, control: LoopControl | None = None) -> RunResult | None:
+def worker_main(
+    cfg: RunConfig,
+    runs_dir: str | Path,
+    *,
+    echo=None,
+    run_dir: str | Path | None = None,
+    device: str | None = None,
+    control: LoopControl | None = None,
+) -> RunResult | None:
     """One worker of a distributed run, inside a joined group. ``run_dir``: started by
     ``--workers`` (or a resume) for that claimed and locked folder, whose config.toml it
     trains. Otherwise (torchrun run by hand, on one node or many) rank 0
@@ -32,15 +49,16 @@ def worker_main(cfg: RunConfig, runs_dir: str | Path, *, echo=None, run_dir: str
         raise RuntimeError("worker_main runs inside a joined process group: call it through distributed.run_worker")
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=silent)
     claimed = run_dir is not None
-    run_dir = Path(run_dir) if claimed else _group_folder(cfg, Path(runs_dir), splits)
+    run_dir = Path(run_dir) if run_dir is not None else _group_folder(cfg, Path(runs_dir), splits)
     with run_lock(run_dir) if is_writer() and not claimed else contextlib.nullcontext():
         if (run_dir / "finetuned").exists():  # complete: a group restarted after its last worker finished
             return result_from_disk(run_dir) if is_writer() else None
         cfg = read_config(run_dir)
         cfg.name = run_dir.name
         cfg.device = device or cfg.device
-        return train_in(run_dir, cfg, splits, read_checkpoint(run_dir), echo=echo if is_writer() else None,
-                        control=control)
+        return train_in(
+            run_dir, cfg, splits, read_checkpoint(run_dir), echo=echo if is_writer() else None, control=control
+        )
 
 
 def _group_folder(cfg: RunConfig, runs_dir: Path, splits) -> Path:
@@ -62,8 +80,15 @@ def _group_folder(cfg: RunConfig, runs_dir: Path, splits) -> Path:
     return runs_dir / broadcast_bytes(name).decode()
 
 
-def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs", max_restarts: int = 0,
-                  echo=None, control: LoopControl | None = None) -> RunResult:
+def train_workers(
+    cfg: RunConfig,
+    workers: int,
+    *,
+    runs_dir: str | Path = "runs",
+    max_restarts: int = 0,
+    echo=None,
+    control: LoopControl | None = None,
+) -> RunResult:
     """``layerwise train RECIPE --workers N`` on one machine: claim a run folder, then
     start N workers on loopback; return what rank 0 wrote. ``echo`` gets rank 0's
     progress lines as they come, and its summary at the end."""
@@ -73,26 +98,84 @@ def train_workers(cfg: RunConfig, workers: int, *, runs_dir: str | Path = "runs"
         return _group_in(run_dir, workers, max_restarts, echo, control=control)
 
 
-def _group_in(run_dir: Path, workers: int, max_restarts: int, echo, threads: int | None = None,
-              device: str | None = None, control: LoopControl | None = None) -> RunResult:
+def _group_in(
+    run_dir: Path,
+    workers: int,
+    max_restarts: int,
+    echo,
+    threads: int | None = None,
+    device: str | None = None,
+    control: LoopControl | None = None,
+) -> RunResult:
     """Run the workers of a claimed, locked run folder (they resume from its checkpoint,
     if any). A Ctrl-C stops them all: the last epoch-end checkpoint stands."""
-    flags = ["--quiet"] if echo is None else []  # rank 0 prints its progress (and the summary) unless quiet
-    flags += ["--threads", str(threads)] if threads else []
-    flags += ["--device", device] if device else []
-    proc = launch_workers(["train", str(run_dir / CONFIG), "--runs-dir", str(run_dir.parent), "--in-run-folder", *flags],
-                          workers,
-                          max_restarts=max_restarts, on_line=echo)
+    hint = f"continue with `layerwise train --resume {run_dir}`"
+    try:
+        results = launch(group_worker, (str(run_dir), threads, device, echo), workers, max_restarts=max_restarts)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(hint) from None
+    except Refused as e:
+        raise Refused(f"{e}\n{hint} once fixed") from None
     if control is not None and control.stop_requested:  # the workers had the Ctrl-C too, and stopped
-        raise KeyboardInterrupt(f"continue with `layerwise train --resume {run_dir}`")
-    if proc.returncode != 0:
-        raise workers_failed(proc, workers, f"\ncontinue with `layerwise train --resume {run_dir}` once fixed")
+        raise KeyboardInterrupt(hint)
+    _user_errors(results, workers)
     return result_from_disk(run_dir)
 
 
-def resume(run_dir: str | Path, *, workers: int | None = None, allow_resize: bool = False, max_restarts: int = 0,
-           threads: int | None = None, device: str | None = None, progress: bool = False, echo=None,
-           control: LoopControl | None = None) -> RunResult:
+def _user_errors(results: dict, workers: int) -> None:
+    """Raise the user errors the workers returned (each once), as one."""
+    errors = list(dict.fromkeys(r for r in results.values() if isinstance(r, str)))
+    if errors:
+        reported = "\n".join(f"layerwise: error: {e}" for e in errors)
+        raise Refused(f"the {workers} workers stopped; the workers reported:\n{reported}")
+
+
+def _in_group(job, threads: int | None, recipe_threads: int | None, device: str, precision: str, timeout: float):
+    """Run ``job(control)`` as one worker started by ``launch``: the process policy (its
+    share of the cores), a Ctrl-C that stops at the next batch boundary, the group
+    joined and left. A user error comes back as its message: every rank meets the same
+    one, and it would meet it again after a restart, so the group is not restarted."""
+    import signal
+
+    rt = runtime.apply(
+        threads, recipe_threads, local_workers=runtime.local_workers(), device=device, precision=precision
+    )
+    control = LoopControl()
+    signal.signal(signal.SIGINT, lambda signum, frame: control.request_stop())
+    join_group(timeout, rt.device)
+    try:
+        return job(control)
+    except LayerwiseError as e:
+        return str(e)
+    except KeyboardInterrupt:
+        return None  # the launcher stops the group
+    finally:
+        leave_group()
+
+
+def group_worker(run_dir: str, threads: int | None, device: str | None, echo) -> str | None:
+    """What each worker of ``train --workers N`` runs: train in the claimed folder (from
+    its checkpoint, if any). Returns None, or the message of a user error."""
+    cfg = read_config(run_dir)
+
+    def job(control: LoopControl) -> None:
+        worker_main(cfg, Path(run_dir).parent, echo=echo, run_dir=run_dir, device=device, control=control)
+
+    return _in_group(job, threads, cfg.threads, device or cfg.device, cfg.precision, cfg.distributed.timeout_minutes)
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    workers: int | None = None,
+    allow_resize: bool = False,
+    max_restarts: int = 0,
+    threads: int | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    echo=None,
+    control: LoopControl | None = None,
+) -> RunResult:
     """Continue an interrupted ``train`` run from its last checkpoint, with the group size
     that wrote it (``workers`` other than that only with ``allow_resize``: the result is
     then not bitwise the uninterrupted run's). A run that died before its first
@@ -116,7 +199,9 @@ def resume(run_dir: str | Path, *, workers: int | None = None, allow_resize: boo
             )
         if n > 1:
             return _group_in(run_dir, n, max_restarts, echo, threads, device, control)
-        return train_in(run_dir, cfg, splits, ckpt, progress=progress, echo=echo, control=control)
+        result = train_in(run_dir, cfg, splits, ckpt, progress=progress, echo=echo, control=control)
+        assert result is not None  # one process writes
+        return result
 
 
 def probe(cfg: RunConfig, *, grid: list[float], subset: int, epochs: int, echo=None, in_group: bool = False) -> dict:
@@ -129,27 +214,62 @@ def probe(cfg: RunConfig, *, grid: list[float], subset: int, epochs: int, echo=N
     echo = echo if is_writer() else None
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
     cfg = resolve_config(cfg, splits.n_inputs)
-    return probe_lr(cfg, splits, grid=grid, subset=subset, epochs=epochs, report=echo,
-                    distributed=cfg.distributed if in_group else None)
+    return probe_lr(
+        cfg,
+        splits,
+        grid=grid,
+        subset=subset,
+        epochs=epochs,
+        report=echo,
+        distributed=cfg.distributed if in_group else None,
+    )
 
 
-def probe_workers(recipe: str | Path, workers: int, *, low: float, high: float, points: int, subset: int, epochs: int,
-                  out: str | Path, threads: int | None = None, quiet: bool = False, echo=None,
-                  device: str | None = None, control: LoopControl | None = None) -> None:
+def probe_workers(
+    recipe: str | Path,
+    workers: int,
+    *,
+    grid: list[float],
+    subset: int,
+    epochs: int,
+    threads: int | None = None,
+    quiet: bool = False,
+    echo=None,
+    device: str | None = None,
+    control: LoopControl | None = None,
+) -> dict:
     """``layerwise probe-lr RECIPE --workers N``: check the data once (and fetch MNIST
-    once, not in every worker), then run the probe as N workers on loopback; rank 0
-    prints and writes the results, and ``echo`` gets its lines as they come."""
+    once, not in every worker), then run the probe as N workers on loopback, rank 0's
+    lines going to ``echo`` as they come; returns the probe's result (every rank's is the
+    same)."""
     from layerwise import config
 
     cfg = config.load(recipe)
+    if device is not None:
+        cfg.device = device
     load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=silent if quiet else (echo or silent))
-    argv = ["probe-lr", str(recipe), "--low", str(low), "--high", str(high), "--points", str(points),
-            "--subset", str(subset), "--epochs", str(epochs), "--out", str(out)]
-    argv += ["--threads", str(threads)] if threads else []
-    argv += ["--device", device] if device else []
-    argv += ["--quiet"] if quiet else []
-    proc = launch_workers(argv, workers, on_line=echo)
+    trial = {"grid": grid, "subset": subset, "epochs": epochs}
+    try:
+        results = launch(probe_worker, (cfg.to_dict(), trial, threads, None if quiet else echo), workers)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("the probe was stopped; run it again for its results") from None
     if control is not None and control.stop_requested:
         raise KeyboardInterrupt("the probe was stopped; run it again for its results")
-    if proc.returncode != 0:
-        raise workers_failed(proc, workers)
+    _user_errors(results, workers)
+    return results[0]
+
+
+def probe_worker(recipe: dict, trial: dict, threads: int | None, echo) -> dict | str | None:
+    """What each worker of ``probe-lr --workers N`` runs: the probe with parameter
+    averaging across the group. Returns the probe's result, or the message of a user error."""
+    from layerwise import config
+
+    cfg = config.from_dict(recipe)
+    return _in_group(
+        lambda control: probe(cfg, **trial, echo=echo, in_group=True),
+        threads,
+        cfg.threads,
+        cfg.device,
+        cfg.precision,
+        cfg.distributed.timeout_minutes,
+    )

@@ -13,17 +13,26 @@ import platform
 import time
 from pathlib import Path
 
-from layerwise.advice import evidence
-from layerwise.lab import averaging, batch, blend, bottleneck, depth, passes, pretraining, rounds, stages, widths
-from layerwise.lab import core
-from layerwise.lab.core import BUDGETS, Cache, load, run_experiment, section
 from layerwise._checks import InvalidInput
+from layerwise.advice import evidence
+from layerwise.lab import averaging, batch, blend, bottleneck, core, depth, passes, pretraining, rounds, stages, widths
+from layerwise.lab.core import BUDGETS, Cache, load, run_experiment, section
 
-EXPERIMENTS = {m.NAME: m for m in (averaging, rounds, widths, bottleneck, depth, pretraining, blend, stages, passes, batch)}
+EXPERIMENTS = {
+    m.NAME: m for m in (averaging, rounds, widths, bottleneck, depth, pretraining, blend, stages, passes, batch)
+}
 
 
-def run_lab(names: list[str] | None = None, *, budget: str = "quick", data: str | None = None, test: str | None = None,
-            out: str | Path = "lab", say=None, command: str = "") -> Path:
+def run_lab(
+    names: list[str] | None = None,
+    *,
+    budget: str = "quick",
+    data: str | None = None,
+    test: str | None = None,
+    out: str | Path = "lab",
+    say=None,
+    command: str = "",
+) -> Path:
     """Run the experiments (all by default) and write, under ``out``: ``cells/`` (the
     cache), ``NAME.json`` and ``NAME.png`` per experiment, and ``TRICKS.md``. Returns the
     page's path."""
@@ -46,21 +55,38 @@ def run_lab(names: list[str] | None = None, *, budget: str = "quick", data: str 
         v = module.verdict(records, b)
         compute += sum(r["seconds"] for r in records)
         every += records
-        png = out / f"{name}.png"
+        png: Path | None = out / f"{name}.png"
         try:
             module.plot(records, png)
         except ImportError:
             png = None
-        (out / f"{name}.json").write_text(json.dumps({"experiment": name, "budget": b.__dict__, "data": lab_data.name,
-                                                      "fingerprint": lab_data.fingerprint, "records": records,
-                                                      "verdict": v}, indent=1))
+        (out / f"{name}.json").write_text(
+            json.dumps(
+                {
+                    "experiment": name,
+                    "budget": b.__dict__,
+                    "data": lab_data.name,
+                    "fingerprint": lab_data.fingerprint,
+                    "records": records,
+                    "verdict": v,
+                },
+                indent=1,
+            )
+        )
         sections.append(section(module, v, png.name if png else None))
         verdicts.append((module, v))
     page = out / "TRICKS.md"
-    page.write_text(_page(verdicts, sections, b, lab_data, command, time.perf_counter() - t0, compute,
-                          core.provenance(every)))
-    evidence.write(out / "findings.json", verdicts, data=lab_data.name, budget=b.name, commit=core.commit(),
-                   date=time.strftime("%Y-%m-%d"))
+    page.write_text(
+        _page(verdicts, sections, b, lab_data, command, time.perf_counter() - t0, compute, core.provenance(every))
+    )
+    evidence.write(
+        out / "findings.json",
+        verdicts,
+        data=lab_data.name,
+        budget=b.name,
+        commit=core.commit(),
+        date=time.strftime("%Y-%m-%d"),
+    )
     return page
 
 
@@ -69,19 +95,25 @@ def _page(verdicts, sections, budget, data, command: str, seconds: float, comput
 
     import torch
 
-    head = ["# The guide's tricks, measured", "",
-            f"Data: {data.name} ({len(data.x)} training, {len(data.xt)} test images; fingerprint "
-            f"{data.fingerprint[:12]}). Budget: `{budget.name}` (up to {budget.train} training samples, "
-            f"{budget.pretrain_epochs} pretraining and {budget.finetune_epochs} fine-tuning epochs unless an "
-            f"experiment says otherwise).",
-            f"Command: `{command or 'layerwise lab'}`; commit {core.commit()}; {time.strftime('%Y-%m-%d')}; "
-            f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}. The cells took "
-            f"{compute / 3600:.1f} hours of training in all (each cell's time when it ran, cached cells included; "
-            f"this command: {seconds / 60:.1f} minutes). The page was built at that commit; {ran}.", "",
-            "Each verdict holds on this data and budget only; rerun `layerwise lab --data TRAIN.npz --test TEST.npz` "
-            "for yours.", "", "| trick | verdict | layerwise recommends |", "|---|---|---|"]
-    head += [f"| [{m.TITLE}](#{evidence.anchor(m.TITLE)}) | {v['verdict']} | {v['recommend']} |"
-             for m, v in verdicts]
+    head = [
+        "# The guide's tricks, measured",
+        "",
+        f"Data: {data.name} ({len(data.x)} training, {len(data.xt)} test images; fingerprint "
+        f"{data.fingerprint[:12]}). Budget: `{budget.name}` (up to {budget.train} training samples, "
+        f"{budget.pretrain_epochs} pretraining and {budget.finetune_epochs} fine-tuning epochs unless an "
+        f"experiment says otherwise).",
+        f"Command: `{command or 'layerwise lab'}`; commit {core.commit()}; {time.strftime('%Y-%m-%d')}; "
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}. The cells took "
+        f"{compute / 3600:.1f} hours of training in all (each cell's time when it ran, cached cells included; "
+        f"this command: {seconds / 60:.1f} minutes). The page was built at that commit; {ran}.",
+        "",
+        "Each verdict holds on this data and budget only; rerun `layerwise lab --data TRAIN.npz --test TEST.npz` "
+        "for yours.",
+        "",
+        "| trick | verdict | layerwise recommends |",
+        "|---|---|---|",
+    ]
+    head += [f"| [{m.TITLE}](#{evidence.anchor(m.TITLE)}) | {v['verdict']} | {v['recommend']} |" for m, v in verdicts]
     return "\n".join(head + [""] + sections)
 
 

@@ -12,12 +12,15 @@ from layerwise.lab.runs import finetuned, linear_probe, pretrained
 
 NAME = "blend"
 TITLE = "Fine-tuning and the feature blend"
-CLAIM = ("\"fine-tuning will destroy the feature blend of the pretrained net\" (so save the pretrained net "
-         "before fine-tuning)")
-SETUP = ("The advisor's net pretrained on all training inputs, then fine-tuned on the classes of the first half of "
-         "the labels only. How far the first layer moved (linear CKA of its activations on test images, and the "
-         "relative change of its weights), and which net's top features serve the other classes better: a linear "
-         "classifier on each net's features for the second half of the labels.")
+CLAIM = (
+    '"fine-tuning will destroy the feature blend of the pretrained net" (so save the pretrained net before fine-tuning)'
+)
+SETUP = (
+    "The advisor's net pretrained on all training inputs, then fine-tuned on the classes of the first half of "
+    "the labels only. How far the first layer moved (linear CKA of its activations on test images, and the "
+    "relative change of its weights), and which net's top features serve the other classes better: a linear "
+    "classifier on each net's features for the second half of the labels."
+)
 
 
 def cells(budget) -> list[dict]:
@@ -44,32 +47,58 @@ def run_cell(settings: dict, data, budget) -> dict:
     pre = dbn.to_classifier(d.n_labels)
     ft = copy.deepcopy(pre)
     finetuned(d, ft, budget.finetune_epochs, budget.batch_size, x=d.x[first], y=d.y[first])
-    w0, w1 = pre[0].weight.detach(), ft[0].weight.detach()
-    out = {"first_layer_cka": cka(torch.sigmoid(pre[0](d.xt)), torch.sigmoid(ft[0](d.xt))),
-           "first_layer_change": float((w1 - w0).norm() / w0.norm())}
+    # nn.Sequential types its items as nn.Module: [0] is the first Linear
+    w0, w1 = pre[0].weight.detach(), ft[0].weight.detach()  # type: ignore[operator]
+    out = {
+        "first_layer_cka": cka(torch.sigmoid(pre[0](d.xt)), torch.sigmoid(ft[0](d.xt))),
+        "first_layer_change": float((w1 - w0).norm() / w0.norm()),
+    }
     tr, te = d.y >= half, second
     for name, net in (("pretrained", pre), ("finetuned", ft)):
-        out[f"other_classes_{name}"] = linear_probe(_features(net, d.x[tr]), d.y[tr], _features(net, d.xt[te]), d.yt[te],
-                                                    d.n_labels)
+        out[f"other_classes_{name}"] = linear_probe(
+            _features(net, d.x[tr]), d.y[tr], _features(net, d.xt[te]), d.yt[te], d.n_labels
+        )
     return out
 
 
 def verdict(records: list[dict], budget) -> dict:
     r = records[0]["result"]
-    rows = [[r["first_layer_cka"], r["first_layer_change"], 100 * r["other_classes_pretrained"],
-             100 * r["other_classes_finetuned"]]]
+    rows = [
+        [
+            r["first_layer_cka"],
+            r["first_layer_change"],
+            100 * r["other_classes_pretrained"],
+            100 * r["other_classes_finetuned"],
+        ]
+    ]
     loss = r["other_classes_pretrained"] - r["other_classes_finetuned"]
     moved = r["first_layer_cka"] < 0.9
     v = "holds" if loss > 0.005 else "holds in part" if moved else "does not hold"
-    why = (f"the first layer's activations kept a CKA of {r['first_layer_cka']:.3f} with the pretrained ones (weights "
-           f"moved by {100 * r['first_layer_change']:.1f}%); on the other classes the pretrained net's features gave "
-           f"{100 * r['other_classes_pretrained']:.2f}% and the fine-tuned net's {100 * r['other_classes_finetuned']:.2f}%.")
-    return {"table": table(["first-layer CKA", "first-layer weight change", "other classes: pretrained features %",
-                            "other classes: fine-tuned features %"], rows),
-            "verdict": v, "why": why,
-            "recommend": "keep the pretrained net (`layerwise train` writes it, read-only, before fine-tuning)" + (
-                "." if v != "does not hold" else ": it costs one file and starts other tasks, though here "
-                "fine-tuning left the features nearly as they were.")}
+    why = (
+        f"the first layer's activations kept a CKA of {r['first_layer_cka']:.3f} with the pretrained ones (weights "
+        f"moved by {100 * r['first_layer_change']:.1f}%); on the other classes the pretrained net's features gave "
+        f"{100 * r['other_classes_pretrained']:.2f}% and the fine-tuned net's {100 * r['other_classes_finetuned']:.2f}%."
+    )
+    return {
+        "table": table(
+            [
+                "first-layer CKA",
+                "first-layer weight change",
+                "other classes: pretrained features %",
+                "other classes: fine-tuned features %",
+            ],
+            rows,
+        ),
+        "verdict": v,
+        "why": why,
+        "recommend": "keep the pretrained net (`layerwise train` writes it, read-only, before fine-tuning)"
+        + (
+            "."
+            if v != "does not hold"
+            else ": it costs one file and starts other tasks, though here "
+            "fine-tuning left the features nearly as they were."
+        ),
+    }
 
 
 def plot(records: list[dict], path) -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from layerwise._files import atomic_write
 from layerwise._checks import InvalidInput
+from layerwise._files import atomic_write
 
 VERDICTS = ("holds", "holds in part", "does not hold")
 
@@ -66,18 +66,27 @@ class LabData:
     def n_inputs(self) -> int:
         return int(self.x.shape[1])
 
-    def take(self, budget: Budget) -> "LabData":
+    def take(self, budget: Budget) -> LabData:
         """The budget's share: the first ``train`` / ``test`` samples (validation: as test)."""
         n, m = budget.train, budget.test
-        return LabData(self.name, self.x[:n], self.y[:n], self.xv[:m], self.yv[:m], self.xt[:m], self.yt[:m],
-                       self.n_labels, self.fingerprint)
+        return LabData(
+            self.name,
+            self.x[:n],
+            self.y[:n],
+            self.xv[:m],
+            self.yv[:m],
+            self.xt[:m],
+            self.yt[:m],
+            self.n_labels,
+            self.fingerprint,
+        )
 
 
 def load(data: str | None = None, test: str | None = None, *, seed: int = 0) -> LabData:
     """MNIST (``data`` None), or the user's ``.npz`` pair (``data`` with x and y; ``test``
     with x and y; the validation split is held out of ``data``)."""
     from layerwise.config import DataConfig
-    from layerwise.data.sources import load_splits
+    from layerwise.data.splits import load_splits
 
     if data is None:
         cfg = DataConfig(source="mnist")
@@ -88,6 +97,8 @@ def load(data: str | None = None, test: str | None = None, *, seed: int = 0) -> 
     s = load_splits(cfg, seed=seed)
     t = lambda ds: (torch.from_numpy(ds.x), torch.from_numpy(ds.y))  # noqa: E731
     (x, y), (xv, yv), (xt, yt) = t(s.train), t(s.validation), t(s.test)
+    # read just above; and load_splits always sets n_labels
+    assert s.validation is not None and s.test is not None and s.n_labels is not None
     fp = hashlib.sha256("".join(d.fingerprint for d in (s.train, s.validation, s.test)).encode()).hexdigest()
     return LabData("mnist" if data is None else Path(data).name, x, y, xv, yv, xt, yt, s.n_labels, fp)
 
@@ -100,8 +111,10 @@ class Cache:
 
     @staticmethod
     def key(experiment: str, settings: dict, budget: Budget, fingerprint: str) -> str:
-        blob = json.dumps({"experiment": experiment, "settings": settings, "budget": budget.__dict__,
-                           "data": fingerprint}, sort_keys=True)
+        blob = json.dumps(
+            {"experiment": experiment, "settings": settings, "budget": budget.__dict__, "data": fingerprint},
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
     def path(self, experiment: str, key: str) -> Path:
@@ -134,8 +147,12 @@ def run_experiment(module, data: LabData, budget: Budget, cache: Cache, say=None
             t0 = time.perf_counter()
             torch.manual_seed(0)
             result = module.run_cell(settings, data, budget)
-            rec = {"settings": settings, "result": result, "seconds": round(time.perf_counter() - t0, 2),
-                   "ran": {"commit": commit(), "date": time.strftime("%Y-%m-%d")}}
+            rec = {
+                "settings": settings,
+                "result": result,
+                "seconds": round(time.perf_counter() - t0, 2),
+                "ran": {"commit": commit(), "date": time.strftime("%Y-%m-%d")},
+            }
             cache.put(module.NAME, key, rec)
             if say:
                 say(f"{module.NAME} {i + 1}/{len(cells)} {json.dumps(settings)}: {json.dumps(result)}")
@@ -150,8 +167,12 @@ def commit() -> str:
     import subprocess
 
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or "unknown"
+        )
     except OSError:
         return "unknown"
 
@@ -164,11 +185,13 @@ def provenance(records: list[dict]) -> str:
     commits = sorted({r["commit"] for r in known})
     parts = []
     if known:
-        parts.append(f"{len(known)} cells ran on {', '.join(dates)} at commit{'s' * (len(commits) > 1)} "
-                     f"{', '.join(commits)}")
+        parts.append(
+            f"{len(known)} cells ran on {', '.join(dates)} at commit{'s' * (len(commits) > 1)} {', '.join(commits)}"
+        )
     if len(known) < len(ran):
-        parts.append(f"{len(ran) - len(known)} cells come from a cache written before cells recorded their "
-                     "commit and date")
+        parts.append(
+            f"{len(ran) - len(known)} cells come from a cache written before cells recorded their commit and date"
+        )
     return "; ".join(parts)
 
 
@@ -181,12 +204,15 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def section(module, verdict: dict, plot_name: str | None) -> str:
     """The markdown of one experiment: claim, set-up, table, verdict, recommendation."""
-    lines = [f"## {module.TITLE}", "", f"> {module.CLAIM}", "", f"**Set-up.** {module.SETUP}", "",
-             verdict["table"], ""]
+    lines = [f"## {module.TITLE}", "", f"> {module.CLAIM}", "", f"**Set-up.** {module.SETUP}", "", verdict["table"], ""]
     if plot_name:
         lines += [f"![{module.NAME}]({plot_name})", ""]
-    lines += [f"**Verdict: {verdict['verdict']}.** {verdict['why']}", "",
-              f"**layerwise recommends:** {verdict['recommend']}", ""]
+    lines += [
+        f"**Verdict: {verdict['verdict']}.** {verdict['why']}",
+        "",
+        f"**layerwise recommends:** {verdict['recommend']}",
+        "",
+    ]
     return "\n".join(lines)
 
 

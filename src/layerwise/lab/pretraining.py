@@ -8,11 +8,15 @@ from layerwise.lab.runs import finetuned, pretrained, random_classifier
 
 NAME = "pretraining"
 TITLE = "Pretraining, then fine-tuning"
-CLAIM = ("\"pre-train your net first on the raw data ... then fine-tuning\" (unsupervised layer-wise pretraining, "
-         "then backpropagation)")
-SETUP = ("The advisor's net, fine-tuned on the first N labelled training examples: from a stack pretrained on all the "
-         "training inputs (labels unused), from random weights (sigmoid, as the pretrained net), and a ReLU net from "
-         "random weights (the modern baseline). Equal fine-tuning epochs.")
+CLAIM = (
+    '"pre-train your net first on the raw data ... then fine-tuning" (unsupervised layer-wise pretraining, '
+    "then backpropagation)"
+)
+SETUP = (
+    "The advisor's net, fine-tuned on the first N labelled training examples: from a stack pretrained on all the "
+    "training inputs (labels unused), from random weights (sigmoid, as the pretrained net), and a ReLU net from "
+    "random weights (the modern baseline). Equal fine-tuning epochs."
+)
 LABELS = (100, 1000, 10000, 50000)
 MODES = ("pretrained", "random", "relu")
 _STACKS: dict = {}  # the pretrained stack, made once per data and budget in this process
@@ -50,18 +54,25 @@ def verdict(records: list[dict], budget) -> dict:
         v = "holds in part"
     else:
         v = "does not hold"
-    why = (f"pretraining changed test accuracy by {', '.join(f'{100 * g:+.1f}' for g in gain)} points against the same "
-           f"sigmoid net from random weights, and by {', '.join(f'{100 * g:+.1f}' for g in vs_relu)} against a ReLU net, "
-           f"at {', '.join(map(str, ns))} labels.")
-    return {"table": table(["labelled examples", "pretrained %", "random sigmoid %", "random ReLU %"], rows),
-            "verdict": v, "why": why,
-            "recommend": "pretrain (the default of `layerwise train`), most of all when labels are few."}
+    why = (
+        f"pretraining changed test accuracy by {', '.join(f'{100 * g:+.1f}' for g in gain)} points against the same "
+        f"sigmoid net from random weights, and by {', '.join(f'{100 * g:+.1f}' for g in vs_relu)} against a ReLU net, "
+        f"at {', '.join(map(str, ns))} labels."
+    )
+    return {
+        "table": table(["labelled examples", "pretrained %", "random sigmoid %", "random ReLU %"], rows),
+        "verdict": v,
+        "why": why,
+        "recommend": "pretrain (the default of `layerwise train`), most of all when labels are few.",
+    }
 
 
 def plot(records: list[dict], path) -> None:
     with figure(path, figsize=(6, 4)) as ax:
         for m in MODES:
-            pts = sorted((r["settings"]["labels"], r["result"]["test_accuracy"]) for r in records if r["settings"]["start"] == m)
+            pts = sorted(
+                (r["settings"]["labels"], r["result"]["test_accuracy"]) for r in records if r["settings"]["start"] == m
+            )
             ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "o-", label=m)
         ax.set(xscale="log", xlabel="labelled examples", ylabel="test accuracy %", title="pretraining and labels")
         ax.legend()

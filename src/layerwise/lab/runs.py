@@ -10,16 +10,17 @@ import torch
 from torch import nn
 
 from layerwise.config import FinetuneConfig, PretrainConfig
+from layerwise.stack import DeepBeliefNet, build_classifier
 from layerwise.training.finetune import evaluate, finetune
 from layerwise.training.pretrain import pretrain
-from layerwise.stack import DeepBeliefNet, build_classifier
 
 PRETRAIN = PretrainConfig(learning_rate=0.05, momentum_switch_epoch=1, monitor_samples=1000)
 FINETUNE = FinetuneConfig(learning_rate=0.1, momentum=0.9, patience=None)
 
 
-def pretrained(data, hidden: list[int], epochs: int, batch_size: int, *, seed: int = 0, x=None,
-               **pretrain_options) -> tuple[DeepBeliefNet, list[dict]]:
+def pretrained(
+    data, hidden: list[int], epochs: int, batch_size: int, *, seed: int = 0, x=None, **pretrain_options
+) -> tuple[DeepBeliefNet, list[dict]]:
     """A stack pretrained on ``x`` (default: the data's training inputs), its records."""
     dbn = DeepBeliefNet(data.n_inputs, hidden, seed=seed)
     cfg = dataclasses.replace(PRETRAIN, epochs=epochs, batch_size=batch_size, **pretrain_options)
@@ -27,13 +28,15 @@ def pretrained(data, hidden: list[int], epochs: int, batch_size: int, *, seed: i
     return dbn, records
 
 
-def finetuned(data, clf: nn.Module, epochs: int, batch_size: int, *, seed: int = 0, x=None, y=None,
-              **options) -> dict:
+def finetuned(data, clf: nn.Module, epochs: int, batch_size: int, *, seed: int = 0, x=None, y=None, **options) -> dict:
     """Fine-tune ``clf`` (in place) and return its validation and test accuracy."""
     cfg = dataclasses.replace(FINETUNE, epochs=epochs, batch_size=batch_size, **options)
     if epochs > 0:
         finetune(clf, data.x if x is None else x, data.y if y is None else y, data.xv, data.yv, cfg, seed=seed)
-    return {"validation_accuracy": evaluate(clf, data.xv, data.yv)[1], "test_accuracy": evaluate(clf, data.xt, data.yt)[1]}
+    return {
+        "validation_accuracy": evaluate(clf, data.xv, data.yv)[1],
+        "test_accuracy": evaluate(clf, data.xt, data.yt)[1],
+    }
 
 
 def random_classifier(data, hidden: list[int], *, seed: int = 0, relu: bool = False) -> nn.Sequential:
@@ -71,5 +74,8 @@ def unlike_the_data(x: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
     pixels shuffled, and binary noise at the data's mean intensity."""
     g = torch.Generator().manual_seed(seed)
     shuffled = torch.stack([row[torch.randperm(len(row), generator=g)] for row in x])
-    return {"noise": torch.rand(x.shape, generator=g), "shuffled": shuffled,
-            "binary_noise": (torch.rand(x.shape, generator=g) < x.mean()).float()}
+    return {
+        "noise": torch.rand(x.shape, generator=g),
+        "shuffled": shuffled,
+        "binary_noise": (torch.rand(x.shape, generator=g) < x.mean()).float(),
+    }

@@ -11,12 +11,16 @@ from layerwise.lab.runs import finetuned, pretrained, reconstruction, unlike_the
 
 NAME = "widths"
 TITLE = "Hidden layers smaller than the input"
-CLAIM = ("\"give them fewer neurons than your input ... you risk reconstructing the identity function\" "
-         "(hidden layers smaller than the input)")
-SETUP = ("One RBM of width ratio x the input (1/8 to 2), CD-1 for the budget's epochs; its reconstruction "
-         "cross-entropy above the inputs' own entropy (the excess, in nats per image) on test images and on inputs "
-         "unlike the data: each image's pixels shuffled, and uniform noise. A layer that learned the identity "
-         "reconstructs those too. Then a one-hidden-layer classifier fine-tuned from it.")
+CLAIM = (
+    '"give them fewer neurons than your input ... you risk reconstructing the identity function" '
+    "(hidden layers smaller than the input)"
+)
+SETUP = (
+    "One RBM of width ratio x the input (1/8 to 2), CD-1 for the budget's epochs; its reconstruction "
+    "cross-entropy above the inputs' own entropy (the excess, in nats per image) on test images and on inputs "
+    "unlike the data: each image's pixels shuffled, and uniform noise. A layer that learned the identity "
+    "reconstructs those too. Then a one-hidden-layer classifier fine-tuned from it."
+)
 RATIOS = (0.125, 0.25, 0.5, 1.0, 2.0)
 
 
@@ -45,8 +49,17 @@ def run_cell(settings: dict, data, budget) -> dict:
 
 def verdict(records: list[dict], budget) -> dict:
     res = {r["settings"]["ratio"]: r["result"] for r in records}
-    rows = [[f"{r:g}", res[r]["width"], res[r]["excess_test"], res[r]["excess_shuffled"], res[r]["excess_noise"],
-             100 * res[r]["test_accuracy"]] for r in RATIOS]
+    rows = [
+        [
+            f"{r:g}",
+            res[r]["width"],
+            res[r]["excess_test"],
+            res[r]["excess_shuffled"],
+            res[r]["excess_noise"],
+            100 * res[r]["test_accuracy"],
+        ]
+        for r in RATIOS
+    ]
     narrow = [r for r in RATIOS if r < 1]
     wide = [r for r in RATIOS if r >= 1]
     best_narrow = max(res[r]["test_accuracy"] for r in narrow)
@@ -56,21 +69,36 @@ def verdict(records: list[dict], budget) -> dict:
     identity = ratio(max(RATIOS)) < 0.8 * ratio(0.5) and not math.isnan(ratio(0.5))
     no_gain = best_wide <= best_narrow + 0.005
     v = "holds" if identity and no_gain else "holds in part" if identity or no_gain else "does not hold"
-    why = (f"shuffled images cost {ratio(max(RATIOS)):.2f}x the excess of real ones at width {max(RATIOS):g}x the input, "
-           f"{ratio(0.5):.2f}x at 0.5x ({'closer to the identity' if identity else 'no sign of the identity'}); best "
-           f"test accuracy {100 * best_wide:.2f}% at widths >= the input against {100 * best_narrow:.2f}% below it.")
-    return {"table": table(["width / input", "units", "excess, test", "excess, shuffled", "excess, noise",
-                            "test accuracy %"], rows),
-            "verdict": v, "why": why,
-            "recommend": "first hidden layer below the input width (the advisor's default: 500 for 784 inputs)."}
+    why = (
+        f"shuffled images cost {ratio(max(RATIOS)):.2f}x the excess of real ones at width {max(RATIOS):g}x the input, "
+        f"{ratio(0.5):.2f}x at 0.5x ({'closer to the identity' if identity else 'no sign of the identity'}); best "
+        f"test accuracy {100 * best_wide:.2f}% at widths >= the input against {100 * best_narrow:.2f}% below it."
+    )
+    return {
+        "table": table(
+            ["width / input", "units", "excess, test", "excess, shuffled", "excess, noise", "test accuracy %"], rows
+        ),
+        "verdict": v,
+        "why": why,
+        "recommend": "first hidden layer below the input width (the advisor's default: 500 for 784 inputs).",
+    }
 
 
 def plot(records: list[dict], path) -> None:
     r = [rec["settings"]["ratio"] for rec in records]
     with figure(path, 1, 2, figsize=(10, 4)) as (a, b):
-        for key, label in (("excess_test", "test images"), ("excess_shuffled", "shuffled pixels"), ("excess_noise", "noise")):
+        for key, label in (
+            ("excess_test", "test images"),
+            ("excess_shuffled", "shuffled pixels"),
+            ("excess_noise", "noise"),
+        ):
             a.plot(r, [rec["result"][key] for rec in records], "o-", label=label)
-        a.set(xscale="log", xlabel="width / input", ylabel="reconstruction excess (nats)", title="what the layer reconstructs")
+        a.set(
+            xscale="log",
+            xlabel="width / input",
+            ylabel="reconstruction excess (nats)",
+            title="what the layer reconstructs",
+        )
         a.legend()
         b.plot(r, [100 * rec["result"]["test_accuracy"] for rec in records], "o-")
         b.set(xscale="log", xlabel="width / input", ylabel="test accuracy %", title="after fine-tuning")

@@ -12,11 +12,22 @@ from pathlib import Path
 
 import torch
 
-from layerwise.data.formats import image_side
 from layerwise._checks import MissingExtra
+from layerwise.data.formats import image_side
 
-SCALARS = ("recon_ce_train", "recon_ce_heldout", "free_energy_gap", "dead_units", "lr", "train_loss", "val_loss",
-           "val_accuracy", "test_accuracy", "test_loss", "seconds")
+SCALARS = (
+    "recon_ce_train",
+    "recon_ce_heldout",
+    "free_energy_gap",
+    "dead_units",
+    "lr",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "test_accuracy",
+    "test_loss",
+    "seconds",
+)
 
 
 class Board:
@@ -41,7 +52,13 @@ class Board:
             self.writer.add_text("guard", json.dumps(rec), global_step=int(rec.get("epoch", 0) or 0))
         elif phase in ("start", "resume"):
             self.writer.add_text(phase, json.dumps(rec))
-        prefix = {"pretrain": f"pretrain/layer{rec.get('layer', 0) + 1}", "finetune": "finetune", "test": "test"}.get(phase)
+        # a record without a phase (None) has no prefix
+        prefixes: dict[str | None, str] = {
+            "pretrain": f"pretrain/layer{rec.get('layer', 0) + 1}",
+            "finetune": "finetune",
+            "test": "test",
+        }
+        prefix = prefixes.get(phase)
         if prefix is None:
             return
         step = int(rec.get("epoch", 0))
@@ -61,6 +78,7 @@ class Board:
                 first = p
         side = None if first is None else image_side(first.shape[1])
         if side is not None and prefix.endswith(("layer1", "finetune")):
+            assert first is not None  # side is None without a 2-D weight
             w = first[:64].detach().float().cpu()
             w = (w - w.min()) / max(float(w.max() - w.min()), 1e-12)
             self.writer.add_images(f"{prefix}/filters", w.reshape(-1, 1, side, side), step, dataformats="NCHW")

@@ -55,15 +55,21 @@ class _Stack(SavesAsArtifact, BaseEstimator):
     def _pretrain(self, X: np.ndarray, seed: int):
         from layerwise.advice.rules import suggest_layers
         from layerwise.config import PretrainConfig
-        from layerwise.training.pretrain import pretrain
         from layerwise.stack import DeepBeliefNet
+        from layerwise.training.pretrain import pretrain
 
         n = X.shape[1]
         hidden = list(self.hidden) if self.hidden is not None else suggest_layers(max(n, 2))
         dbn = DeepBeliefNet(n, hidden, unit=self.unit, visible=self.visible, seed=seed, device=self._device())
-        cfg = dataclasses.replace(PretrainConfig(), epochs=self.pretrain_epochs, batch_size=self.batch_size,
-                                  learning_rate=self.pretrain_learning_rate, cd_k=self.cd_k,
-                                  weight_decay=self.weight_decay, momentum_switch_epoch=min(5, self.pretrain_epochs))
+        cfg = dataclasses.replace(
+            PretrainConfig(),
+            epochs=self.pretrain_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.pretrain_learning_rate,
+            cd_k=self.cd_k,
+            weight_decay=self.weight_decay,
+            momentum_switch_epoch=min(5, self.pretrain_epochs),
+        )
         if self.pretrain_epochs > 0:
             pretrain(dbn, torch.from_numpy(X), None, cfg, seed=seed, reporter=self._reporter())
         return dbn
@@ -75,9 +81,13 @@ class _Stack(SavesAsArtifact, BaseEstimator):
         out = validate_data(self, X, y, dtype=np.float32, reset=reset)
         X, y = (out, None) if isinstance(y, str) else out
         if self.visible == "bernoulli" and X.size and (X.min() < 0 or X.max() > 1):
-            warnings.warn(f"{type(self).__name__} with visible='bernoulli' models inputs in [0, 1]; X spans "
-                          f"[{X.min():g}, {X.max():g}]: rescale it (e.g. MinMaxScaler), or use visible='gaussian' on "
-                          "standardised inputs", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"{type(self).__name__} with visible='bernoulli' models inputs in [0, 1]; X spans "
+                f"[{X.min():g}, {X.max():g}]: rescale it (e.g. MinMaxScaler), or use visible='gaussian' on "
+                "standardised inputs",
+                UserWarning,
+                stacklevel=3,
+            )
         return X if y is None else (X, y)
 
     def _stack_from_arrays(self):
@@ -94,8 +104,10 @@ class _Stack(SavesAsArtifact, BaseEstimator):
         self._n_features_out = dbn.hidden[-1]
 
     def _state(self):
-        return ({f"stack.{k}": v for k, v in self.stack_.items()},
-                {"n_features_in_": int(self.n_features_in_), "hidden_sizes_": self.hidden_sizes_})
+        return (
+            {f"stack.{k}": v for k, v in self.stack_.items()},
+            {"n_features_in_": int(self.n_features_in_), "hidden_sizes_": self.hidden_sizes_},
+        )
 
     def _restore(self, arrays, scalars) -> None:
         self.stack_ = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("stack.")}
@@ -119,9 +131,21 @@ class DBNTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, _Stack):
 
     _parameter_constraints = dict(_PRETRAIN)
 
-    def __init__(self, hidden=None, *, unit="rbm", visible="bernoulli", pretrain_epochs=10,
-                 pretrain_learning_rate=0.05, batch_size=100, cd_k=1, weight_decay=2e-4, device="cpu",
-                 random_state=None, verbose=0):
+    def __init__(
+        self,
+        hidden=None,
+        *,
+        unit="rbm",
+        visible="bernoulli",
+        pretrain_epochs=10,
+        pretrain_learning_rate=0.05,
+        batch_size=100,
+        cd_k=1,
+        weight_decay=2e-4,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+    ):
         self.hidden = hidden
         self.unit = unit
         self.visible = visible
@@ -168,9 +192,25 @@ class DBNClassifier(ClassifierMixin, _Stack):
         "dropout": [Interval(Real, 0, 1, closed="left")],
     }
 
-    def __init__(self, hidden=None, *, unit="rbm", visible="bernoulli", pretrain_epochs=10,
-                 pretrain_learning_rate=0.05, batch_size=100, cd_k=1, weight_decay=2e-4, finetune_epochs=20,
-                 learning_rate=0.1, momentum=0.9, dropout=0.0, device="cpu", random_state=None, verbose=0):
+    def __init__(
+        self,
+        hidden=None,
+        *,
+        unit="rbm",
+        visible="bernoulli",
+        pretrain_epochs=10,
+        pretrain_learning_rate=0.05,
+        batch_size=100,
+        cd_k=1,
+        weight_decay=2e-4,
+        finetune_epochs=20,
+        learning_rate=0.1,
+        momentum=0.9,
+        dropout=0.0,
+        device="cpu",
+        random_state=None,
+        verbose=0,
+    ):
         self.hidden = hidden
         self.unit = unit
         self.visible = visible
@@ -200,19 +240,34 @@ class DBNClassifier(ClassifierMixin, _Stack):
         self._keep_stack(dbn)
         n_labels = max(len(self.classes_), 2)
         clf = dbn.to_classifier(n_labels, dropout_hidden=self.dropout, seed=seed)
-        cfg = dataclasses.replace(FinetuneConfig(), epochs=self.finetune_epochs, batch_size=self.batch_size,
-                                  learning_rate=self.learning_rate, momentum=self.momentum, patience=None)
+        cfg = dataclasses.replace(
+            FinetuneConfig(),
+            epochs=self.finetune_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            momentum=self.momentum,
+            patience=None,
+        )
         if self.finetune_epochs > 0:
-            finetune(clf, torch.from_numpy(X), torch.from_numpy(codes.astype(np.int64)), None, None, cfg, seed=seed,
-                     reporter=self._reporter())
+            finetune(
+                clf,
+                torch.from_numpy(X),
+                torch.from_numpy(codes.astype(np.int64)),
+                None,
+                None,
+                cfg,
+                seed=seed,
+                reporter=self._reporter(),
+            )
         self.net_ = {k: v.detach().cpu().numpy().copy() for k, v in clf.state_dict().items()}
         return self
 
     def _net(self):
         from layerwise.stack import build_classifier
 
-        clf = build_classifier([self.n_features_in_, *self.hidden_sizes_], max(len(self.classes_), 2),
-                               dropout_hidden=self.dropout)
+        clf = build_classifier(
+            [self.n_features_in_, *self.hidden_sizes_], max(len(self.classes_), 2), dropout_hidden=self.dropout
+        )
         clf.load_state_dict({k: torch.from_numpy(v) for k, v in self.net_.items()})
         return clf.to(self._device()).eval()
 

@@ -32,7 +32,7 @@ from layerwise.units.rbm import GaussianBernoulliRBM as _GaussianUnit
 # checks of sklearn.utils.estimator_checks that cannot hold, and why (as for scikit-learn's own RBM)
 EXPECTED_FAILED_CHECKS = {
     "check_methods_subset_invariance": "score_samples flips one random feature per sample, drawn for the whole "
-                                       "batch from random_state (as scikit-learn's BernoulliRBM)",
+    "batch from random_state (as scikit-learn's BernoulliRBM)",
     "check_methods_sample_order_invariance": "score_samples: the same random flips, by position (as scikit-learn's)",
 }
 
@@ -75,9 +75,22 @@ class BernoulliRBM(SavesAsArtifact, ClassNamePrefixFeaturesOutMixin, Transformer
         "device": [str],
     }
 
-    def __init__(self, n_components=256, *, learning_rate=0.1, batch_size=10, n_iter=10, verbose=0,
-                 random_state=None, method="pcd", k=1, momentum=0.0, weight_decay=0.0, visible="bernoulli",
-                 device="cpu"):
+    def __init__(
+        self,
+        n_components=256,
+        *,
+        learning_rate=0.1,
+        batch_size=10,
+        n_iter=10,
+        verbose=0,
+        random_state=None,
+        method="pcd",
+        k=1,
+        momentum=0.0,
+        weight_decay=0.0,
+        visible="bernoulli",
+        device="cpu",
+    ):
         self.n_components = n_components
         self.learning_rate = learning_rate
         self.batch_size = batch_size
@@ -124,8 +137,9 @@ class BernoulliRBM(SavesAsArtifact, ClassNamePrefixFeaturesOutMixin, Transformer
         self.components_ = as_np(unit.weight)
         self.intercept_visible_ = as_np(unit.visible_bias)
         self.intercept_hidden_ = as_np(unit.hidden_bias)
-        self._velocities = {n: as_np(getattr(unit, n)) for n in
-                            ("weight_velocity", "visible_bias_velocity", "hidden_bias_velocity")}
+        self._velocities = {
+            n: as_np(getattr(unit, n)) for n in ("weight_velocity", "visible_bias_velocity", "hidden_bias_velocity")
+        }
         self._keep_generator(unit)
 
     def _start(self, n_features: int, dtype, rng) -> None:
@@ -136,7 +150,7 @@ class BernoulliRBM(SavesAsArtifact, ClassNamePrefixFeaturesOutMixin, Transformer
         self.h_samples_ = np.zeros((self.batch_size, self.n_components), dtype=dtype)
         self._velocities = {}
         self._seed = int(rng.randint(0, 2**31 - 1))
-        self._torch_state = None
+        self._torch_state: tuple[str, np.ndarray] | None = None  # (device type, generator state)
 
     def _tensor(self, X, unit) -> torch.Tensor:
         X = np.asarray(X.toarray() if sp.issparse(X) else X, dtype=self.components_.dtype)
@@ -150,7 +164,7 @@ class BernoulliRBM(SavesAsArtifact, ClassNamePrefixFeaturesOutMixin, Transformer
         m = v_pos.shape[0]
         h_pos = unit.mean_hiddens(v_pos)
         if self.method == "pcd":  # scikit-learn's SML: negative visibles sampled from the chains' hiddens
-            h = chains[:m] if len(chains) >= m else torch.cat([chains, unit.sample_hiddens(h_pos[len(chains):])])
+            h = chains[:m] if len(chains) >= m else torch.cat([chains, unit.sample_hiddens(h_pos[len(chains) :])])
             v_neg = unit.negative_phase(h, self.k, sample_last_visible=True)
         else:
             v_neg = unit.negative_phase(unit.sample_hiddens(h_pos), self.k, sample_last_visible=False)
@@ -188,8 +202,10 @@ class BernoulliRBM(SavesAsArtifact, ClassNamePrefixFeaturesOutMixin, Transformer
             if self.verbose and slices is not None:
                 self._keep(unit)
                 end = time.time()
-                print(f"[{type(self).__name__}] Iteration {iteration}, pseudo-likelihood = "
-                      f"{self.score_samples(X).mean():.2f}, time = {end - begin:.2f}s")
+                print(
+                    f"[{type(self).__name__}] Iteration {iteration}, pseudo-likelihood = "
+                    f"{self.score_samples(X).mean():.2f}, time = {end - begin:.2f}s"
+                )
                 begin = end
         self.h_samples_ = chains.to("cpu").numpy().copy()
         self._keep(unit)
@@ -211,8 +227,13 @@ class BernoulliRBM(SavesAsArtifact, ClassNamePrefixFeaturesOutMixin, Transformer
         first = not hasattr(self, "components_")
         if first:
             self._validate_params()
-        X = validate_data(self, X, accept_sparse="csr", reset=first,
-                          dtype=(np.float64, np.float32) if first else self.components_.dtype)
+        X = validate_data(
+            self,
+            X,
+            accept_sparse="csr",
+            reset=first,
+            dtype=(np.float64, np.float32) if first else self.components_.dtype,
+        )
         if first:
             self._start(X.shape[1], X.dtype, check_random_state(self.random_state))
         self._train(X, None)
@@ -264,22 +285,30 @@ class BernoulliRBM(SavesAsArtifact, ClassNamePrefixFeaturesOutMixin, Transformer
 
     # -- saving (layerwise artifacts) --------------------------------------------------
     def _state(self):
-        arrays = {"components_": self.components_, "intercept_hidden_": self.intercept_hidden_,
-                  "intercept_visible_": self.intercept_visible_, "h_samples_": self.h_samples_,
-                  **{f"velocity.{k}": v for k, v in self._velocities.items()}}
+        arrays = {
+            "components_": self.components_,
+            "intercept_hidden_": self.intercept_hidden_,
+            "intercept_visible_": self.intercept_visible_,
+            "h_samples_": self.h_samples_,
+            **{f"velocity.{k}": v for k, v in self._velocities.items()},
+        }
         if self._torch_state is not None:
             arrays["generator_state"] = self._torch_state[1]
         names = getattr(self, "feature_names_in_", None)
-        return arrays, {"n_features_in_": int(self.n_features_in_), "seed": int(self._seed),
-                        "generator_device": None if self._torch_state is None else self._torch_state[0],
-                        "feature_names_in_": None if names is None else [str(n) for n in names]}
+        return arrays, {
+            "n_features_in_": int(self.n_features_in_),
+            "seed": int(self._seed),
+            "generator_device": None if self._torch_state is None else self._torch_state[0],
+            "feature_names_in_": None if names is None else [str(n) for n in names],
+        }
 
     def _restore(self, arrays: dict, scalars: dict) -> None:
         for k in ("components_", "intercept_hidden_", "intercept_visible_", "h_samples_"):
             setattr(self, k, arrays[k])
         self._velocities = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("velocity.")}
-        self._torch_state = (scalars["generator_device"], arrays["generator_state"]) if "generator_state" in arrays \
-            else None
+        self._torch_state = (
+            (scalars["generator_device"], arrays["generator_state"]) if "generator_state" in arrays else None
+        )
         self._seed, self.n_features_in_ = scalars["seed"], scalars["n_features_in_"]
         self._n_features_out = self.components_.shape[0]
         if scalars.get("feature_names_in_") is not None:

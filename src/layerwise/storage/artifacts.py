@@ -33,9 +33,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from layerwise._version import __version__
-from layerwise._files import atomic_folder, sha256_file
 from layerwise._checks import InvalidInput
+from layerwise._files import atomic_folder, sha256_file
+from layerwise._version import __version__
 
 SCHEMA_VERSION = 1
 READ_ONLY = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH  # 0444; writable artifacts are 0644
@@ -65,18 +65,20 @@ def write_artifact(
     def fill(tmp: Path) -> None:
         weights = tmp / WEIGHTS
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(weights))
-        manifest.update({
-            "schema_version": SCHEMA_VERSION,
-            "layerwise_version": __version__,
-            "kind": kind,
-            "architecture": architecture,
-            "config": config,
-            "stages": stages or [],
-            "metrics": metrics or {},
-            "weights_sha256": sha256_file(weights),
-            "parent": parent,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        })
+        manifest.update(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "layerwise_version": __version__,
+                "kind": kind,
+                "architecture": architecture,
+                "config": config,
+                "stages": stages or [],
+                "metrics": metrics or {},
+                "weights_sha256": sha256_file(weights),
+                "parent": parent,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         for p in (weights, tmp / MANIFEST):  # readable by all who share the folder; read-only: 0444
             p.chmod(READ_ONLY if read_only else READ_ONLY | stat.S_IWUSR)
@@ -139,8 +141,11 @@ def classifier_architecture(sizes: list[int], n_labels: int, dropout_input: floa
     }
 
 
-ARCHITECTURE_KEYS = {"DeepBeliefNet": ("n_visible", "hidden", "unit", "visible"),
-                     "Classifier": ("sizes", "n_labels", "dropout_input", "dropout_hidden")}
+# looked up with None, too: a manifest whose architecture is not a table
+ARCHITECTURE_KEYS: dict[str | None, tuple[str, ...]] = {
+    "DeepBeliefNet": ("n_visible", "hidden", "unit", "visible"),
+    "Classifier": ("sizes", "n_labels", "dropout_input", "dropout_hidden"),
+}
 
 
 def load_model(folder: str | Path) -> tuple[torch.nn.Module, dict]:
@@ -155,7 +160,10 @@ def load_model(folder: str | Path) -> tuple[torch.nn.Module, dict]:
         raise InvalidInput(f"'{Path(folder) / MANIFEST}' is corrupt: unknown architecture {arch!r:.60}")
     missing = [k for k in needs if k not in arch]
     if missing:
-        raise InvalidInput(f"'{Path(folder) / MANIFEST}' is corrupt: its architecture lacks {', '.join(map(repr, missing))}")
+        raise InvalidInput(
+            f"'{Path(folder) / MANIFEST}' is corrupt: its architecture lacks {', '.join(map(repr, missing))}"
+        )
+    model: torch.nn.Module
     if arch["type"] == "DeepBeliefNet":
         model = DeepBeliefNet.from_architecture(arch)
     else:

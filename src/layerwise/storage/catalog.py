@@ -81,8 +81,10 @@ def table(rows: list[dict]) -> str:
     for r in rows:  # anything left (a cycle would be a corrupt manifest) still shows
         emit(r, 0)
     stages = lambda r: str(len(r["stages"]) if isinstance(r.get("stages"), list) else 0)  # noqa: E731
-    cells = [("  " * d + str(r.get("kind", "?")), _arch(r), stages(r), _metric(r), (sha(r) or "")[:12], r["path"])
-             for d, r in entries]
+    cells = [
+        ("  " * d + str(r.get("kind", "?")), _arch(r), stages(r), _metric(r), (sha(r) or "")[:12], r["path"])
+        for d, r in entries
+    ]
     names = ("kind", "architecture", "stages", "metric", "sha256", "path")
     widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]  # columns never run together
 

@@ -24,8 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save
 
-from layerwise._files import atomic_write
 from layerwise._checks import InvalidInput
+from layerwise._files import atomic_write
 
 CHECKPOINT = "state.safetensors"
 PREVIOUS = "state.prev.safetensors"  # the checkpoint before: a corrupt newest one is not the end of a long run
@@ -40,7 +40,7 @@ def flatten(tree: Any) -> tuple[dict[str, torch.Tensor], Any]:
     tensors: dict[str, torch.Tensor] = {}
 
     def walk(node, path: str):
-        below = (lambda key: f"{path}{SEP}{key}" if path else str(key))
+        below = lambda key: f"{path}{SEP}{key}" if path else str(key)
         if torch.is_tensor(node):
             tensors[path] = node
             return {_TENSOR: path}
@@ -80,7 +80,8 @@ def _digest(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
     for k in sorted(tensors):
         t = tensors[k].detach().contiguous().cpu()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        # numpy declares the buffer protocol (__buffer__) to type checkers for Python 3.12+ only
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # type: ignore[arg-type]
     return h.hexdigest()
 
 
@@ -90,8 +91,10 @@ def save_checkpoint(folder: str | Path, tensors: dict[str, torch.Tensor], meta: 
     replaces stays as ``state.prev.safetensors``."""
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta_json = json.dumps(meta)
-    blob = save(flat, metadata={"layerwise": meta_json, "layerwise_format": FORMAT,
-                                "layerwise_sha256": _digest(flat, meta_json)})
+    blob = save(
+        flat,
+        metadata={"layerwise": meta_json, "layerwise_format": FORMAT, "layerwise_sha256": _digest(flat, meta_json)},
+    )
     folder = Path(folder)
     for stale in folder.glob(f".{CHECKPOINT}.*.tmp*") if folder.is_dir() else ():
         stale.unlink()  # left by a writer that was killed mid-write (one writer: the folder is locked)
@@ -137,10 +140,14 @@ def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], Any]:
         try:
             _, meta = _read(folder / PREVIOUS)
         except ValueError:
-            raise InvalidInput(f"{e}, and so is the previous one ('{PREVIOUS}'); delete '{folder}' to start over") from None
-        raise InvalidInput(f"{e}. The previous checkpoint is intact ({_where(meta)}): to go on from there, "
-                         f"move '{folder / PREVIOUS}' to '{path}' and run the same command again; or delete "
-                         f"'{folder}' to start over") from None
+            raise InvalidInput(
+                f"{e}, and so is the previous one ('{PREVIOUS}'); delete '{folder}' to start over"
+            ) from None
+        raise InvalidInput(
+            f"{e}. The previous checkpoint is intact ({_where(meta)}): to go on from there, "
+            f"move '{folder / PREVIOUS}' to '{path}' and run the same command again; or delete "
+            f"'{folder}' to start over"
+        ) from None
 
 
 def _where(meta) -> str:
@@ -157,8 +164,11 @@ def exists(folder: str | Path) -> bool:
     return (Path(folder) / CHECKPOINT).is_file()
 
 
-_COMMANDS = {"train": "`layerwise train --resume RUN_FOLDER`", "stage": "`layerwise pretrain --resume FOLDER`",
-             "finetune": "the same `layerwise finetune` command"}
+_COMMANDS = {
+    "train": "`layerwise train --resume RUN_FOLDER`",
+    "stage": "`layerwise pretrain --resume FOLDER`",
+    "finetune": "the same `layerwise finetune` command",
+}
 
 
 def save_state(folder: str | Path, tree: Any) -> Path:
@@ -172,8 +182,10 @@ def load_state(folder: str | Path, job: str | None = None, *, take=None) -> Any:
     path = Path(folder) / CHECKPOINT
     tensors, meta = load_checkpoint(folder)
     if job is not None and meta.get("job") != job:
-        raise InvalidInput(f"checkpoint '{path}' belongs to a {meta.get('job')!r} job, not to {job!r}: "
-                         f"continue it with {_COMMANDS.get(meta.get('job'), 'the command that started it')}")
+        raise InvalidInput(
+            f"checkpoint '{path}' belongs to a {meta.get('job')!r} job, not to {job!r}: "
+            f"continue it with {_COMMANDS.get(meta.get('job'), 'the command that started it')}"
+        )
     try:
         return unflatten(take(tensors, meta) if take else tensors, meta)
     except ValueError as e:

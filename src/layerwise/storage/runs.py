@@ -16,13 +16,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from layerwise._checks import Refused
-
 from layerwise import config as config_mod
-from layerwise.storage.artifacts import read_artifact
-from layerwise.data.budget import check_fits
+from layerwise._checks import Refused
 from layerwise.config import RunConfig, resolve_config
+from layerwise.data.budget import check_fits
 from layerwise.reporting.reporter import Reporter
+from layerwise.storage.artifacts import read_artifact
 
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
@@ -65,6 +64,7 @@ def claim_run_dir(cfg: RunConfig, runs_dir: str | Path, splits) -> tuple[Path, R
     once the name is one path component and the net and data fit in memory."""
     config_mod.check_name(cfg.name)
     hidden = resolve_config(cfg, splits.n_inputs).model.hidden
+    assert hidden is not None  # resolve_config sets it
     # streamed data holds one block in memory at a time, not the data set
     rows = splits.train.source.block_rows() if splits.streamed else len(splits.train)
     check_fits([splits.n_inputs, *hidden], splits.n_labels, rows)
@@ -132,6 +132,13 @@ def result_from_disk(run_dir: Path) -> RunResult:
     _, pre = read_artifact(run_dir / "pretrained")
     _, fin = read_artifact(run_dir / "finetuned")
     m = fin["metrics"]
-    return RunResult(run_dir, m.get("test_accuracy"), m.get("validation_accuracy"), pre, fin,
-                     pre["metrics"].get("seconds", 0.0), m.get("seconds", 0.0),
-                     fin.get("config", {}).get("distributed", {}).get("workers", 1))
+    return RunResult(
+        run_dir,
+        m.get("test_accuracy"),
+        m.get("validation_accuracy"),
+        pre,
+        fin,
+        pre["metrics"].get("seconds", 0.0),
+        m.get("seconds", 0.0),
+        fin.get("config", {}).get("distributed", {}).get("workers", 1),
+    )

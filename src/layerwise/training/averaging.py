@@ -26,8 +26,9 @@ from layerwise._checks import Refused, check_int
 from layerwise.training.distributed import collective_device
 
 
-def trained_tensors(module: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    *, include_optimizer_state: bool = False) -> list[torch.Tensor]:
+def trained_tensors(
+    module: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, include_optimizer_state: bool = False
+) -> list[torch.Tensor]:
     """Every floating tensor that training changes: all parameters (with or without a
     gradient), the floating buffers whose name says they are training state (momentum
     "velocity" buffers of the units), and, when asked, the optimizer's floating state
@@ -43,12 +44,15 @@ def trained_tensors(module: nn.Module, optimizer: torch.optim.Optimizer | None =
 
 
 DRIFT_SAMPLE = 65536  # entries the replica drift is measured on (evenly strided)
-DRIFT_FLOOR_RMS = 0.1  # default [guard] drift_floor: drift is measured against weights at least this large (RMS per entry)
+DRIFT_FLOOR_RMS = (
+    0.1  # default [guard] drift_floor: drift is measured against weights at least this large (RMS per entry)
+)
 
 
 @torch.no_grad()
-def average_tensors(tensors: list[torch.Tensor], group=None, drift_floor: float = DRIFT_FLOOR_RMS,
-                    drift: bool = True) -> float:
+def average_tensors(
+    tensors: list[torch.Tensor], group=None, drift_floor: float = DRIFT_FLOOR_RMS, drift: bool = True
+) -> float:
     """Replace each tensor, on every rank, by its mean over the ranks of ``group``, with
     one flat all_reduce; return the replica drift before the round, max over ranks of
     ||local - mean|| / max(||mean||, drift_floor * sqrt(n)) on an evenly strided sample
@@ -83,6 +87,7 @@ def average_tensors(tensors: list[torch.Tensor], group=None, drift_floor: float 
         # freshly initialized layer (weights ~0.01) is not diverging when its replicas
         # differ by a few updates
         mean = flat[::stride]
+        assert local is not None  # taken above with drift
         scale = max(float(mean.norm()), drift_floor * math.sqrt(mean.numel()))
         mine = torch.tensor([float(torch.dist(local, mean)) / scale], dtype=torch.float64, device=flat.device)
         dist.all_reduce(mine, op=dist.ReduceOp.MAX, group=group)
@@ -120,8 +125,11 @@ class OuterNesterov:
     def reset(self, tensors: list[torch.Tensor], buffers: list[torch.Tensor] | None = None) -> None:
         """Start from these weights (the anchor), with zero momentum or ``buffers``."""
         self.anchor = [t.detach().clone() for t in tensors]
-        self.buffers = [torch.zeros_like(t) for t in tensors] if buffers is None else [
-            b.to(t.device, t.dtype).clone() for b, t in zip(buffers, tensors)]
+        self.buffers = (
+            [torch.zeros_like(t) for t in tensors]
+            if buffers is None
+            else [b.to(t.device, t.dtype).clone() for b, t in zip(buffers, tensors)]
+        )
 
     @torch.no_grad()
     def step(self, tensors: list[torch.Tensor]) -> None:
@@ -129,6 +137,7 @@ class OuterNesterov:
         if self.anchor is None:
             self.reset(tensors)
             return
+        assert self.buffers is not None  # reset() sets them with the anchor
         for t, a, b in zip(tensors, self.anchor, self.buffers):
             g = a - t  # the pseudo-gradient: the average lies at anchor - g
             b.mul_(self.momentum).add_(g)
@@ -145,9 +154,19 @@ class PeriodicAverager:
     sets ``step`` to the batch index at each epoch start, so the rounds fall at the same
     batches of every epoch, in a resumed run too."""
 
-    def __init__(self, period: int, tensors_fn, group=None, *, rank: int | None = None, world: int | None = None,
-                 max_drift: float | None = None, drift_floor: float = DRIFT_FLOOR_RMS, outer: OuterNesterov | None = None,
-                 outer_fn=None):
+    def __init__(
+        self,
+        period: int,
+        tensors_fn,
+        group=None,
+        *,
+        rank: int | None = None,
+        world: int | None = None,
+        max_drift: float | None = None,
+        drift_floor: float = DRIFT_FLOOR_RMS,
+        outer: OuterNesterov | None = None,
+        outer_fn=None,
+    ):
         self.period = check_int("PeriodicAverager", "period", period, low=1)
         self.tensors_fn = tensors_fn
         self.group = group
@@ -182,20 +201,29 @@ class PeriodicAverager:
         drifted past ``max_drift``."""
         drift = average_tensors(self.tensors_fn(), self.group, self.drift_floor, drift=self.max_drift is not None)
         if math.isnan(drift):
-            return ("parameter averaging: the average holds NaN or Inf, so at least one worker diverged "
-                    "(lower the learning rate; the guide's default is 0.01)")
+            return (
+                "parameter averaging: the average holds NaN or Inf, so at least one worker diverged "
+                "(lower the learning rate; the guide's default is 0.01)"
+            )
         self.last_drift = drift
         if self.outer is not None:
             self.outer.step(self.outer_fn())
         self.rounds += 1
         if self.max_drift is not None and self.last_drift > self.max_drift:
-            return (f"replica drift {self.last_drift:.3g}: before averaging round {self.rounds} a worker's parameters "
-                    f"were {self.last_drift:.3g}x the size of the average away from it (bound {self.max_drift:g})")
+            return (
+                f"replica drift {self.last_drift:.3g}: before averaging round {self.rounds} a worker's parameters "
+                f"were {self.last_drift:.3g}x the size of the average away from it (bound {self.max_drift:g})"
+            )
         return None
 
 
-def make_averager(distributed, guard, module: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                  outer_state: dict | None = None):
+def make_averager(
+    distributed,
+    guard,
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    outer_state: dict | None = None,
+):
     """The averager of a training loop from the [distributed] and [guard] configs: every
     trained tensor of ``module`` (and the optimizer state when asked), the guard's
     replica-drift bound when the guard is on, the outer optimizer when asked (its
@@ -212,7 +240,8 @@ def make_averager(distributed, guard, module: nn.Module, optimizer: torch.optim.
         lambda: trained_tensors(module, optimizer, include_optimizer_state=distributed.average_optimizer_state),
         max_drift=guard.max_drift if guard is not None and guard.enabled else None,
         drift_floor=guard.drift_floor if guard is not None else DRIFT_FLOOR_RMS,
-        outer=outer, outer_fn=lambda: [p.data for p in module.parameters()],
+        outer=outer,
+        outer_fn=lambda: [p.data for p in module.parameters()],
     )
 
 

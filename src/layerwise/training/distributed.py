@@ -1,6 +1,7 @@
-"""Process groups: rank and world, joining and leaving, launching workers through
-PyTorch's own launcher (``torch.distributed.run``), reporting failed workers, and the
-per-worker state that a checkpoint carries.
+"""Process groups: rank and world, joining and leaving, launching workers as functions
+through PyTorch's own launcher (``elastic_launch``, what torchrun runs), reporting failed
+workers from their torchelastic error files, and the per-worker state that a checkpoint
+carries.
 
 Averaging itself (the all_reduce and its policy) is ``averaging``'s. Every worker runs
 the same job; ``is_writer()`` is the one place that decides who writes: rank 0.
@@ -8,12 +9,14 @@ the same job; ``is_writer()`` is the one place that decides who writes: rank 0.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
-import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
+
 from layerwise._checks import InvalidInput, Refused
 
 
@@ -50,8 +53,11 @@ def join_group(timeout_minutes: float, device=None) -> tuple[int, int]:
     import torch.distributed as dist
 
     backend = backend_for(device)
-    extra = {"device_id": torch.device(device)} if backend == "nccl" else {}
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes), **extra)
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    if backend == "nccl":  # bound to this worker's GPU at once
+        dist.init_process_group(backend, timeout=timeout, device_id=torch.device(device))
+    else:
+        dist.init_process_group(backend, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -108,48 +114,76 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_workers(args: list[str], workers: int, *, max_restarts: int = 0, on_line=None) -> subprocess.CompletedProcess:
-    """Run ``python -m layerwise ARGS`` as ``workers`` processes through PyTorch's
-    elastic launcher on loopback with a free port. Each line the workers print goes to
-    ``on_line`` as it comes (progress); returns the finished process with its stdout and
-    stderr."""
-    import tempfile
-
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(workers),
-        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
-        "--max-restarts", str(max_restarts), "-m", "layerwise", *args,
-    ]
-    env = dict(os.environ)
-    # a restarted group must not read the dead workers' addresses from a reused store
-    env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    lines = []
-    with tempfile.TemporaryFile("w+") as err:  # a file, not a pipe: a full stderr pipe would stall the workers
-        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
-            for line in proc.stdout:
-                lines.append(line)
-                if on_line is not None:
-                    try:
-                        on_line(line.rstrip("\n"))
-                    except (BrokenPipeError, OSError):  # our reader left (`| head`): keep training, stop echoing
-                        on_line = None
-        err.seek(0)
-        return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), err.read())
+@contextlib.contextmanager
+def _worker_environment(workers: int) -> Iterator[None]:
+    """The environment the launched workers inherit, restored afterwards: one share of
+    the cores each (unless the user set OMP_NUM_THREADS), and a fresh rendezvous store
+    for a restarted group (it must not read the dead workers' addresses from a reused one)."""
+    saved = {k: os.environ.get(k) for k in ("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "OMP_NUM_THREADS")}
+    os.environ["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
-def workers_failed(proc: subprocess.CompletedProcess, workers: int, hint: str = "") -> Refused:
-    """The error for a group of workers that exited non-zero: the workers' own error
-    lines (each once; the launcher's report that follows them says only which rank
-    exited), else the last lines of their output."""
-    text = (proc.stderr or "") + (proc.stdout or "")
-    errors = list(dict.fromkeys(line.strip() for line in text.splitlines()
-                                if line.startswith("layerwise: error:") or re.match(r"\w*(Error|Exception): ", line)))
-    if errors:
-        body = "the workers reported:\n" + "\n".join(errors[-10:])
-    else:
-        body = "the last lines:\n" + "\n".join(text.strip().splitlines()[-15:])
-    return Refused(f"the {workers} workers failed (exit {proc.returncode}); {body}{hint}")
+def launch(entrypoint: Callable[..., Any], args: tuple, workers: int, *, max_restarts: int = 0) -> dict[int, Any]:
+    """Run ``entrypoint(*args)`` as ``workers`` processes on this machine through
+    PyTorch's elastic launcher (torchrun's machinery, called as a function:
+    ``elastic_launch``), with a c10d rendezvous on loopback at a free port; a failed
+    worker restarts the whole group up to ``max_restarts`` times. Returns each rank's
+    return value. ``entrypoint`` must be a module-level function (the workers are
+    started by spawn) that joins the group itself.
+
+    A Ctrl-C (the launcher stops the workers) raises KeyboardInterrupt. A worker that
+    raised raises RuntimeError with its exception and traceback, as the worker's
+    torchelastic error file recorded them; a worker killed by a signal or an exit code,
+    once no restart is left, raises ``Refused``."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=workers,
+        run_id=f"layerwise-{os.getpid()}-{free_port()}",
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        max_restarts=max_restarts,
+        monitor_interval=0.1,
+        start_method="spawn",
+    )
+    with _worker_environment(workers):
+        try:
+            return elastic_launch(config, entrypoint)(*args)
+        except SignalException:
+            raise KeyboardInterrupt from None
+        except ChildFailedError as e:
+            raise _group_failed(e, workers) from None
+
+
+def _group_failed(error: Any, workers: int) -> Exception:
+    """The error for a group whose workers failed, from what each failed worker's
+    torchelastic error file recorded (``ProcessFailure.error_file_data``): a worker's
+    exception is a bug (RuntimeError, with the worker's traceback); a worker ended by a
+    signal or an exit code is not (``Refused``)."""
+    raised, ended = [], []
+    for rank, failure in sorted(error.failures.items()):
+        recorded = failure.error_file_data.get("message")
+        if isinstance(recorded, dict):  # the worker raised: @record wrote its exception and traceback
+            trace = recorded.get("extraInfo", {}).get("py_callstack", "")
+            raised.append(f"worker {rank}: {recorded.get('message', '')}\n{trace}".rstrip())
+        else:
+            ended.append(f"worker {rank}: {failure.message} (exit code {failure.exitcode})")
+    if raised:
+        return RuntimeError(f"{len(raised)} of the {workers} workers raised an exception:\n" + "\n".join(raised))
+    return Refused(f"the {workers} workers failed: " + "; ".join(ended))
 
 
 def gather_local_state(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -165,11 +199,13 @@ def gather_local_state(local: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         return {}
     names = sorted(local)
     where = collective_device()
-    flat = torch.cat([local[k].detach().reshape(-1).to(where, torch.float64) for k in names]
-                     or [torch.zeros(0, dtype=torch.float64, device=where)])
+    flat = torch.cat(
+        [local[k].detach().reshape(-1).to(where, torch.float64) for k in names]
+        or [torch.zeros(0, dtype=torch.float64, device=where)]
+    )
     parts = [torch.empty_like(flat) for _ in range(world)] if rank == 0 else None
     dist.gather(flat, parts, dst=0)
-    if rank != 0:
+    if parts is None:  # not rank 0
         return {}
     out = {}
     for r in range(1, world):
@@ -189,7 +225,7 @@ def take_local_state(tensors: dict[str, torch.Tensor], saved_world: int) -> dict
     if rank == 0 or saved_world != world:
         return tensors
     prefix = f"rank{rank}/"
-    return {**tensors, **{k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}}
+    return {**tensors, **{k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}}
 
 
 def run_worker(job, *, timeout_minutes: float, on_result=None, device=None):

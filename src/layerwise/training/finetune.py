@@ -19,14 +19,14 @@ from torch import nn
 
 from layerwise import _devices
 from layerwise._devices import device_generator
-from layerwise.training.averaging import from_rank0, make_averager
+from layerwise.config import DistributedConfig, FinetuneConfig, GuardConfig
+from layerwise.data.streams import as_data, concat
+from layerwise.reporting.reporter import Reporter
+from layerwise.training.averaging import PeriodicAverager, from_rank0, make_averager
 from layerwise.training.distributed import collective_device
 from layerwise.training.fused import FusedClassifierStep
-from layerwise.config import DistributedConfig, FinetuneConfig, GuardConfig
 from layerwise.training.guard import DivergenceGuard, make_guard
 from layerwise.training.loop import Checkpointer, LoopControl, LoopPosition, run_loop
-from layerwise.reporting.reporter import Reporter
-from layerwise.data.streams import as_data, concat
 
 
 def _device_rng(device: torch.device):
@@ -94,8 +94,9 @@ def predict_proba(model: nn.Module, x, chunk: int = 10000) -> torch.Tensor:
     return out
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
-               precision: str = "fp32") -> torch.Tensor:
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor, precision: str = "fp32"
+) -> torch.Tensor:
     """One backprop step; returns the loss as a tensor on the device (no sync). In bf16
     the forward pass runs under autocast (bf16 products, fp32 loss); the parameters and
     the optimizer state stay fp32."""
@@ -153,18 +154,26 @@ class FinetuneState:
     guard: DivergenceGuard | None = None
     guard_state: dict | None = None  # a checkpointed guard, taken over by ``finetune``
     exact: bool = True  # False when resumed from a checkpoint of another device type
-    averager: object | None = None  # the PeriodicAverager in a group (its outer optimizer's momentum)
+    averager: PeriodicAverager | None = None  # the PeriodicAverager in a group (its outer optimizer's momentum)
     outer_state: dict | None = None  # a checkpointed outer optimizer, taken over by ``finetune``
 
     def state_dict(self) -> dict:
+        # saved once there is a generator: the caller's, or the one ``finetune`` sets
         return {
-            "loop": self.position.state_dict(), "generator": self.generator.get_state(),
-            "global_generator": torch.get_rng_state(), "device_generator": _device_rng(self.generator.device),
-            "loss_sum": self.loss_sum, "count": self.count,
-            "best": None if math.isinf(self.best) else self.best, "best_epoch": self.best_epoch,
-            "since_best": self.since_best, "best_state": self.best_state, "records": self.records,
+            "loop": self.position.state_dict(),
+            "generator": self.generator.get_state(),  # type: ignore[union-attr]
+            "global_generator": torch.get_rng_state(),
+            "device_generator": _device_rng(self.generator.device),  # type: ignore[union-attr]
+            "loss_sum": self.loss_sum,
+            "count": self.count,
+            "best": None if math.isinf(self.best) else self.best,
+            "best_epoch": self.best_epoch,
+            "since_best": self.since_best,
+            "best_state": self.best_state,
+            "records": self.records,
             "guard": None if self.guard is None else self.guard.state_dict(),
-            "outer": None if getattr(self.averager, "outer", None) is None else self.averager.outer.state_dict(),
+            # mypy does not narrow on the getattr test
+            "outer": None if getattr(self.averager, "outer", None) is None else self.averager.outer.state_dict(),  # type: ignore[union-attr]
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -225,6 +234,7 @@ def finetune(
     g = make_guard(guard, model, "fine-tuning", cfg.learning_rate, optimizer, st.records, reporter, st.guard_state)
     st.guard, st.guard_state = g, None
     if g is not None:
+
         def restart_epoch():
             st.loss_sum, st.count = 0.0, 0
 
@@ -232,8 +242,11 @@ def finetune(
 
     # the hand-written step of a build_classifier net (same arithmetic, masks drawn faster)
     # (bf16 where it has no bf16 products, such as MPS, stays with autograd, which runs it in fp32)
-    fused = (FusedClassifierStep.make(model, precision)
-             if cfg.fused and (precision != "bf16" or _devices.bf16_products(precision, device)) else None)
+    fused = (
+        FusedClassifierStep.make(model, precision)
+        if cfg.fused and (precision != "bf16" or _devices.bf16_products(precision, device))
+        else None
+    )
 
     def step(xb, yb, epoch):
         if g is not None:  # the schedule's rate, lowered by the guard's rollbacks
@@ -258,8 +271,11 @@ def finetune(
             dist.all_reduce(both)
             st.loss_sum, st.count = float(both[0]), int(both[1])
         rec = {
-            "phase": "finetune", "epoch": epoch + 1, "lr": lr_at(cfg, epoch) * (1 if g is None else g.lr_scale),
-            "train_loss": st.loss_sum / max(st.count, 1), "seconds": round(seconds, 3),
+            "phase": "finetune",
+            "epoch": epoch + 1,
+            "lr": lr_at(cfg, epoch) * (1 if g is None else g.lr_scale),
+            "train_loss": st.loss_sum / max(st.count, 1),
+            "seconds": round(seconds, 3),
         }
         st.loss_sum, st.count = 0.0, 0
         if g is not None:
@@ -303,9 +319,19 @@ def finetune(
                 with torch.cuda.device(device):  # that GPU's generator, not the current one's
                     torch.cuda.manual_seed(seed)
         epochs_run = run_loop(
-            data=train, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=st.generator,
-            step=step, end_epoch=end_epoch, reporter=reporter, desc="finetune", position=st.position,
-            checkpointer=checkpointer, guard=g, averager=averager, control=control,
+            data=train,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            generator=st.generator,
+            step=step,
+            end_epoch=end_epoch,
+            reporter=reporter,
+            desc="finetune",
+            position=st.position,
+            checkpointer=checkpointer,
+            guard=g,
+            averager=averager,
+            control=control,
         )
     if st.best_state is not None:
         model.load_state_dict(st.best_state)

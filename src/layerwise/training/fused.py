@@ -80,8 +80,10 @@ class FusedClassifierStep:
         n = shape[0] * shape[1]
         key = (n, device, layer)  # one per layer: the backward pass reads them all
         if key not in self._masks:
-            self._masks[key] = (torch.empty((n + 3) // 4, dtype=torch.int64, device=device),
-                                torch.empty(shape, dtype=torch.float32, device=device))
+            self._masks[key] = (
+                torch.empty((n + 3) // 4, dtype=torch.int64, device=device),
+                torch.empty(shape, dtype=torch.float32, device=device),
+            )
         words, kept = self._masks[key]
         words.random_(-(2**63), None)  # 64 random bits from the device's default generator
         draws = words.view(torch.int16)[:n].view(shape)
@@ -96,22 +98,35 @@ class FusedClassifierStep:
         if bufs is None:
             n, new = xb.shape[0], lambda *shape: torch.empty(shape, dtype=xb.dtype, device=xb.device)
             bufs = self._steps[key] = [
-                {"input": new(n, lin.in_features), "out": new(n, lin.out_features), "d_in": new(n, lin.in_features),
-                 "d_pre": new(n, lin.in_features)} for _, lin, _ in self.layers]
+                {
+                    "input": new(n, lin.in_features),
+                    "out": new(n, lin.out_features),
+                    "d_in": new(n, lin.in_features),
+                    "d_pre": new(n, lin.in_features),
+                }
+                for _, lin, _ in self.layers
+            ]
             if self.low is not None:  # the products' bf16 operands and results
                 low = lambda *shape: torch.empty(shape, dtype=self.low, device=xb.device)  # noqa: E731
                 for b, (_, lin, _) in zip(bufs, self.layers):
                     i, o = lin.in_features, lin.out_features
-                    b.update(input_low=low(n, i), weight_low=low(o, i), out_low=low(n, o), d_low=low(n, o),
-                             d_in_low=low(n, i), grad_low=low(o, i))
+                    b.update(
+                        input_low=low(n, i),
+                        weight_low=low(o, i),
+                        out_low=low(n, o),
+                        d_low=low(n, o),
+                        d_in_low=low(n, i),
+                        grad_low=low(o, i),
+                    )
         return bufs
 
     def _low(self, t: torch.Tensor, buf: dict, name: str) -> torch.Tensor:
         """t as an operand of a product: t itself in fp32, else its bf16 copy in buf[name]."""
         return t if self.low is None else buf[name].copy_(t)
 
-    def _gemm(self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: float, alpha: float,
-              buf: dict, name: str) -> torch.Tensor:
+    def _gemm(
+        self, out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: float, alpha: float, buf: dict, name: str
+    ) -> torch.Tensor:
         """out = beta * out + alpha * a @ b (beta 0 ignores out's contents); in bf16 the
         product of the bf16 operands a and b lands in buf[name] and is added in fp32."""
         if self.low is None:
@@ -122,8 +137,9 @@ class FusedClassifierStep:
             return out if alpha == 1.0 else out.mul_(alpha)
         return out.mul_(beta).add_(prod, alpha=alpha)
 
-    def __call__(self, xb: torch.Tensor, yb: torch.Tensor, optimizer: torch.optim.Optimizer,
-                 masks: list | None = None) -> torch.Tensor:
+    def __call__(
+        self, xb: torch.Tensor, yb: torch.Tensor, optimizer: torch.optim.Optimizer, masks: list | None = None
+    ) -> torch.Tensor:
         """Forward, loss, backward and the optimizer's step; returns the mean cross-entropy
         as a tensor on the device (no sync). A plain ``torch.optim.SGD`` (one group, no
         dampening, no Nesterov) is applied inside the gradient products (its momentum
@@ -169,8 +185,9 @@ class FusedClassifierStep:
                     self._gemm(_grad(lin.weight), d_low.t(), h_low, 0.0, scale, b, "grad_low")
                     _grad(lin.bias).addmv_(d.t(), ones, beta=0.0)
                 else:
-                    sgd(lin.weight, lambda buf, beta: self._gemm(buf, d_low.t(), h_low, beta, scale, b, "grad_low"))
-                    sgd(lin.bias, lambda buf, beta: buf.addmv_(d.t(), ones, beta=beta))
+                    # each product is called at once by sgd, inside this iteration
+                    sgd(lin.weight, lambda buf, beta: self._gemm(buf, d_low.t(), h_low, beta, scale, b, "grad_low"))  # noqa: B023
+                    sgd(lin.bias, lambda buf, beta: buf.addmv_(d.t(), ones, beta=beta))  # noqa: B023
                 if k == 0:
                     break
                 # h_in holds the sigmoid outputs (zero where dropped, where dh is zero too)

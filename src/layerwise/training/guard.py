@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -87,7 +87,7 @@ class Verdict:
     def ok(self) -> bool:
         return self.action == "ok"
 
-    def error(self) -> "DivergenceError":
+    def error(self) -> DivergenceError:
         """The error a ``stop`` ends the run with."""
         return DivergenceError(self.diagnosis, self.what)
 
@@ -114,11 +114,19 @@ class GuardEvent:
     lr_after: float
 
     def to_dict(self) -> dict:
-        return {"phase": "guard", "event": "rollback", "what": self.what, "where": self.where,
-                "epoch": self.epoch, "batch": self.batch, "lr_before": self.lr_before, "lr_after": self.lr_after}
+        return {
+            "phase": "guard",
+            "event": "rollback",
+            "what": self.what,
+            "where": self.where,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "lr_before": self.lr_before,
+            "lr_after": self.lr_after,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GuardEvent":
+    def from_dict(cls, d: dict) -> GuardEvent:
         return cls(d["what"], d["where"], d["epoch"], d["batch"], d["lr_before"], d["lr_after"])
 
 
@@ -171,8 +179,12 @@ class DivergenceGuard:
         last good weights and optimizer state, the loss histories, the batch counter and
         the rollbacks so far."""
         return {
-            "good": self._good, "good_optimizer": self._good_opt, "start_norm": self.start_norm,
-            "history": list(self.history), "good_history": list(self._good_history), "batches": self._batches,
+            "good": self._good,
+            "good_optimizer": self._good_opt,
+            "start_norm": self.start_norm,
+            "history": list(self.history),
+            "good_history": list(self._good_history),
+            "batches": self._batches,
             "events": [e.to_dict() for e in self.events],
         }
 
@@ -198,13 +210,16 @@ class DivergenceGuard:
         ``batch`` < 0 means it was found at the end of the epoch."""
         before = self.current_lr
         if len(self.events) >= self.max_rollbacks:
-            rates = " -> ".join(f"{self.lr * self.lr_factor ** i:g}" for i in range(len(self.events) + 1))
+            rates = " -> ".join(f"{self.lr * self.lr_factor**i:g}" for i in range(len(self.events) + 1))
             when = f"at the end of epoch {epoch + 1}" if batch < 0 else f"at epoch {epoch + 1}, batch {batch}"
-            return Verdict("stop", what,
+            return Verdict(
+                "stop",
+                what,
                 f"{self.where} diverged {when}: {what}, at learning rate {before:g} "
                 f"after {len(self.events)} rollbacks (rates tried: {rates}). Nothing diverged was saved. "
                 f"Fix: set {self.rate_key or 'the learning rate'} below {before:g} (the guide's default is 0.01), or "
-                "measure a stable rate with `layerwise probe-lr`")
+                "measure a stable rate with `layerwise probe-lr`",
+            )
         self.module.load_state_dict(self._good)
         if self.optimizer is not None:
             # a copy: load_state_dict keeps the given tensors as the optimizer's own, and
@@ -257,13 +272,23 @@ class DivergenceGuard:
             return f"{100 * dead:.0f}% of the hidden units are saturated (always on or off)"
         self.history.append(monitored)
         if worse_than_best_for(self.history, self.rising_epochs):
-            return (f"the monitored loss stayed above its best ({min(self.history):.4g}) for {self.rising_epochs} "
-                    f"epochs ({', '.join(f'{h:.4g}' for h in self.history[-self.rising_epochs:])})")
+            return (
+                f"the monitored loss stayed above its best ({min(self.history):.4g}) for {self.rising_epochs} "
+                f"epochs ({', '.join(f'{h:.4g}' for h in self.history[-self.rising_epochs :])})"
+            )
         return None
 
 
-def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer, records: list, reporter,
-               state: dict | None = None):
+def make_guard(
+    cfg: GuardConfig | None,
+    module,
+    where: str,
+    lr: float,
+    optimizer,
+    records: list,
+    reporter,
+    state: dict | None = None,
+):
     """A DivergenceGuard from its config (None when disabled) that logs its rollbacks
     to the records and the reporter; ``state`` (a checkpointed ``state_dict``) continues one."""
     if cfg is None or not cfg.enabled:
@@ -273,10 +298,20 @@ def make_guard(cfg: GuardConfig | None, module, where: str, lr: float, optimizer
         records.append(event)
         reporter.log(event)
 
-    guard = DivergenceGuard(module, where, lr, optimizer, lr_factor=cfg.lr_factor, max_rollbacks=cfg.max_rollbacks,
-                            max_growth=cfg.max_growth, rising_epochs=cfg.rising_epochs, check_every=cfg.check_every,
-                            max_dead=cfg.max_dead, log=log,
-                            rate_key="finetune.learning_rate" if where == "fine-tuning" else "pretrain.learning_rate")
+    guard = DivergenceGuard(
+        module,
+        where,
+        lr,
+        optimizer,
+        lr_factor=cfg.lr_factor,
+        max_rollbacks=cfg.max_rollbacks,
+        max_growth=cfg.max_growth,
+        rising_epochs=cfg.rising_epochs,
+        check_every=cfg.check_every,
+        max_dead=cfg.max_dead,
+        log=log,
+        rate_key="finetune.learning_rate" if where == "fine-tuning" else "pretrain.learning_rate",
+    )
     if state is not None:
         guard.load_state_dict(state)
     return guard

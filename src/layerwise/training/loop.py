@@ -18,13 +18,13 @@ from __future__ import annotations
 import importlib
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from layerwise._checks import InvalidInput
-from layerwise.data.streams import as_data
+from layerwise.data.streams import LoopData, as_data
 from layerwise.reporting.reporter import Reporter
 from layerwise.training.guard import OK, DivergenceError, DivergenceGuard, Verdict
 
@@ -72,7 +72,12 @@ class LoopPosition:
         return {"epoch": self.epoch, "batch": self.batch, "order": self.order, "stopped": self.stopped}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch, self.order, self.stopped = state["epoch"], state["batch"], state["order"], state["stopped"]
+        self.epoch, self.batch, self.order, self.stopped = (
+            state["epoch"],
+            state["batch"],
+            state["order"],
+            state["stopped"],
+        )
 
 
 class Checkpointer:
@@ -81,8 +86,14 @@ class Checkpointer:
     batches. ``save(position)`` writes the state; the owner of the loop supplies it. The
     loop asks whether a checkpoint is due, has the guard verify the weights, then saves."""
 
-    def __init__(self, save: Callable[[LoopPosition], None], *, every_epochs: int | None = 1,
-                 every_seconds: float | None = None, every_batches: int | None = None):
+    def __init__(
+        self,
+        save: Callable[[LoopPosition], None],
+        *,
+        every_epochs: int | None = 1,
+        every_seconds: float | None = None,
+        every_batches: int | None = None,
+    ):
         self.save = save
         self.every_epochs = every_epochs
         self.every_seconds = every_seconds
@@ -97,8 +108,10 @@ class Checkpointer:
     def due_after_batch(self) -> bool:
         """Count a batch; True when a mid-epoch checkpoint is due."""
         self._batches += 1
-        return bool((self.every_batches and self._batches % self.every_batches == 0) or (
-            self.every_seconds and time.monotonic() - self._last >= self.every_seconds))
+        return bool(
+            (self.every_batches and self._batches % self.every_batches == 0)
+            or (self.every_seconds and time.monotonic() - self._last >= self.every_seconds)
+        )
 
     def due_after_epoch(self, pos: LoopPosition) -> bool:
         return bool(self.every_epochs and (pos.epoch % self.every_epochs == 0 or pos.stopped))
@@ -117,7 +130,7 @@ def run_loop(
     *,
     x: torch.Tensor | None = None,
     y: torch.Tensor | None = None,
-    data=None,
+    data: LoopData | None = None,
     batch_size: int,
     epochs: int,
     generator: torch.Generator,
@@ -145,8 +158,24 @@ def run_loop(
     rank, world = (averager.rank, averager.world) if averager is not None else (0, 1)
     n_batches = (data.share(world) + batch_size - 1) // batch_size
     while pos.epoch < epochs and not pos.stopped:
-        verdict, stop = _epoch(data, pos, epochs, batch_size, n_batches, generator, step, end_epoch, reporter, desc,
-                               checkpointer, guard, averager, control, rank, world)
+        verdict, stop = _epoch(
+            data,
+            pos,
+            epochs,
+            batch_size,
+            n_batches,
+            generator,
+            step,
+            end_epoch,
+            reporter,
+            desc,
+            checkpointer,
+            guard,
+            averager,
+            control,
+            rank,
+            world,
+        )
         if verdict.action == "stop":
             raise verdict.error()
         if verdict.action == "rollback":
@@ -164,9 +193,24 @@ def run_loop(
     return pos.epoch
 
 
-def _epoch(data, pos: LoopPosition, epochs: int, batch_size: int, n_batches: int, generator, step, end_epoch,
-           reporter: Reporter, desc: str, checkpointer, guard, averager, control: LoopControl, rank: int,
-           world: int) -> tuple[Verdict, bool]:
+def _epoch(
+    data: LoopData,
+    pos: LoopPosition,
+    epochs: int,
+    batch_size: int,
+    n_batches: int,
+    generator,
+    step,
+    end_epoch,
+    reporter: Reporter,
+    desc: str,
+    checkpointer,
+    guard,
+    averager,
+    control: LoopControl,
+    rank: int,
+    world: int,
+) -> tuple[Verdict, bool]:
     """Run the rest of the epoch at ``pos``; return the first verdict that was not ``ok``
     (the epoch cut short) or ``ok``, and whether ``end_epoch`` asked to stop."""
     epoch = pos.epoch
@@ -211,8 +255,15 @@ def _epoch(data, pos: LoopPosition, epochs: int, batch_size: int, n_batches: int
     return OK, bool(outcome)
 
 
-def _judge(guard: DivergenceGuard | None, problem: str | None, epoch: int, batch: int, loss: float | None,
-           world: int, every_batch: bool = True) -> Verdict:
+def _judge(
+    guard: DivergenceGuard | None,
+    problem: str | None,
+    epoch: int,
+    batch: int,
+    loss: float | None,
+    world: int,
+    every_batch: bool = True,
+) -> Verdict:
     """The guard's verdict after a batch: on an averaging round that went wrong (every
     rank sees it at the same round), else on the batch's loss and weights (one process:
     in a group, NaN shows at the averaging round)."""

@@ -17,18 +17,17 @@ from pathlib import Path
 
 import torch
 
+from layerwise._checks import InvalidInput
 from layerwise._devices import device_generator
-from layerwise.training.averaging import from_rank0, make_averager
 from layerwise.config import DistributedConfig, GuardConfig, PretrainConfig
+from layerwise.data.streams import as_data, wait_for_activations
+from layerwise.reporting.reporter import Reporter
+from layerwise.stack import DeepBeliefNet
+from layerwise.training.averaging import from_rank0, make_averager
 from layerwise.training.distributed import barrier, rank_world
 from layerwise.training.guard import DivergenceGuard, dead_fraction, make_guard
 from layerwise.training.loop import Checkpointer, LoopControl, LoopPosition, run_loop
-from layerwise.reporting.reporter import Reporter
-from layerwise.stack import DeepBeliefNet
-from layerwise.data.streams import as_data, wait_for_activations
 from layerwise.units import DenoisingAutoencoder, Unit
-from layerwise._checks import InvalidInput
-
 
 
 def step_options(unit: Unit, cfg: PretrainConfig) -> dict:
@@ -36,8 +35,14 @@ def step_options(unit: Unit, cfg: PretrainConfig) -> dict:
     units take plain arguments and know nothing of recipes."""
     if isinstance(unit, DenoisingAutoencoder):
         return {"weight_decay": cfg.weight_decay, "noise": cfg.noise}
-    return {"weight_decay": cfg.weight_decay, "k": cfg.cd_k, "persistent": cfg.persistent,
-            "sparsity_target": cfg.sparsity_target, "sparsity_cost": cfg.sparsity_cost}
+    return {
+        "weight_decay": cfg.weight_decay,
+        "k": cfg.cd_k,
+        "persistent": cfg.persistent,
+        "sparsity_target": cfg.sparsity_target,
+        "sparsity_cost": cfg.sparsity_cost,
+    }
+
 
 def momentum_at(cfg: PretrainConfig, epoch: int) -> float:
     return cfg.momentum if epoch < cfg.momentum_switch_epoch else cfg.final_momentum
@@ -66,9 +71,12 @@ class PretrainProgress:
 
     def state_dict(self) -> dict:
         outer = getattr(self.averager, "outer", None)
-        return {"layer": self.layer, "loop": self.position.state_dict(),
-                "guard": None if self.guard is None else self.guard.state_dict(),
-                "outer": None if outer is None else outer.state_dict()}
+        return {
+            "layer": self.layer,
+            "loop": self.position.state_dict(),
+            "guard": None if self.guard is None else self.guard.state_dict(),
+            "outer": None if outer is None else outer.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.layer = state["layer"]
@@ -126,13 +134,23 @@ def pretrain(
     for i in range(progress.layer, len(dbn.layers)):
         unit = dbn.layers[i]
         if i == len(dbn.layers) - 1 and dbn.top_labels:  # the top RBM learns the labels beside the features
+            assert labels is not None  # _check_top_labels refused top_labels without them
             inp = _joined(dbn, inp, labels)
             held = None if held is None or heldout_labels is None else _joined(dbn, held, heldout_labels)
         if progress.layer != i:
             progress.layer, progress.position = i, LoopPosition()
-        kwargs = step_options(unit, cfg)
-        g = make_guard(guard, unit, f"pretraining of layer {i + 1}", cfg.learning_rate, None, records, reporter,
-                       progress.guard_state)
+        # Unit.step's **options stand for each unit's own keyword arguments, which a Protocol cannot state
+        kwargs = step_options(unit, cfg)  # type: ignore[arg-type]
+        g = make_guard(
+            guard,
+            unit,
+            f"pretraining of layer {i + 1}",
+            cfg.learning_rate,
+            None,
+            records,
+            reporter,
+            progress.guard_state,
+        )
         progress.guard, progress.guard_state = g, None
 
         def step(xb, _yb, epoch, unit=unit, kwargs=kwargs, g=g):
@@ -160,9 +178,18 @@ def pretrain(
         averager = make_averager(distributed, guard, unit, outer_state=progress.outer_state)
         progress.averager, progress.outer_state = averager, None
         run_loop(
-            data=inp, batch_size=cfg.batch_size, epochs=cfg.epochs, generator=generator,
-            step=step, end_epoch=end_epoch, reporter=reporter, position=progress.position,
-            checkpointer=checkpointer, guard=g, averager=averager, control=control,
+            data=inp,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            generator=generator,
+            step=step,
+            end_epoch=end_epoch,
+            reporter=reporter,
+            position=progress.position,
+            checkpointer=checkpointer,
+            guard=g,
+            averager=averager,
+            control=control,
             desc=f"pretrain layer {i + 1}/{len(dbn.layers)} ({unit.n_visible}->{unit.n_hidden})",
         )
         if i + 1 < len(dbn.layers):
@@ -178,8 +205,10 @@ def pretrain(
 def _check_top_labels(data, labels: torch.Tensor | None, what: str) -> None:
     """Before any layer trains: a top RBM that learns the labels needs them, beside data in memory."""
     if data.streamed:
-        raise InvalidInput(f"[model] top_labels needs the {what} data in memory; it is streamed from disk here "
-                         "(raise --max-memory, or leave top_labels off)")
+        raise InvalidInput(
+            f"[model] top_labels needs the {what} data in memory; it is streamed from disk here "
+            "(raise --max-memory, or leave top_labels off)"
+        )
     if labels is None:
         raise InvalidInput(f"[model] top_labels: the top RBM learns the labels, and the {what} data came without them")
     if len(labels) != len(data):
@@ -200,13 +229,15 @@ def _up(dbn: DeepBeliefNet, j: int, data, scratch: Path | None, part: str = "tra
     folder = None if scratch is None else Path(scratch) / f"{part}-layer-{j + 1}"
     if not data.streamed:
         return data.map(unit.transform, folder)
-    key = hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for layer in dbn.layers[: j + 1]
-                                  for t in layer.parameters())).hexdigest()
+    key = hashlib.sha256(
+        b"".join(t.detach().cpu().numpy().tobytes() for layer in dbn.layers[: j + 1] for t in layer.parameters())
+    ).hexdigest()
     rank, world = rank_world()
     if rank != 0:
         # rank 0 writes (for as long as that takes: a barrier would time out on a large
         # layer); the shards are complete once their folder is renamed into place
-        wait_for_activations(folder, key)
+        # streamed data comes with its scratch folder (ShardedData.map refuses None)
+        wait_for_activations(folder, key)  # type: ignore[arg-type]
     out = data.map(unit.transform, folder, key)
     if rank == 0:
         data.discard()

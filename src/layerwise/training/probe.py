@@ -24,18 +24,19 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from layerwise._checks import InvalidInput
 from layerwise.config import DistributedConfig, FinetuneConfig, RunConfig
+from layerwise.runtime import resolve_device
+from layerwise.stack import DeepBeliefNet
 from layerwise.training.distributed import rank_world
 from layerwise.training.finetune import evaluate, finetune
 from layerwise.training.guard import DivergenceError, dead_fraction, first_non_finite
 from layerwise.training.pretrain import pretrain
-from layerwise.runtime import resolve_device
-from layerwise.stack import DeepBeliefNet
-from layerwise._checks import InvalidInput
 
 
 @dataclass
@@ -53,16 +54,32 @@ def _strict_guard(cfg: RunConfig):
 
 def geometric_grid(low: float, high: float, points: int) -> list[float]:
     if not (0 < low < high) or points < 2:
-        raise InvalidInput(f"the learning-rate grid needs 0 < low < high and at least 2 points; got {low}, {high}, {points}")
+        raise InvalidInput(
+            f"the learning-rate grid needs 0 < low < high and at least 2 points; got {low}, {high}, {points}"
+        )
     return [float(f"{v:.3g}") for v in np.geomspace(low, high, points)]
 
 
-def first_layer_point(cfg: RunConfig, n_inputs: int, x: torch.Tensor, xv: torch.Tensor, lr: float, epochs: int,
-                      distributed: DistributedConfig | None = None) -> ProbePoint:
+def first_layer_point(
+    cfg: RunConfig,
+    n_inputs: int,
+    x: torch.Tensor,
+    xv: torch.Tensor,
+    lr: float,
+    epochs: int,
+    distributed: DistributedConfig | None = None,
+) -> ProbePoint:
     """Train the recipe's first unit for ``epochs`` at ``lr``; is it stable?"""
-    dbn = DeepBeliefNet(n_inputs, [(cfg.model.hidden or [max(1, n_inputs // 2)])[0]], unit=cfg.model.unit,
-                        visible=cfg.model.visible, seed=cfg.seed, init_std=cfg.model.init_std, device=x.device,
-                        precision=cfg.precision)
+    dbn = DeepBeliefNet(
+        n_inputs,
+        [(cfg.model.hidden or [max(1, n_inputs // 2)])[0]],
+        unit=cfg.model.unit,
+        visible=cfg.model.visible,
+        seed=cfg.seed,
+        init_std=cfg.model.init_std,
+        device=x.device,
+        precision=cfg.precision,
+    )
     unit = dbn.layers[0]
     start = float(unit.reconstruction_cross_entropy(xv))
     pcfg = dataclasses.replace(cfg.pretrain, epochs=epochs, learning_rate=lr, monitor_samples=min(len(x), 1000))
@@ -83,8 +100,15 @@ def first_layer_point(cfg: RunConfig, n_inputs: int, x: torch.Tensor, xv: torch.
     return ProbePoint(lr, end, True, "")
 
 
-def finetune_point(cfg: RunConfig, dbn: DeepBeliefNet, n_labels: int, data, lr: float, epochs: int,
-                   distributed: DistributedConfig | None = None) -> ProbePoint:
+def finetune_point(
+    cfg: RunConfig,
+    dbn: DeepBeliefNet,
+    n_labels: int,
+    data,
+    lr: float,
+    epochs: int,
+    distributed: DistributedConfig | None = None,
+) -> ProbePoint:
     """Fine-tune a classifier unrolled from the (briefly) pretrained ``dbn`` for
     ``epochs`` at ``lr``: fine-tuning starts from pretrained weights, and sigmoid nets
     from random weights sit on a plateau for the first epochs, which hides the rate."""
@@ -92,11 +116,29 @@ def finetune_point(cfg: RunConfig, dbn: DeepBeliefNet, n_labels: int, data, lr: 
     ft = cfg.finetune
     clf = dbn.to_classifier(n_labels, dropout_input=ft.dropout_input, dropout_hidden=ft.dropout_hidden, seed=cfg.seed)
     start, _ = evaluate(clf, xv, yv)
-    fcfg = FinetuneConfig(**{**ft.__dict__, "learning_rate": lr, "epochs": epochs, "patience": None,
-                             "lr_schedule": "constant", "train_on_validation": False})
+    fcfg = FinetuneConfig(
+        **{
+            **ft.__dict__,
+            "learning_rate": lr,
+            "epochs": epochs,
+            "patience": None,
+            "lr_schedule": "constant",
+            "train_on_validation": False,
+        }
+    )
     try:
-        finetune(clf, x, y, None, None, fcfg, seed=cfg.seed, guard=_strict_guard(cfg), distributed=distributed,
-                 precision=cfg.precision)
+        finetune(
+            clf,
+            x,
+            y,
+            None,
+            None,
+            fcfg,
+            seed=cfg.seed,
+            guard=_strict_guard(cfg),
+            distributed=distributed,
+            precision=cfg.precision,
+        )
     except DivergenceError as e:
         return ProbePoint(lr, math.nan, False, e.what)
     bad = first_non_finite(clf.named_parameters())
@@ -118,8 +160,16 @@ def recommend(points: list[ProbePoint]) -> tuple[float | None, float | None]:
     return largest, min(candidates, key=lambda p: p.loss).lr
 
 
-def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, epochs: int = 2, report=None,
-             distributed: DistributedConfig | None = None) -> dict:
+def probe_lr(
+    cfg: RunConfig,
+    splits,
+    *,
+    grid: list[float],
+    subset: int = 5000,
+    epochs: int = 2,
+    report=None,
+    distributed: DistributedConfig | None = None,
+) -> dict:
     """Sweep ``grid`` for the first layer and for fine-tuning on ``subset`` training
     samples (held-out: up to ``subset`` validation samples). Returns plain data.
 
@@ -132,8 +182,9 @@ def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, e
     # the subset in memory on the device (from data streamed from disk: its first rows)
     x, y = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in splits.train.head(n))
     xv, yv = (torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in splits.validation.head(subset))
-    out = {"grid": grid, "samples": n, "epochs": epochs, "workers": workers}
+    out: dict[str, Any] = {"grid": grid, "samples": n, "epochs": epochs, "workers": workers}
     if workers > 1:
+        assert distributed is not None  # workers > 1 only with it
         out["averaging_frequency"] = distributed.averaging_frequency
     dbn = None
     for phase in ("pretrain", "finetune"):
@@ -143,15 +194,32 @@ def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, e
             # budget at the recommended (else the recipe's) pretraining rate
             rate = out["pretrain"]["recommended"] or cfg.pretrain.learning_rate
             source = "the probe's recommended" if out["pretrain"]["recommended"] else "the recipe's"
-            dbn = DeepBeliefNet(splits.n_inputs, cfg.model.hidden, unit=cfg.model.unit, visible=cfg.model.visible,
-                                seed=cfg.seed, init_std=cfg.model.init_std, device=device, precision=cfg.precision)
+            dbn = DeepBeliefNet(
+                splits.n_inputs,
+                cfg.model.hidden,  # type: ignore[arg-type]  # a resolved config's (jobs.probe); None is refused
+                unit=cfg.model.unit,
+                visible=cfg.model.visible,
+                seed=cfg.seed,
+                init_std=cfg.model.init_std,
+                device=device,
+                precision=cfg.precision,
+            )
             out["finetune_from"] = {"pretrain_lr": rate, "epochs_per_layer": epochs}
             try:
-                pretrain(dbn, x, None, dataclasses.replace(cfg.pretrain, epochs=epochs, learning_rate=rate),
-                         seed=cfg.seed, guard=_strict_guard(cfg), distributed=distributed)
+                pretrain(
+                    dbn,
+                    x,
+                    None,
+                    dataclasses.replace(cfg.pretrain, epochs=epochs, learning_rate=rate),
+                    seed=cfg.seed,
+                    guard=_strict_guard(cfg),
+                    distributed=distributed,
+                )
             except DivergenceError as e:
-                why = (f"the stack to fine-tune, pretrained at {source} pretraining rate {rate:g}, diverged: "
-                       f"{e.what}; try lower pretraining rates")
+                why = (
+                    f"the stack to fine-tune, pretrained at {source} pretraining rate {rate:g}, diverged: "
+                    f"{e.what}; try lower pretraining rates"
+                )
                 out["finetune"] = {"points": [], "largest_stable": None, "recommended": None, "error": why}
                 if report:
                     report(f"finetune: not probed: {why}")
@@ -160,6 +228,7 @@ def probe_lr(cfg: RunConfig, splits, *, grid: list[float], subset: int = 5000, e
             if phase == "pretrain":
                 pt = first_layer_point(cfg, splits.n_inputs, x, xv, lr, epochs, distributed)
             else:
+                assert dbn is not None  # built above for the finetune phase
                 pt = finetune_point(cfg, dbn, splits.n_labels, (x, y, xv, yv), lr, epochs, distributed)
             points.append(pt)
             if report:

@@ -73,8 +73,9 @@ class DenoisingAutoencoder(UnitBase):
         """The loss with no corruption: what the unit reports per epoch (no graph)."""
         return self.loss(v, 0.0)
 
-    def step(self, v: torch.Tensor, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
-             noise: float = 0.25) -> None:
+    def step(
+        self, v: torch.Tensor, *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, noise: float = 0.25
+    ) -> None:
         """One gradient step with momentum on the minibatch ``v`` (batch, n_visible)."""
         params = (self.weight, self.visible_bias, self.hidden_bias)
         with torch.enable_grad():

@@ -29,6 +29,11 @@ PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 class UnitBase(nn.Module):
+    # buffers (register_buffer in _init_parameters), declared for type checkers
+    weight_velocity: torch.Tensor
+    visible_bias_velocity: torch.Tensor
+    hidden_bias_velocity: torch.Tensor
+
     def __init__(self, n_visible: int, n_hidden: int, *, seed: int = 0) -> None:
         super().__init__()
         name = type(self).__name__
@@ -53,7 +58,7 @@ class UnitBase(nn.Module):
     def generator(self, g: torch.Generator) -> None:
         self._generator = g
 
-    def set_precision(self, precision: str) -> "UnitBase":
+    def set_precision(self, precision: str) -> UnitBase:
         self.precision = check_choice(type(self).__name__, "precision", precision, PRECISIONS)
         return self
 

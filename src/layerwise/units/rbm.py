@@ -50,6 +50,9 @@ class _RBM(UnitBase):
     """Shared mechanics of the RBMs: parameters, hidden side, CD/PCD updates."""
 
     visible_kind = "abstract"
+    # buffers (register_buffer in __init__), declared for type checkers
+    hidden_activity: torch.Tensor
+    persistent_chains: torch.Tensor
 
     def __init__(
         self,
@@ -119,9 +122,7 @@ class _RBM(UnitBase):
         return v
 
     @torch.no_grad()
-    def negative_phase(
-        self, h_sample: torch.Tensor, k: int, sample_last_visible: bool
-    ) -> torch.Tensor:
+    def negative_phase(self, h_sample: torch.Tensor, k: int, sample_last_visible: bool) -> torch.Tensor:
         """Visibles after k Gibbs half-steps pairs started from a hidden sample.
 
         Intermediate visibles are sampled (a proper Markov chain); the last one is the
@@ -165,9 +166,7 @@ class _RBM(UnitBase):
         else:
             v_neg = self.negative_phase(self.sample_hiddens(h_pos), k, sample_last_visible=False)
         h_neg = self.mean_hiddens(v_neg)  # (batch, n_hidden)
-        self._apply_update(
-            v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target, sparsity_cost
-        )
+        self._apply_update(v_pos, h_pos, v_neg, h_neg, lr, momentum, weight_decay, sparsity_target, sparsity_cost)
 
     @torch.no_grad()
     def metrics(self, train_x: torch.Tensor, held_x: torch.Tensor | None) -> dict[str, float]:

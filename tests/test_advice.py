@@ -98,6 +98,7 @@ def test_check_command_text_json_and_exit_status(tmp_path, capsys):
     assert main(["check", str(warn), "--strict"]) == 2
 
 
+@pytest.mark.slow
 def test_train_stops_on_an_error_before_any_work(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     x = np.random.default_rng(0).random((50, 6)).astype(np.float32) * 4  # outside [0, 1]

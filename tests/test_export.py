@@ -40,6 +40,7 @@ def _native(folder, x):
         return (model.transform(x) if manifest["kind"] == "pretrained" else model(x)).numpy(), manifest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["finetuned", "pretrained"])
 def test_onnx_matches_the_native_net(models, kind, tmp_path):
     ort = pytest.importorskip("onnxruntime")

@@ -102,6 +102,7 @@ def test_nets_it_does_not_know_go_to_autograd():
     assert FusedClassifierStep.make(replaced) is None
 
 
+@pytest.mark.slow
 def test_fine_tuning_with_and_without_it_learns_alike_and_each_is_deterministic():
     (x, y), (xv, yv), (xt, yt) = digits_splits()
     cfg = FinetuneConfig(
@@ -183,6 +184,7 @@ def test_in_bf16_its_products_round_as_bf16_and_the_step_stays_within_that_round
     assert any(not torch.equal(a, b) for a, b in zip(nets["fp32"].parameters(), nets["bf16"].parameters()))
 
 
+@pytest.mark.slow
 def test_fine_tuning_in_bf16_learns_as_fp32_does_and_is_deterministic():
     (x, y), _, (xt, yt) = digits_splits()
     cfg = FinetuneConfig(

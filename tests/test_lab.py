@@ -91,6 +91,7 @@ def test_the_published_page_matches_its_json():
     _numbers_match(docs / "lab", (docs / "TRICKS.md").read_text(), names)
 
 
+@pytest.mark.slow
 def test_a_rerun_trains_nothing(done, pair, monkeypatch):
     out, _ = done
     for module in lab.EXPERIMENTS.values():

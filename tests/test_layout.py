@@ -65,7 +65,7 @@ BELOW = {
 }
 LIBRARY = set(BELOW) | {"jobs"}
 BELOW["jobs"] = set(BELOW) - {"jobs"}
-BELOW["lab"] = LIBRARY - {"jobs"}  # the lab's cells run over the library, not over run folders
+BELOW["lab"] = set(LIBRARY)  # the lab's cells run over the library (the averaging cells over the jobs)
 BELOW["sklearn"] = LIBRARY - {"jobs"}
 BELOW["api"] = set(LIBRARY)  # the public face's functions: over the library and the jobs
 BELOW["cli"] = LIBRARY | {"api", "lab", "sklearn", "layerwise"}

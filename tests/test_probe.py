@@ -41,6 +41,7 @@ def _brute_force_stable(epochs: int) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_probe_recommends_a_rate_inside_the_brute_force_stable_region():
     cfg = config.load(DIGITS_RECIPE)
     s = load_digits()

@@ -27,6 +27,21 @@ def recipe(tmp_path):
     return r
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run of the recipe, as the command runs it (one thread): the
+    result every interrupted run of this module must end at, bitwise. Its folder is
+    runs/ref under the returned folder; the returned process holds its output."""
+    folder = tmp_path_factory.mktemp("reference")
+    write_patterns(folder)
+    (folder / "r.toml").write_text(RECIPE)
+    ref = subprocess.run(
+        _cmd(folder / "r.toml", "--name", "ref"), cwd=folder, env=worker_env(), capture_output=True, text=True
+    )
+    assert ref.returncode == 0, ref.stderr
+    return folder, ref
+
+
 def _cmd(*args):
     return [sys.executable, "-m", "layerwise", "train", *map(str, args), "--quiet"]
 
@@ -41,9 +56,8 @@ def _phases(run: Path):
     "where, kill",
     [("pretrain", "pretrain layer 2@2.41"), ("finetune", "finetune@2.53"), ("finetune", "finetune@3.20:INT")],
 )
-def test_a_killed_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, where, kill):
-    ref = subprocess.run(_cmd(recipe, "--name", "ref"), cwd=tmp_path, env=worker_env(), capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr
+def test_a_killed_run_resumes_to_the_uninterrupted_result(recipe, reference, tmp_path, where, kill):
+    ref_folder, ref = reference
     run = tmp_path / "runs" / "killed"
     # the process kills itself right after the named batch (SIGKILL, or SIGINT as a Ctrl-C)
     killed = subprocess.run(
@@ -66,7 +80,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, wher
     assert res.returncode == 0, res.stderr
     resumed = [r for r in read_metrics(run) if r["phase"] == "resume"]
     assert len(resumed) == 1 and resumed[0]["from"] == where
-    ref_dir = tmp_path / "runs" / "ref"
+    ref_dir = ref_folder / "runs" / "ref"
     for artifact in ("pretrained", "finetuned"):
         assert_same_weights(ref_dir / artifact, run / artifact)
     # the metrics log reads as one run: same epochs, no duplicates
@@ -79,11 +93,14 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(recipe, tmp_path, wher
     assert res.stdout.splitlines()[-2] == ref.stdout.splitlines()[-2]  # "test accuracy: NN.NN%"
 
 
-def test_a_completed_run_is_not_resumed(recipe, tmp_path):
-    subprocess.run(_cmd(str(recipe), "--name", "done"), cwd=tmp_path, env=worker_env(), check=True, capture_output=True)
-    res = subprocess.run(_cmd("--resume", "runs/done"), cwd=tmp_path, env=worker_env(), capture_output=True, text=True)
+def test_a_completed_run_is_not_resumed(reference):
+    folder, _ = reference
+    listing = lambda: sorted(p.name for p in (folder / "runs/ref").iterdir() if p.name != ".lock")  # noqa: E731
+    before = listing()
+    res = subprocess.run(_cmd("--resume", "runs/ref"), cwd=folder, env=worker_env(), capture_output=True, text=True)
     assert res.returncode == 2
-    assert "run 'runs/done' is complete (finetuned/ exists); nothing to resume" in res.stderr
+    assert "run 'runs/ref' is complete (finetuned/ exists); nothing to resume" in res.stderr
+    assert listing() == before  # refused before anything was written
 
 
 def test_second_writer_to_a_run_folder_is_refused(recipe, tmp_path):
@@ -144,12 +161,11 @@ def test_torn_checkpoint_is_reported(tmp_path):
         load_checkpoint(tmp_path / "ck")
 
 
-def test_finetune_of_a_saved_net_resumes_after_sigkill(recipe, tmp_path):
+def test_finetune_of_a_saved_net_resumes_after_sigkill(recipe, reference, tmp_path):
     """`layerwise finetune PRE --out OUT` keeps checkpoints in OUT.partial/; the same
     command after a SIGKILL goes on from there and ends bitwise equal to an
     uninterrupted fine-tune, and OUT.partial/ is gone."""
-    subprocess.run(_cmd(recipe, "--name", "base"), cwd=tmp_path, env=worker_env(), check=True, capture_output=True)
-    pre = tmp_path / "runs" / "base" / "pretrained"
+    pre = reference[0] / "runs" / "ref" / "pretrained"
     ft = lambda out, r=recipe: [
         sys.executable,
         "-m",

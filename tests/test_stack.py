@@ -78,6 +78,7 @@ def test_pretraining_records_falling_cross_entropy_and_free_energy_gap():
     assert all(np.isfinite(r["free_energy_gap"]) for r in recs)
 
 
+@pytest.mark.slow
 def test_finetuning_beats_the_pretrained_features_with_a_linear_head():
     (x, y), (xv, yv), (xt, yt) = digits_splits()
     dbn = DeepBeliefNet(64, [32, 16], seed=0)

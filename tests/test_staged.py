@@ -82,6 +82,7 @@ def test_two_stages_are_recorded_and_a_wrong_width_stage_changes_nothing(folder,
     )
 
 
+@pytest.mark.slow
 def test_staged_pretraining_continues_exactly(folder):
     """Stage 2 continues the stage-1 state (momentum, chains, generators): two stages in
     one folder equal stage 2 resumed after a SIGKILL in the middle of it."""
@@ -111,6 +112,7 @@ def test_staged_pretraining_continues_exactly(folder):
     assert len(mb["stages"]) == 2
 
 
+@pytest.mark.slow
 def test_fine_tunes_leave_the_pretrained_net_byte_identical(folder, capsys):
     assert main(["train", "r.toml", "--name", "run", "--quiet"]) == 0
     pre = folder / "runs/run/pretrained"
@@ -141,6 +143,7 @@ def test_fine_tunes_leave_the_pretrained_net_byte_identical(folder, capsys):
     assert {r["kind"] for r in rows} == {"pretrained", "finetuned"} and len(rows) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spelling", [None, "../part2.npz", "copy-of-part2.npz"])
 def test_an_interrupted_stage_resumes_from_another_folder(folder, spelling):
     """A stage records where its data was: it goes on from any working folder, with

@@ -129,6 +129,7 @@ def test_an_epoch_streams_every_row_once_in_full_batches(folder, monkeypatch):
     assert len(r0) == len(r1) == data.share(2) and not set(r0.tolist()) & set(r1.tolist())
 
 
+@pytest.mark.slow
 def test_streaming_reads_in_bounded_blocks_and_lets_them_go(tmp_path):
     """A pass over a 256 MB .npy raises the peak resident set by about one block (32 MB
     of it, plus its tensor copies), not by the file's size, as slicing one map would."""

@@ -34,9 +34,11 @@ Library code takes the policy as given; a Python user calls ``runtime.apply()`` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -195,3 +197,17 @@ def cpu_has_bf16() -> bool:
 def local_workers() -> int:
     """Workers on this machine in a torchrun-started group."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """Run a block at ``n`` intra-op threads and give the count back afterwards (the
+    lab trains a one-worker cell as each worker of a group trains: at one thread)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,7 +1,7 @@
 """Experiment: parameter averaging over workers and the learning rate (the guide's first trick).
 
-Every cell is a real distributed run: ``layerwise train --workers N`` through PyTorch's
-launcher, on the budget's share of the data written to ``.npz`` files, with the guard off
+Every cell is a real distributed run: ``jobs.train_workers`` (what ``layerwise train
+--workers N`` runs) through PyTorch's launcher, on the budget's share of the data written to ``.npz`` files, with the guard off
 (to see raw divergence). This experiment replaces the old ``benchmarks/lr_sweep.py``.
 """
 
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from layerwise import config, runtime
+from layerwise._checks import LayerwiseError
 from layerwise.advice.rules import suggest_layers
+from layerwise.jobs import train, train_workers
 from layerwise.lab.core import figure, table
 
 NAME = "averaging"
@@ -65,8 +66,8 @@ EPOCHS = {"full": (3, 8)}  # (pretraining, fine-tuning) epochs per run, where no
 RECIPE = """seed = 0
 [data]
 source = "files"
-train = "train.npz"
-test = "test.npz"
+train = "{folder}/train.npz"
+test = "{folder}/test.npz"
 [model]
 hidden = {hidden}
 [pretrain]
@@ -111,17 +112,20 @@ def run_cell(settings: dict, data, budget) -> dict:
                 freq=settings["frequency"],
                 correction=remedy if remedy in ("sqrt", "linear") else "none",
                 outer="nesterov" if remedy == "nesterov" else "none",
+                folder=tmp,
             )
         )
-        cmd = [sys.executable, "-m", "layerwise", "train", "r.toml", "--quiet", "--runs-dir", "runs", "--threads", "1"]
-        if settings["workers"] > 1:
-            cmd += ["--workers", str(settings["workers"])]
-        proc = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
-        manifest = tmp / "runs" / "r" / "finetuned" / "manifest.json"
-        if proc.returncode != 0 or not manifest.is_file():
-            why = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
-            return {"test_accuracy": math.nan, "diverged": 1, "learned": 0, "error": why}
-        acc = json.loads(manifest.read_text())["metrics"].get("test_accuracy", math.nan)
+        cfg = config.load(tmp / "r.toml")
+        cfg.threads, cfg.name = 1, "r"
+        try:  # one worker trains here, at one thread; a group through the launcher, one thread each
+            if settings["workers"] > 1:
+                result = train_workers(cfg, settings["workers"], runs_dir=tmp / "runs")
+            else:
+                with runtime.threads(1):
+                    result = train(cfg, runs_dir=tmp / "runs")
+        except LayerwiseError as e:  # a diverged run is a result of the experiment
+            return {"test_accuracy": math.nan, "diverged": 1, "learned": 0, "error": str(e).splitlines()[-1][:200]}
+        acc = result.test_accuracy if result.test_accuracy is not None else math.nan
     diverged = int(not math.isfinite(acc))
     return {"test_accuracy": acc, "diverged": diverged, "learned": int(acc > 2 / d.n_labels)}
 

@@ -6,7 +6,7 @@ PIP     = $(BIN)/pip install --quiet -c constraints.txt
 # the tests share the cores with their own subprocesses: no OpenMP thread spins there
 test test-fast: export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test test-fast hinton bench clean
+.PHONY: install demo test test-fast lint hinton bench clean
 
 $(BIN)/layerwise: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,14 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# about a minute: no subprocess training runs, no worker groups, no downloads
+# what CI checks before the tests: lint, format, types (settings in pyproject.toml)
+lint: install
+	$(PIP) -e '.[lint]'
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+# under a minute: no subprocess training runs, no worker groups, no downloads
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not distributed and not network"
 

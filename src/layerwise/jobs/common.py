@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from layerwise._devices import restore
-from layerwise.config import RunConfig
+from layerwise.config import RunConfig, suggest_layers
 from layerwise.data.sources import Splits
 from layerwise.data.splits import loop_data
 from layerwise.stack import DeepBeliefNet
@@ -117,13 +117,55 @@ def loop_of(ckpt: dict) -> dict:
     return (ckpt["progress"] if ckpt["phase"] == "pretrain" else ckpt["finetune"])["loop"]
 
 
+def open_checkpoint(folder: Path, job: str, take=None) -> dict | None:
+    """The checkpoint tree that ``job`` ("train", "stage", "finetune") left in
+    ``folder/checkpoint`` (None: there is none yet). ``take`` picks this worker's own
+    tensors of a group's checkpoint. The first step of every job's resume."""
+    if not checkpointing.exists(folder / "checkpoint"):
+        return None
+    return checkpointing.load_state(folder / "checkpoint", job, take=take)
+
+
 def read_checkpoint(folder: Path) -> dict | None:
     """The checkpoint tree of a ``train`` run folder as this worker saved it (None: there
     is none)."""
-    if not checkpointing.exists(folder / "checkpoint"):
-        return None
-    return checkpointing.load_state(
-        folder / "checkpoint", "train", take=lambda tensors, meta: take_local_state(tensors, meta.get("world", 1))
+    return open_checkpoint(folder, "train", take=lambda tensors, meta: take_local_state(tensors, meta.get("world", 1)))
+
+
+def log_resume(reporter, ckpt: dict, device: torch.device, folder) -> None:
+    """The ``resume`` record of a job that goes on from ``ckpt`` (where its loop stands,
+    the threads and device it goes on with), and the warning when the checkpoint was
+    written on another kind of device. The last step of every job's resume."""
+    pos = loop_of(ckpt)
+    reporter.log(
+        {
+            "phase": "resume",
+            "from": ckpt["phase"],
+            "layer": ckpt.get("progress", {}).get("layer"),
+            "epoch": pos["epoch"],
+            "batch": pos["batch"],
+            "threads": torch.get_num_threads(),
+            "device": str(device),
+        }
+    )
+    other_device(ckpt.get("device", "cpu"), device, folder)
+
+
+def build_net(cfg: RunConfig, n_inputs: int, device: torch.device, n_labels: int | None = None) -> DeepBeliefNet:
+    """The net a recipe describes, on ``device``: the one place a job builds one. The
+    hidden sizes are the recipe's, else the guide's rule; ``n_labels`` feeds the top RBM
+    the labels when ``[model] top_labels`` asks for it."""
+    m = cfg.model
+    return DeepBeliefNet(
+        n_inputs,
+        list(m.hidden or suggest_layers(n_inputs)),
+        unit=m.unit,
+        visible=m.visible,
+        seed=cfg.seed,
+        init_std=m.init_std,
+        device=device,
+        precision=cfg.precision,
+        top_labels=(n_labels or 0) if m.top_labels else 0,
     )
 
 

@@ -22,7 +22,8 @@ from layerwise.jobs.common import (
     final_metrics,
     finetuning_state,
     load_finetuning_state,
-    other_device,
+    log_resume,
+    open_checkpoint,
     silent,
 )
 from layerwise.reporting.reporter import Reporter
@@ -87,11 +88,7 @@ def finetune_pretrained(
     work = partial_dir(out_dir)
     work.mkdir(parents=True, exist_ok=True)
     with run_lock(work):
-        ckpt = (
-            checkpointing.load_state(work / "checkpoint", "finetune")
-            if checkpointing.exists(work / "checkpoint")
-            else None
-        )
+        ckpt = open_checkpoint(work, "finetune")
         if ckpt is not None and ckpt.get("identity") != identity:
             raise InvalidInput(
                 f"'{work}' holds an interrupted fine-tuning of another pretrained net, recipe or data; "
@@ -108,17 +105,7 @@ def finetune_pretrained(
         if ckpt is not None:
             load_finetuning_state(ckpt, clf, optimizer, fstate)
             seconds = ckpt["seconds"]
-            loop = ckpt["finetune"]["loop"]
-            reporter.log(
-                {
-                    "phase": "resume",
-                    "from": "finetune",
-                    "epoch": loop["epoch"],
-                    "batch": loop["batch"],
-                    "device": str(device),
-                }
-            )
-            other_device(ckpt.get("device", "cpu"), device, work)
+            log_resume(reporter, ckpt, device, work)
         t0 = time.perf_counter()
 
         def save(pos):

@@ -23,15 +23,16 @@ from layerwise.data.shards import StreamedDataset, scan
 from layerwise.data.sources import open_data, validate
 from layerwise.data.splits import loop_data
 from layerwise.jobs.common import (
+    build_net,
     checkpoint_policy,
     load_pretraining_state,
+    open_checkpoint,
     other_device,
     pretrain_metrics,
     pretraining_state,
     remove_scratch,
 )
 from layerwise.runtime import resolve_device
-from layerwise.stack import DeepBeliefNet
 from layerwise.storage import checkpointing
 from layerwise.storage.artifacts import read_artifact, write_artifact
 from layerwise.storage.runs import METRICS, continue_log, read_config, run_lock, write_config
@@ -94,11 +95,7 @@ def pretrain_stage(
     cfg = read_config(out_dir, "staged pretraining folder")
     cfg.device = device or cfg.device
     with run_lock(out_dir):
-        ckpt = (
-            checkpointing.load_state(out_dir / "checkpoint", "stage")
-            if checkpointing.exists(out_dir / "checkpoint")
-            else None
-        )
+        ckpt = open_checkpoint(out_dir, "stage")
         new = ckpt is None or ckpt["stage_done"]
         found = _stage_and_data(out_dir, cfg, ckpt, data, epochs, first, _bytes(max_memory or cfg.data.max_memory))
         if found is None:
@@ -111,17 +108,7 @@ def pretrain_stage(
             )
         dev = resolve_device(cfg.device)
         resolved = resolve_config(cfg, ds.n_features)
-        assert resolved.model.hidden is not None  # resolve_config sets it
-        dbn = DeepBeliefNet(
-            ds.n_features,
-            resolved.model.hidden,
-            unit=cfg.model.unit,
-            visible=cfg.model.visible,
-            seed=cfg.seed,
-            init_std=cfg.model.init_std,
-            device=dev,
-            precision=cfg.precision,
-        )
+        dbn = build_net(resolved, ds.n_features, dev)
         generator = device_generator(dev, cfg.seed)
         records: list[dict]
         prog, records = PretrainProgress(), []

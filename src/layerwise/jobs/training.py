@@ -25,13 +25,13 @@ from layerwise.data.splits import load_splits, loop_data
 from layerwise.jobs.common import (
     FINETUNE_LOCAL,
     Stopwatch,
+    build_net,
     checkpoint_policy,
     final_metrics,
     finetuning_state,
     load_finetuning_state,
     load_pretraining_state,
-    loop_of,
-    other_device,
+    log_resume,
     pretrain_local_keys,
     pretrain_metrics,
     pretraining_state,
@@ -82,17 +82,7 @@ def train_in(
     start). Returns what rank 0 wrote; None on the other workers."""
     run = Run.open(folder, cfg, splits, ckpt, progress, echo)
     run.control = control
-    dbn = DeepBeliefNet(
-        splits.n_inputs,
-        run.cfg.model.hidden,  # type: ignore[arg-type]  # a run's config.toml is resolved (claim_run_dir)
-        unit=run.cfg.model.unit,
-        visible=run.cfg.model.visible,
-        seed=run.cfg.seed,
-        init_std=run.cfg.model.init_std,
-        device=run.device,
-        precision=run.cfg.precision,
-        top_labels=splits.n_labels if run.cfg.model.top_labels else 0,  # type: ignore[arg-type]  # load_splits sets it
-    )
+    dbn = build_net(run.cfg, splits.n_inputs, run.device, splits.n_labels)
     if ckpt is None or ckpt["phase"] == "pretrain":
         pre_manifest = pretrain_phase(run, dbn, ckpt)
     else:
@@ -168,19 +158,7 @@ class Run:
             )
         else:
             _same_data(folder, ckpt, run.data, splits.train.name)
-            pos = loop_of(ckpt)
-            run.reporter.log(
-                {
-                    "phase": "resume",
-                    "from": ckpt["phase"],
-                    "layer": ckpt.get("progress", {}).get("layer"),
-                    "epoch": pos["epoch"],
-                    "batch": pos["batch"],
-                    "threads": torch.get_num_threads(),
-                    "device": str(device),
-                }
-            )
-            other_device(ckpt.get("device", "cpu"), device, folder)
+            log_resume(run.reporter, ckpt, device, folder)
         return run
 
     @property

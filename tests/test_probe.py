@@ -148,7 +148,9 @@ def _brute_force_stable_averaged(grid, epochs: int, workers: int = 2, period: in
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_probe_with_two_workers_recommends_a_rate_the_averaged_replicas_survive(tmp_path, capsys):
+def test_probe_with_two_workers_recommends_a_rate_the_averaged_replicas_survive(tmp_path, capfd):
+    """rank 0's progress lines come from its own process, on the command's stdout (captured
+    here at the file descriptor, as a terminal shows them)."""
     import json
 
     recipe = DIGITS_RECIPE
@@ -175,7 +177,7 @@ def test_probe_with_two_workers_recommends_a_rate_the_averaged_replicas_survive(
         )
         == 0
     )
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert "2 workers, averaging every 5 batches" in out and "pretrain: largest stable rate" in out
     assert sum(line.startswith(("pretrain lr=", "finetune lr=")) for line in out.splitlines()) == 14  # progress, once
     res = json.loads((tmp_path / "p.json").read_text())

@@ -157,10 +157,11 @@ def evaluate(model: nn.Module, data: Data) -> dict[str, float]:
 
 
 def load(folder: str | Path) -> tuple[nn.Module, dict]:
-    """A saved net (a run's ``pretrained/`` or ``finetuned/`` folder, or an exported
-    estimator) and its manifest: a DeepBeliefNet for a pretrained net, an
-    ``nn.Sequential`` classifier for a fine-tuned one. The weights are checked against
-    the manifest's sha256 first."""
+    """A saved net (a run's ``pretrained/`` or ``finetuned/`` folder, a stage of staged
+    pretraining, a ``layerwise finetune --out`` folder) and its manifest: a DeepBeliefNet
+    for a pretrained net, an ``nn.Sequential`` classifier for a fine-tuned one. The
+    weights are checked against the manifest's sha256 first. (A saved scikit-learn
+    estimator loads with its class: ``lw.DBNClassifier.load(path)``.)"""
     return load_model(folder)
 
 

@@ -90,8 +90,9 @@ def train_workers(
     control: LoopControl | None = None,
 ) -> RunResult:
     """``layerwise train RECIPE --workers N`` on one machine: claim a run folder, then
-    start N workers on loopback; return what rank 0 wrote. ``echo`` gets rank 0's
-    progress lines as they come, and its summary at the end."""
+    start N workers on loopback; return what rank 0 wrote. Rank 0 hands its progress
+    lines to ``echo`` in its own process as they come (``echo`` must be a module-level
+    function: the workers are started by spawn)."""
     splits = load_splits(cfg.data, visible=cfg.model.visible, seed=cfg.seed, report=echo or silent)
     run_dir, _ = claim_run_dir(cfg, runs_dir, splits)
     with run_lock(run_dir):

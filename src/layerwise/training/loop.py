@@ -187,6 +187,7 @@ def run_loop(
             continue
         pos.epoch, pos.batch, pos.order, pos.stopped = pos.epoch + 1, 0, None, stop
         if checkpointer is not None and checkpointer.due_after_epoch(pos):
+            # end_epoch's guard has just checked these weights: a rollback cannot come here
             verdict = _checkpoint(checkpointer, guard, pos)
             if verdict.action == "stop":
                 raise verdict.error()

@@ -21,9 +21,10 @@ demo: install
 	$(BIN)/layerwise data fetch mnist
 	$(BIN)/layerwise train recipes/quick-mnist.toml
 
-# everything (what CI runs)
+# everything (what CI runs), on two pytest workers: most of the suite's time is worker and
+# command processes starting (each imports torch), which two workers overlap on 2 cores
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # what CI checks before the tests: lint, format, types (settings in pyproject.toml)
 lint: install

@@ -13,19 +13,48 @@ from layerwise.storage.artifacts import load_model, read_artifact
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
-@pytest.fixture
-def folder(tmp_path, monkeypatch):
-    write_patterns(tmp_path)
-    (tmp_path / "r.toml").write_text(RECIPE.format(pre=3, ft=6, unit="rbm"))
-    (tmp_path / "dae.toml").write_text(RECIPE.format(pre=3, ft=6, unit="autoencoder"))
+def _write_recipes(folder: Path) -> None:
+    write_patterns(folder)
+    (folder / "r.toml").write_text(RECIPE.format(pre=3, ft=6, unit="rbm"))
+    (folder / "dae.toml").write_text(RECIPE.format(pre=3, ft=6, unit="autoencoder"))
     # workers keep their own momentum (not averaged): a restart must bring back each one's
-    (tmp_path / "long.toml").write_text(
+    (folder / "long.toml").write_text(
         RECIPE.format(pre=40, ft=30, unit="rbm").replace(
             "average_optimizer_state = true", "average_optimizer_state = false"
         )
     )
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    _write_recipes(tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """The data and recipes of this module in a folder of their own, where the group runs
+    that several tests look at or compare against are trained once each."""
+    folder = tmp_path_factory.mktemp("groups")
+    _write_recipes(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def r_run(shared):
+    """r.toml on two workers through the command, not quiet: runs/r in the shared folder."""
+    res = run_layerwise("train", "r.toml", "--workers", "2", cwd=shared)
+    assert res.returncode == 0, res.stderr
+    return res
+
+
+@pytest.fixture(scope="module")
+def long_run(shared):
+    """long.toml (40 pretraining epochs, momentum not averaged) on two workers: runs/ref."""
+    res = run_layerwise("train", "long.toml", "--workers", "2", "--name", "ref", "--quiet", cwd=shared)
+    assert res.returncode == 0, res.stderr
+    return shared / "runs" / "ref"
 
 
 def _files(run: Path):
@@ -33,10 +62,12 @@ def _files(run: Path):
 
 
 @pytest.mark.parametrize("recipe", ["r", "dae"])
-def test_two_workers_train_and_rank_0_alone_writes(folder, recipe):
-    res = run_layerwise("train", f"{recipe}.toml", "--workers", "2")  # not quiet: rank 0's progress comes through
-    assert res.returncode == 0, res.stderr
-    run = folder / "runs" / recipe
+def test_two_workers_train_and_rank_0_alone_writes(folder, request, recipe):
+    if recipe == "r":  # the shared run
+        res, run = request.getfixturevalue("r_run"), request.getfixturevalue("shared") / "runs" / "r"
+    else:
+        res, run = run_layerwise("train", f"{recipe}.toml", "--workers", "2"), folder / "runs" / recipe
+    assert res.returncode == 0, res.stderr  # not quiet: rank 0's progress comes through
     pictures = ["plots/reconstructions.png"] + (["plots/samples.png"] if recipe == "r" else [])  # 6x6 images
     assert _files(run) == sorted(
         [
@@ -143,10 +174,8 @@ def test_two_nodes_on_loopback(folder):
     load_model(folder / "runs/r/finetuned")
 
 
-def test_a_killed_worker_is_restarted_and_the_run_finishes_as_if_uninterrupted(folder):
-    ref = run_layerwise("train", "long.toml", "--workers", "2", "--name", "ref", "--quiet")
-    assert ref.returncode == 0, ref.stderr
-    ref_log = read_metrics(folder / "runs/ref")
+def test_a_killed_worker_is_restarted_and_the_run_finishes_as_if_uninterrupted(folder, long_run):
+    ref_log = read_metrics(long_run)
     # the guard rolls back late in the first layer (rising loss: 3 epochs above the best);
     # the first kill falls between that best epoch and the rollback, so the restarted
     # workers must roll back to the good state (each its own momentum) from the checkpoint
@@ -179,10 +208,10 @@ def test_a_killed_worker_is_restarted_and_the_run_finishes_as_if_uninterrupted(f
     # result is bitwise the uninterrupted run's, rollback included
     assert [e for e in records if e["phase"] == "guard"] == [e for e in ref_log if e["phase"] == "guard"]
     for artifact in ("pretrained", "finetuned"):
-        assert_same_weights(folder / "runs/ref" / artifact, folder / "runs/long" / artifact)
+        assert_same_weights(long_run / artifact, folder / "runs/long" / artifact)
 
 
-def test_replica_drift_fires_at_an_absurd_learning_rate(folder):
+def test_replica_drift_fires_at_an_absurd_learning_rate(folder, request):
     # an absurd fine-tuning rate: the replicas fly apart between averaging rounds (at
     # absurd pretraining rates RBM replicas blow up together, and the growth check fires)
     recipe = RECIPE.format(pre=3, ft=2, unit="rbm")
@@ -203,23 +232,14 @@ def test_replica_drift_fires_at_an_absurd_learning_rate(folder):
     # a healthy run at a sane rate never trips it, not even at the start of its second
     # layer, where the fresh weights (~0.01) are small next to a few updates (measured
     # relative to the bare weights, the drift there was 0.56)
-    (folder / "steady.toml").write_text(
-        RECIPE.format(pre=40, ft=2, unit="rbm").replace(
-            "average_optimizer_state = true", "average_optimizer_state = false"
-        )
-    )
-    ok = run_layerwise("train", "steady.toml", "--workers", "2", "--quiet")
-    assert ok.returncode == 0, ok.stderr
-    healthy = read_metrics(folder / "runs/steady")
+    healthy = read_metrics(request.getfixturevalue("long_run"))  # 40 epochs a layer, momentum not averaged
     assert not [e for e in healthy if e["phase"] == "guard" and "drift" in e["what"]]
 
 
-def test_ctrl_c_stops_a_group_and_resume_goes_on_in_the_same_group_size(folder):
+def test_ctrl_c_stops_a_group_and_resume_goes_on_in_the_same_group_size(folder, shared, r_run):
     """A Ctrl-C in a terminal reaches every process of a --workers run: they stop, the
     last epoch-end checkpoint stands, the command says how to go on and exits 130.
     `train --resume` then resumes with the checkpoint's group size, bitwise."""
-    ref = run_layerwise("train", "r.toml", "--workers", "2", "--name", "ref", "--quiet")
-    assert ref.returncode == 0, ref.stderr
     # rank 0 sends SIGINT to the whole process group mid-epoch, as a terminal does
     cut = subprocess.run(
         [sys.executable, "-m", "layerwise", "train", "r.toml", "--workers", "2", "--name", "cut", "--quiet"],
@@ -243,7 +263,7 @@ def test_ctrl_c_stops_a_group_and_resume_goes_on_in_the_same_group_size(folder):
     res = run_layerwise("train", "--resume", "runs/cut", "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]
     for artifact in ("pretrained", "finetuned"):
-        assert_same_weights(folder / "runs/ref" / artifact, folder / "runs/cut" / artifact)
+        assert_same_weights(shared / "runs/r" / artifact, folder / "runs/cut" / artifact)
     _, fin = read_artifact(folder / "runs/cut/finetuned")
     assert fin["config"]["distributed"]["workers"] == 2
 
@@ -281,17 +301,14 @@ def test_torchrun_by_hand_twice_makes_two_runs(folder):
     assert (a["config"]["seed"], b["config"]["seed"]) == (3, 4)  # the second trained its own recipe
 
 
-def test_the_outer_optimizer_at_rate_1_without_momentum_is_plain_averaging(folder):
-    outer = (
-        RECIPE.format(pre=2, ft=3, unit="rbm") + 'outer_optimizer = "nesterov"\nouter_lr = 1.0\nouter_momentum = 0.0\n'
+def test_the_outer_optimizer_at_rate_1_without_momentum_is_plain_averaging(folder, shared, r_run):
+    (folder / "outer.toml").write_text(
+        (folder / "r.toml").read_text() + 'outer_optimizer = "nesterov"\nouter_lr = 1.0\nouter_momentum = 0.0\n'
     )
-    (folder / "plain.toml").write_text(RECIPE.format(pre=2, ft=3, unit="rbm"))
-    (folder / "outer.toml").write_text(outer)
-    for name in ("plain", "outer"):
-        res = run_layerwise("train", f"{name}.toml", "--workers", "2", "--quiet")
-        assert res.returncode == 0, res.stderr
-    for artifact in ("pretrained", "finetuned"):
-        assert_same_weights(folder / "runs/plain" / artifact, folder / "runs/outer" / artifact)
+    res = run_layerwise("train", "outer.toml", "--workers", "2", "--quiet")
+    assert res.returncode == 0, res.stderr
+    for artifact in ("pretrained", "finetuned"):  # plain averaging: the shared run of r.toml
+        assert_same_weights(shared / "runs/r" / artifact, folder / "runs/outer" / artifact)
 
 
 def test_a_group_with_the_outer_optimizer_restarts_to_the_uninterrupted_result(folder):

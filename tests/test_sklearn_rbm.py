@@ -78,7 +78,7 @@ def test_partial_fit_from_scratch_learns(digits):
 
 @pytest.mark.slow
 def test_it_works_in_pipelines_grid_search_and_clone(digits):
-    x, y = digits
+    x, y = digits[0][:900], digits[1][:900]  # half the digits: the same choice, a quarter of the time
     best = {}
     for cls in (BernoulliRBM, SklearnRBM):
         pipe = Pipeline(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 from layerwise import runtime
@@ -142,16 +143,24 @@ def _in_group(job, threads: int | None, recipe_threads: int | None, device: str,
         threads, recipe_threads, local_workers=runtime.local_workers(), device=device, precision=precision
     )
     control = LoopControl()
-    signal.signal(signal.SIGINT, lambda signum, frame: control.request_stop())
+
+    def first_interrupt(signum, frame) -> None:  # a Ctrl-C: stop at the next batch boundary
+        control.request_stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the launcher's own SIGINT then stops it
+
+    signal.signal(signal.SIGINT, first_interrupt)
     join_group(timeout, rt.device)
     try:
-        return job(control)
+        result = job(control)
     except LayerwiseError as e:
-        return str(e)
+        result = str(e)
     except KeyboardInterrupt:
-        return None  # the launcher stops the group
-    finally:
-        leave_group()
+        # the launcher is stopping the group: the other workers are gone or going, so no
+        # barrier to leave by; what was checkpointed stands
+        sys.stdout.flush()
+        os._exit(130)
+    leave_group()
+    return result
 
 
 def group_worker(run_dir: str, threads: int | None, device: str | None, echo) -> str | None:

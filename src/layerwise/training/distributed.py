@@ -10,6 +10,7 @@ the same job; ``is_writer()`` is the one place that decides who writes: rank 0.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -132,6 +133,24 @@ def _worker_environment(workers: int) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _quiet_launcher() -> Iterator[None]:
+    """The launcher's own log at errors only: its warnings (closing a worker on Ctrl-C,
+    say) tell a user nothing that the command does not say itself."""
+    import torch.distributed.elastic.agent.server.api  # noqa: F401 - its loggers exist from here on
+
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed.elastic")]
+    logs = [logging.getLogger(n) for n in names]  # each has a level of its own
+    before = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in zip(logs, before):
+            log.setLevel(level)
+
+
 def launch(entrypoint: Callable[..., Any], args: tuple, workers: int, *, max_restarts: int = 0) -> dict[int, Any]:
     """Run ``entrypoint(*args)`` as ``workers`` processes on this machine through
     PyTorch's elastic launcher (torchrun's machinery, called as a function:
@@ -158,8 +177,9 @@ def launch(entrypoint: Callable[..., Any], args: tuple, workers: int, *, max_res
         max_restarts=max_restarts,
         monitor_interval=0.1,
         start_method="spawn",
+        shutdown_timeout=10,  # a worker that does not stop on the launcher's signal is killed after 10 s
     )
-    with _worker_environment(workers):
+    with _worker_environment(workers), _quiet_launcher():
         try:
             return elastic_launch(config, entrypoint)(*args)
         except SignalException:

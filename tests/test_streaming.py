@@ -230,26 +230,35 @@ def _train(tmp_path, *args, env=None):
     )
 
 
+@pytest.fixture(scope="module")
+def streamed_reference(tmp_path_factory):
+    """One uninterrupted streamed run (runs/ref under the returned folder), the result each
+    killed and resumed run of this module must end at, bitwise."""
+    folder = tmp_path_factory.mktemp("streamed")
+    _stream_files(folder)
+    ref = _train(folder, "r.toml", "--name", "ref")
+    assert ref.returncode == 0, ref.stderr
+    return folder / "runs" / "ref"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kill", ["pretrain layer 2@2.31", "finetune@2.40"])
-def test_a_streamed_run_killed_and_resumed_is_bitwise_the_uninterrupted_one(tmp_path, kill):
-    _stream_files(tmp_path)
-    ref = _train(tmp_path, "r.toml", "--name", "ref")
-    assert ref.returncode == 0, ref.stderr
-    start = read_metrics(tmp_path / "runs" / "ref")[0]
+def test_a_streamed_run_killed_and_resumed_is_bitwise_the_uninterrupted_one(tmp_path, streamed_reference, kill):
+    _stream_files(tmp_path)  # the same files, in a folder of this test's own
+    start = read_metrics(streamed_reference)[0]
     assert start["streamed"] is True and start["device"] == "cpu" and start["train"] == 675  # 10% held out
-    assert not (tmp_path / "runs" / "ref" / "activations").exists()  # the layers' shards are gone at the end
+    assert not (streamed_reference / "activations").exists()  # the layers' shards are gone at the end
     killed = _train(tmp_path, "r.toml", "--name", "k", env=worker_env(LAYERWISE_TEST_KILL=kill))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     res = _train(tmp_path, "--resume", "runs/k")
     assert res.returncode == 0, res.stderr
     for artifact in ("pretrained", "finetuned"):
-        a, b = weights(tmp_path / "runs" / "ref" / artifact), weights(tmp_path / "runs" / "k" / artifact)
+        a, b = weights(streamed_reference / artifact), weights(tmp_path / "runs" / "k" / artifact)
         assert all(torch.equal(a[k], b[k]) for k in a), artifact
 
 
 @pytest.mark.slow
-def test_inputs_above_max_memory_are_streamed(tmp_path):
+def test_inputs_above_max_memory_are_streamed(tmp_path, capsys):
     x, y = make_patterns(n=400)
     np.savez(tmp_path / "train.npz", x=x, y=y)
     (tmp_path / "r.toml").write_text(
@@ -263,10 +272,12 @@ def test_inputs_above_max_memory_are_streamed(tmp_path):
     assert read_metrics(tmp_path / "runs" / "mem")[0]["streamed"] is False
     assert read_metrics(tmp_path / "runs" / "disk")[0]["streamed"] is True
     assert 'max_memory = "20k"' in (tmp_path / "runs" / "disk" / "config.toml").read_text()  # a resume streams too
-    bad = _train(tmp_path, "r.toml", "--max-memory", "lots")
-    assert bad.returncode == 2 and "cannot read the size 'lots'" in bad.stderr
     # a saved net evaluates and predicts on shards streamed from disk as on a file in memory
     from layerwise.cli import main
+
+    with pytest.raises(SystemExit) as bad:  # refused while the arguments are read
+        main(["train", str(tmp_path / "r.toml"), "--max-memory", "lots"])
+    assert bad.value.code == 2 and "cannot read the size 'lots'" in capsys.readouterr().err
 
     (tmp_path / "sh").mkdir()
     np.savez(tmp_path / "sh" / "a.npz", x=x[:150], y=y[:150])

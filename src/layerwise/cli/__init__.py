@@ -16,33 +16,18 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
-from types import FrameType
-from typing import TYPE_CHECKING
 
 from layerwise._checks import LayerwiseError
 from layerwise.cli.commands import _err
 from layerwise.cli.parser import build_parser
 
-if TYPE_CHECKING:  # torch loads only once the runtime policy is applied
-    from layerwise.training.loop import LoopControl
 
-
-def _stop_on_first_interrupt(control: LoopControl) -> Callable[[int, FrameType | None], None]:
-    """A SIGINT handler: the first Ctrl-C asks the job's loops (``control``) to finish
-    their batch and checkpoint; a second one stops at once."""
-    import signal
-
-    def handler(signum, frame) -> None:
-        control.request_stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        print(
-            "\nlayerwise: stopping after this batch and saving a checkpoint (Ctrl-C again to stop now)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    return handler
+def _say_stopping() -> None:
+    print(
+        "\nlayerwise: stopping after this batch and saving a checkpoint (Ctrl-C again to stop now)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 _LIBRARY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,7 +69,8 @@ def _run(args) -> int:
     args.control = LoopControl()  # the job's: its stop request and batch hooks
     previous = None
     if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGINT, _stop_on_first_interrupt(args.control))
+        previous = signal.getsignal(signal.SIGINT)
+        args.control.stop_on_first_interrupt(then=_say_stopping)
     try:
         return args.func(args)
     # ValueError: another library's word on bad input (a TOML parse); the two file errors

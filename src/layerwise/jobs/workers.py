@@ -137,18 +137,11 @@ def _in_group(job, threads: int | None, recipe_threads: int | None, device: str,
     share of the cores), a Ctrl-C that stops at the next batch boundary, the group
     joined and left. A user error comes back as its message: every rank meets the same
     one, and it would meet it again after a restart, so the group is not restarted."""
-    import signal
-
     rt = runtime.apply(
         threads, recipe_threads, local_workers=runtime.local_workers(), device=device, precision=precision
     )
     control = LoopControl()
-
-    def first_interrupt(signum, frame) -> None:  # a Ctrl-C: stop at the next batch boundary
-        control.request_stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # the launcher's own SIGINT then stops it
-
-    signal.signal(signal.SIGINT, first_interrupt)
+    control.stop_on_first_interrupt()  # the launcher's own SIGINT, a second one, then stops it
     join_group(timeout, rt.device)
     try:
         result = job(control)

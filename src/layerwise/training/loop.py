@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,18 @@ class LoopControl:
 
     def request_stop(self) -> None:
         self.stop_requested = True
+
+    def stop_on_first_interrupt(self, then: Callable[[], None] | None = None) -> None:
+        """Install a SIGINT handler: the first Ctrl-C requests a stop (and calls ``then``,
+        say to tell the user), and gives way to Python's own, so a second one stops at once."""
+
+        def handler(signum, frame) -> None:
+            self.request_stop()
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if then is not None:
+                then()
+
+        signal.signal(signal.SIGINT, handler)
 
 
 @dataclass
